@@ -1,0 +1,554 @@
+//! FIT import (through the `fitparser` crate).
+//!
+//! A FIT activity is replayed through the same [`Workout`] aggregate a live recording uses:
+//! the session's start starts it, the device's timer events pause and resume it, its laps mark
+//! laps, and every record becomes samples. So an imported workout is judged and computed by
+//! exactly the live rules. The device's own session totals are kept beside the engine's figures
+//! ([`DeviceTotals`]), never in their place.
+//!
+//! Damaged files: messages are decoded one at a time, and decoding stops at the first damaged
+//! byte. What was decoded before it is kept when it holds an activity, and the loss is
+//! reported ([`FitImport::warnings`]); a file with nothing usable is refused.
+
+use std::collections::HashMap;
+
+use fitparser::de::{FitObject, FitStreamProcessor};
+use fitparser::profile::MesgNum;
+use fitparser::{FitDataRecord, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::event::DomainEvent;
+use crate::profile::{Profile, Sex};
+use crate::sample::{AltitudeSource, Reading, Sample};
+use crate::sport::Sport;
+use crate::time::Timestamp;
+use crate::workout::{Workout, WorkoutConfig, WorkoutError, WorkoutId, WorkoutSummary};
+
+/// The device's own session figures, as the file states them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceTotals {
+    pub sport: Option<String>,
+    pub sub_sport: Option<String>,
+    pub start_time: Option<String>,
+    pub elapsed_s: Option<f64>,
+    pub timer_s: Option<f64>,
+    pub distance_m: Option<f64>,
+    pub ascent_m: Option<f64>,
+    pub descent_m: Option<f64>,
+    pub calories_kcal: Option<f64>,
+    pub avg_hr: Option<f64>,
+    pub max_hr: Option<f64>,
+    pub avg_power_w: Option<f64>,
+    pub max_power_w: Option<f64>,
+    pub normalized_power_w: Option<f64>,
+    pub tss: Option<f64>,
+    pub threshold_power_w: Option<f64>,
+}
+
+/// One workout made from one session of a file.
+#[derive(Clone, Debug)]
+pub struct ImportedSession {
+    pub index: usize,
+    /// The engine's workout, or why it could not be recorded (e.g. shorter than 1 minute).
+    pub outcome: Result<WorkoutSummary, WorkoutError>,
+    pub device: DeviceTotals,
+    pub samples: Vec<Sample>,
+    pub events: Vec<DomainEvent>,
+    /// The profile the engine used (overrides, then the file's, then defaults).
+    pub profile: Profile,
+}
+
+#[derive(Clone, Debug)]
+pub struct FitImport {
+    pub sessions: Vec<ImportedSession>,
+    /// Losses and oddities a person should know about (damaged bytes, missing sessions).
+    pub warnings: Vec<String>,
+    /// The file's own athlete profile, where it has one.
+    pub file_profile: Profile,
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitError {
+    #[error("not a FIT file: {0}")]
+    NotFit(String),
+    #[error("damaged FIT file with nothing recoverable: {0}")]
+    Damaged(String),
+    #[error("the FIT file holds no activity records (file type: {0})")]
+    NoActivity(String),
+}
+
+// --- decoding ---------------------------------------------------------------------------------
+
+struct Decoded {
+    messages: Vec<FitDataRecord>,
+    damage: Option<String>,
+}
+
+fn decode(bytes: &[u8]) -> Result<Decoded, FitError> {
+    if bytes.len() < 12 || bytes.get(8..12) != Some(b".FIT") {
+        return Err(FitError::NotFit(
+            "missing the \".FIT\" signature in the header".into(),
+        ));
+    }
+    let mut p = FitStreamProcessor::new();
+    let mut messages = Vec::new();
+    let mut buf = bytes;
+    let mut damage = None;
+    while !buf.is_empty() {
+        let offset = bytes.len() - buf.len();
+        match p.deserialize_next(buf) {
+            Ok((rest, obj)) => {
+                match obj {
+                    FitObject::Crc(..) => p.reset(),
+                    FitObject::DataMessage(m) => match p.decode_message(m) {
+                        Ok(r) => messages.push(r),
+                        Err(e) => {
+                            damage = Some(format!("undecodable message at byte {offset}: {e}"));
+                            break;
+                        }
+                    },
+                    FitObject::Header(_) | FitObject::DefinitionMessage(_) => {}
+                }
+                buf = rest;
+            }
+            Err(e) => {
+                damage = Some(format!(
+                    "damaged at byte {offset} of {}: {e}",
+                    bytes.len()
+                ));
+                break;
+            }
+        }
+    }
+    Ok(Decoded { messages, damage })
+}
+
+// --- field access -----------------------------------------------------------------------------
+
+fn num(v: &Value) -> Option<f64> {
+    let x = match *v {
+        Value::Byte(x) | Value::Enum(x) | Value::UInt8(x) | Value::UInt8z(x) => f64::from(x),
+        Value::SInt8(x) => f64::from(x),
+        Value::SInt16(x) => f64::from(x),
+        Value::UInt16(x) | Value::UInt16z(x) => f64::from(x),
+        Value::SInt32(x) => f64::from(x),
+        Value::UInt32(x) | Value::UInt32z(x) => f64::from(x),
+        Value::Float32(x) => f64::from(x),
+        Value::Float64(x) => x,
+        Value::SInt64(x) => x as f64,
+        Value::UInt64(x) | Value::UInt64z(x) => x as f64,
+        _ => return None,
+    };
+    x.is_finite().then_some(x)
+}
+
+struct Fields<'a>(HashMap<&'a str, &'a Value>);
+
+impl<'a> Fields<'a> {
+    fn of(r: &'a FitDataRecord) -> Self {
+        Self(r.fields().iter().map(|f| (f.name(), f.value())).collect())
+    }
+    fn num(&self, name: &str) -> Option<f64> {
+        self.0.get(name).and_then(|v| num(v))
+    }
+    fn text(&self, name: &str) -> Option<String> {
+        match self.0.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Timestamp(_) | Value::Array(_) | Value::Invalid => None,
+            v => Some(v.to_string()),
+        }
+    }
+    fn time(&self, name: &str) -> Option<Timestamp> {
+        match self.0.get(name)? {
+            Value::Timestamp(t) => Some(Timestamp(t.timestamp_millis())),
+            _ => None,
+        }
+    }
+    /// Enhanced fields (32-bit) win over their 16-bit originals.
+    fn num_enhanced(&self, name: &str) -> Option<f64> {
+        self.num(&format!("enhanced_{name}")).or_else(|| self.num(name))
+    }
+    fn array(&self, name: &str) -> Vec<f64> {
+        match self.0.get(name) {
+            Some(Value::Array(items)) => items.iter().filter_map(num).collect(),
+            Some(v) => num(v).into_iter().collect(),
+            None => vec![],
+        }
+    }
+}
+
+const SEMICIRCLE_TO_DEG: f64 = 180.0 / 2_147_483_648.0;
+
+/// FIT sport (and sub-sport) to ours; `None` where the device did not know (generic), so the
+/// engine detects it.
+pub fn map_sport(sport: &str, sub_sport: Option<&str>) -> Option<Sport> {
+    match (sport, sub_sport.unwrap_or("")) {
+        ("running", _) => Some(Sport::Running),
+        ("cycling", _) | ("e_biking", _) => Some(Sport::Cycling),
+        (_, "indoor_cycling") | (_, "spin") => Some(Sport::Cycling),
+        ("walking", _) => Some(Sport::Walking),
+        ("hiking", _) | ("mountaineering", _) => Some(Sport::Hiking),
+        ("swimming", _) => Some(Sport::Swimming),
+        ("rowing", _) | (_, "indoor_rowing") => Some(Sport::Rowing),
+        ("transition", _) => Some(Sport::Transition),
+        ("generic", _) | ("all", _) | ("", _) => None,
+        _ => Some(Sport::Other),
+    }
+}
+
+fn file_profile(messages: &[FitDataRecord]) -> Profile {
+    let mut p = Profile::default();
+    let positive = |v: Option<f64>| v.filter(|x| *x > 0.0);
+    for m in messages {
+        match m.kind() {
+            MesgNum::UserProfile => {
+                let f = Fields::of(m);
+                p.weight_kg = p.weight_kg.or(positive(f.num("weight")));
+                p.age_years = p
+                    .age_years
+                    .or(positive(f.num("age")).map(|a| a.round() as u32));
+                p.sex = p.sex.or(f.text("gender").and_then(|g| g.parse::<Sex>().ok()));
+                p.hr_rest_bpm = p
+                    .hr_rest_bpm
+                    .or(positive(f.num("resting_heart_rate")).map(|h| h.round() as u16));
+                p.hr_max_bpm = p
+                    .hr_max_bpm
+                    .or(positive(f.num("default_max_heart_rate")).map(|h| h.round() as u16));
+            }
+            MesgNum::ZonesTarget => {
+                let f = Fields::of(m);
+                // The zones' maximum is the one the athlete set; it wins over the default.
+                if let Some(h) = positive(f.num("max_heart_rate")) {
+                    p.hr_max_bpm = Some(h.round() as u16);
+                }
+                p.ftp_w = p
+                    .ftp_w
+                    .or(positive(f.num("functional_threshold_power")).map(|w| w.round() as u16));
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+fn device_name(messages: &[FitDataRecord]) -> Option<String> {
+    let m = messages.iter().find(|m| m.kind() == MesgNum::FileId)?;
+    let f = Fields::of(m);
+    let maker = f.text("manufacturer")?;
+    let product = f.text("garmin_product").or_else(|| f.text("product"));
+    Some(match product {
+        Some(p) => format!("{maker} {p}"),
+        None => maker,
+    })
+}
+
+struct SessionInfo {
+    start: Option<Timestamp>,
+    sport: Option<Sport>,
+    device: DeviceTotals,
+}
+
+fn session_info(m: &FitDataRecord) -> SessionInfo {
+    let f = Fields::of(m);
+    let sport = f.text("sport");
+    let sub = f.text("sub_sport");
+    let mapped = sport.as_deref().and_then(|s| map_sport(s, sub.as_deref()));
+    let start = f.time("start_time");
+    SessionInfo {
+        start,
+        sport: mapped,
+        device: DeviceTotals {
+            sport,
+            sub_sport: sub,
+            start_time: start.map(Timestamp::to_rfc3339),
+            elapsed_s: f.num("total_elapsed_time"),
+            timer_s: f.num("total_timer_time"),
+            distance_m: f.num("total_distance"),
+            ascent_m: f.num("total_ascent"),
+            descent_m: f.num("total_descent"),
+            calories_kcal: f.num("total_calories"),
+            avg_hr: f.num("avg_heart_rate"),
+            max_hr: f.num("max_heart_rate"),
+            avg_power_w: f.num("avg_power"),
+            max_power_w: f.num("max_power"),
+            normalized_power_w: f.num("normalized_power"),
+            tss: f.num("training_stress_score"),
+            threshold_power_w: f.num("threshold_power"),
+        },
+    }
+}
+
+/// What happens at one moment of the replay. The order at equal times matters: a resume comes
+/// before the samples it lets in, a pause after the samples it closes.
+#[derive(Clone, Debug)]
+enum Step {
+    Resume,
+    Sample(Reading),
+    Lap,
+    Pause,
+}
+
+impl Step {
+    fn rank(&self) -> u8 {
+        match self {
+            Step::Resume => 0,
+            Step::Sample(_) => 1,
+            Step::Lap => 2,
+            Step::Pause => 3,
+        }
+    }
+}
+
+fn record_readings(f: &Fields<'_>, out: &mut Vec<Reading>) {
+    if let Some(bpm) = f.num("heart_rate") {
+        out.push(Reading::HeartRate { bpm });
+    }
+    if let (Some(lat), Some(lon)) = (f.num("position_lat"), f.num("position_long")) {
+        out.push(Reading::Position {
+            lat: lat * SEMICIRCLE_TO_DEG,
+            lon: lon * SEMICIRCLE_TO_DEG,
+            accuracy_m: None,
+        });
+    }
+    // FIT does not say where altitude came from; devices write their best altitude, which is
+    // barometric on every device that has a barometer. GPS-only devices' altitude is noisier,
+    // and the barometric hysteresis will simply count a little more of its noise.
+    if let Some(m) = f.num_enhanced("altitude") {
+        out.push(Reading::Altitude {
+            m,
+            source: AltitudeSource::Barometric,
+        });
+    }
+    if let Some(mps) = f.num_enhanced("speed") {
+        out.push(Reading::Speed { mps });
+    }
+    if let Some(m) = f.num("distance") {
+        out.push(Reading::Distance { m });
+    }
+    if let Some(rpm) = f.num("cadence") {
+        let frac = f.num("fractional_cadence").unwrap_or(0.0);
+        out.push(Reading::Cadence { rpm: rpm + frac });
+    }
+    if let Some(w) = f.num("power") {
+        out.push(Reading::Power { w });
+    }
+    if let Some(c) = f.num("temperature") {
+        out.push(Reading::Temperature { c });
+    }
+    if let Some(pct) = f.num("saturated_hemoglobin_percent") {
+        out.push(Reading::Spo2 { pct });
+    }
+}
+
+/// Imports a FIT file. `overrides` win over the file's own profile, which wins over defaults.
+/// `key` names the file for stable workout ids (its content hash).
+pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, FitError> {
+    let Decoded { messages, damage } = decode(bytes)?;
+    let mut warnings = Vec::new();
+    let file_type = messages
+        .iter()
+        .find(|m| m.kind() == MesgNum::FileId)
+        .and_then(|m| Fields::of(m).text("type"))
+        .unwrap_or_else(|| "unknown".into());
+
+    let file_profile = file_profile(&messages);
+    let sessions: Vec<SessionInfo> = messages
+        .iter()
+        .filter(|m| m.kind() == MesgNum::Session)
+        .map(session_info)
+        .collect();
+    let file_sport = messages
+        .iter()
+        .find(|m| m.kind() == MesgNum::Sport)
+        .map(Fields::of)
+        .and_then(|f| {
+            let s = f.text("sport")?;
+            map_sport(&s, f.text("sub_sport").as_deref())
+        });
+
+    // The timeline: every record's readings, RR intervals, timer events and lap ends.
+    let mut steps: Vec<(Timestamp, Step)> = Vec::new();
+    let mut last_t: Option<Timestamp> = None;
+    let mut readings = Vec::with_capacity(8);
+    let mut records = 0usize;
+    for m in &messages {
+        match m.kind() {
+            MesgNum::Record => {
+                let f = Fields::of(m);
+                let Some(t) = f.time("timestamp") else {
+                    continue;
+                };
+                records += 1;
+                last_t = Some(t);
+                readings.clear();
+                record_readings(&f, &mut readings);
+                steps.extend(readings.iter().map(|r| (t, Step::Sample(*r))));
+            }
+            MesgNum::Hrv => {
+                // HRV messages carry no timestamp: they belong to the record before them.
+                if let Some(t) = last_t {
+                    let f = Fields::of(m);
+                    for s in f.array("time") {
+                        steps.push((t, Step::Sample(Reading::RrInterval { ms: s * 1000.0 })));
+                    }
+                }
+            }
+            MesgNum::Event => {
+                let f = Fields::of(m);
+                if f.text("event").as_deref() != Some("timer") {
+                    continue;
+                }
+                let Some(t) = f.time("timestamp") else {
+                    continue;
+                };
+                match f.text("event_type").as_deref() {
+                    Some("start") => steps.push((t, Step::Resume)),
+                    Some("stop" | "stop_all" | "stop_disable" | "stop_disable_all") => {
+                        steps.push((t, Step::Pause));
+                    }
+                    _ => {}
+                }
+            }
+            MesgNum::Lap => {
+                if let Some(t) = Fields::of(m).time("timestamp") {
+                    steps.push((t, Step::Lap));
+                }
+            }
+            _ => {}
+        }
+    }
+    if records == 0 {
+        return Err(match damage {
+            Some(d) => FitError::Damaged(d),
+            None => FitError::NoActivity(file_type),
+        });
+    }
+    if let Some(d) = &damage {
+        warnings.push(format!(
+            "{d}; recovered {records} records and {} session(s) decoded before the damage",
+            sessions.len()
+        ));
+    }
+    steps.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.rank().cmp(&b.1.rank())));
+
+    // Session windows: from each session's start to the next one's.
+    let mut infos = sessions;
+    if infos.is_empty() {
+        warnings.push("the file has no session message; one workout was made from its records".into());
+        infos.push(SessionInfo {
+            start: steps.first().map(|s| s.0),
+            sport: file_sport,
+            device: DeviceTotals::default(),
+        });
+    }
+    let mut starts: Vec<Timestamp> = Vec::with_capacity(infos.len());
+    for (i, s) in infos.iter().enumerate() {
+        let fallback = if i == 0 {
+            steps.first().map(|s| s.0)
+        } else {
+            starts.last().copied()
+        };
+        starts.push(s.start.or(fallback).unwrap_or(Timestamp(0)));
+    }
+
+    let mut out = Vec::with_capacity(infos.len());
+    for (i, info) in infos.into_iter().enumerate() {
+        let from = starts[i];
+        let to = starts.get(i + 1).copied();
+        let window: Vec<&(Timestamp, Step)> = steps
+            .iter()
+            .filter(|(t, _)| *t >= from && to.is_none_or(|to| *t < to))
+            .collect();
+        let mut profile = overrides.or(file_profile);
+        if overrides.ftp_w.is_none() {
+            if let Some(ftp) = info.device.threshold_power_w.filter(|w| *w > 0.0) {
+                profile.ftp_w = Some(ftp.round() as u16);
+            }
+        }
+        let id = WorkoutId::derived(key, &i.to_string());
+        out.push(replay(i, id, info, profile, from, &window));
+    }
+    Ok(FitImport {
+        sessions: out,
+        warnings,
+        file_profile,
+        device: device_name(&messages),
+    })
+}
+
+fn replay(
+    index: usize,
+    id: WorkoutId,
+    info: SessionInfo,
+    profile: Profile,
+    start: Timestamp,
+    window: &[&(Timestamp, Step)],
+) -> ImportedSession {
+    let mut w = Workout::new(id, info.sport, profile.resolve(), WorkoutConfig::import());
+    let mut samples = Vec::new();
+    let mut end = start;
+    let started = w.start(start);
+    debug_assert!(started.is_ok());
+    // Commands here can only fail on a repeat (a start while running, a stop while stopped),
+    // which devices write routinely; those are no-ops by design.
+    for (t, step) in window {
+        end = end.max(*t);
+        match step {
+            Step::Resume => {
+                let _ = w.resume(*t);
+            }
+            Step::Pause => {
+                let _ = w.pause(*t);
+            }
+            Step::Lap => {
+                let _ = w.lap(*t);
+            }
+            Step::Sample(r) => {
+                let _ = w.record(Sample::new(*t, *r));
+                samples.append(&mut w.take_samples());
+            }
+        }
+    }
+    let outcome = w.complete(end).cloned();
+    samples.append(&mut w.take_samples());
+    ImportedSession {
+        index,
+        outcome,
+        device: info.device,
+        samples,
+        events: w.take_events(),
+        profile,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_fit() {
+        assert!(matches!(import(b"hello", Profile::default(), "k"), Err(FitError::NotFit(_))));
+        assert!(matches!(
+            import(&[0u8; 64], Profile::default(), "k"),
+            Err(FitError::NotFit(_))
+        ));
+    }
+
+    #[test]
+    fn a_bare_header_has_no_activity() {
+        // A valid 12-byte header with an empty data section.
+        let mut h = vec![12u8, 0x10, 0x5c, 0x08, 0, 0, 0, 0];
+        h.extend_from_slice(b".FIT");
+        let e = import(&h, Profile::default(), "k").unwrap_err();
+        assert!(matches!(e, FitError::NoActivity(_) | FitError::Damaged(_)), "{e}");
+    }
+
+    #[test]
+    fn sport_mapping() {
+        assert_eq!(map_sport("generic", None), None);
+        assert_eq!(map_sport("fitness_equipment", Some("indoor_rowing")), Some(Sport::Rowing));
+        assert_eq!(map_sport("cycling", Some("virtual_activity")), Some(Sport::Cycling));
+        assert_eq!(map_sport("tennis", None), Some(Sport::Other));
+    }
+}

@@ -1,0 +1,1 @@
+//! The local SQLite store (first shape; completed by the local-store issue).
