@@ -49,8 +49,11 @@ pub struct DeviceTotals {
 #[derive(Clone, Debug)]
 pub struct ImportedSession {
     pub index: usize,
-    /// The engine's workout, or why it could not be recorded (e.g. shorter than 1 minute).
-    pub outcome: Result<WorkoutSummary, WorkoutError>,
+    /// The engine's figures for the session.
+    pub summary: WorkoutSummary,
+    /// Why the session is not recorded as a workout, if it is not (RULES.md: a workout under
+    /// one minute is not recorded). Its figures are still computed and shown.
+    pub not_recorded: Option<WorkoutError>,
     pub device: DeviceTotals,
     pub samples: Vec<Sample>,
     pub events: Vec<DomainEvent>,
@@ -92,6 +95,10 @@ fn decode(bytes: &[u8]) -> Result<Decoded, FitError> {
         ));
     }
     let mut p = FitStreamProcessor::new();
+    // Keep the raw compressed speed/distance field: fitparser 0.11 accumulates its distance
+    // component wrongly (it sums the rolling counter's values instead of their deltas), so we
+    // expand it ourselves in `record_readings`.
+    p.add_option(fitparser::de::DecodeOption::KeepCompositeFields);
     let mut messages = Vec::new();
     let mut buf = bytes;
     let mut damage = None;
@@ -113,10 +120,7 @@ fn decode(bytes: &[u8]) -> Result<Decoded, FitError> {
                 buf = rest;
             }
             Err(e) => {
-                damage = Some(format!(
-                    "damaged at byte {offset} of {}: {e}",
-                    bytes.len()
-                ));
+                damage = Some(format!("damaged at byte {offset} of {}: {e}", bytes.len()));
                 break;
             }
         }
@@ -167,7 +171,8 @@ impl<'a> Fields<'a> {
     }
     /// Enhanced fields (32-bit) win over their 16-bit originals.
     fn num_enhanced(&self, name: &str) -> Option<f64> {
-        self.num(&format!("enhanced_{name}")).or_else(|| self.num(name))
+        self.num(&format!("enhanced_{name}"))
+            .or_else(|| self.num(name))
     }
     fn array(&self, name: &str) -> Vec<f64> {
         match self.0.get(name) {
@@ -208,7 +213,9 @@ fn file_profile(messages: &[FitDataRecord]) -> Profile {
                 p.age_years = p
                     .age_years
                     .or(positive(f.num("age")).map(|a| a.round() as u32));
-                p.sex = p.sex.or(f.text("gender").and_then(|g| g.parse::<Sex>().ok()));
+                p.sex = p
+                    .sex
+                    .or(f.text("gender").and_then(|g| g.parse::<Sex>().ok()));
                 p.hr_rest_bpm = p
                     .hr_rest_bpm
                     .or(positive(f.num("resting_heart_rate")).map(|h| h.round() as u16));
@@ -245,6 +252,9 @@ fn device_name(messages: &[FitDataRecord]) -> Option<String> {
 
 struct SessionInfo {
     start: Option<Timestamp>,
+    /// When the device closed the session (its `timestamp`). Only an upper bound: a device may
+    /// write it when the file is saved, long after the end.
+    closed: Option<Timestamp>,
     sport: Option<Sport>,
     device: DeviceTotals,
 }
@@ -257,6 +267,7 @@ fn session_info(m: &FitDataRecord) -> SessionInfo {
     let start = f.time("start_time");
     SessionInfo {
         start,
+        closed: f.time("timestamp"),
         sport: mapped,
         device: DeviceTotals {
             sport,
@@ -276,6 +287,68 @@ fn session_info(m: &FitDataRecord) -> SessionInfo {
             tss: f.num("training_stress_score"),
             threshold_power_w: f.num("threshold_power"),
         },
+    }
+}
+
+/// Heart rate stored beat by beat in "hr" messages (straps that record while out of contact,
+/// e.g. swimming). A message with a single full `event_timestamp` anchors the strap's event
+/// clock (1/1024 s ticks) to the file's time (`timestamp` + `fractional_timestamp`); the others
+/// carry up to eight beats whose event times are packed 12-bit rolling tick counts
+/// (`event_timestamp_12`, wrapping every 4 s), unrolled against the previous beat as the FIT
+/// SDK's HR-to-record merge does. fitparser 0.11 mis-accumulates the expanded field, so the raw
+/// bytes are decoded here.
+#[derive(Debug, Default)]
+struct HrMessages {
+    /// (anchor event ticks, anchor time in ms)
+    anchor: Option<(i64, f64)>,
+    last_ticks: Option<i64>,
+}
+
+fn unpack_12bit(bytes: &[f64]) -> Vec<i64> {
+    let b: Vec<u32> = bytes.iter().map(|v| *v as u32 & 0xFF).collect();
+    let mut out = Vec::with_capacity(b.len() * 2 / 3);
+    let mut bit = 0usize;
+    while bit + 12 <= b.len() * 8 {
+        let (i, shift) = (bit / 8, bit % 8);
+        let lo = b[i] >> shift;
+        let hi = b.get(i + 1).copied().unwrap_or(0) << (8 - shift);
+        out.push(i64::from((lo | hi) & 0xFFF));
+        bit += 12;
+    }
+    out
+}
+
+impl HrMessages {
+    const TICKS_PER_S: f64 = 1024.0;
+
+    fn next(&mut self, f: &Fields<'_>) -> Vec<(Timestamp, f64)> {
+        let bpms = f.array("filtered_bpm");
+        let mut out = vec![];
+        let full = f.array("event_timestamp");
+        if let (Some(ts), [full]) = (f.time("timestamp"), full.as_slice()) {
+            let t_ms = ts.0 as f64 + f.num("fractional_timestamp").unwrap_or(0.0) * 1000.0;
+            let ticks = (full * Self::TICKS_PER_S).round() as i64;
+            self.anchor = Some((ticks, t_ms));
+            self.last_ticks = Some(ticks);
+            if let Some(bpm) = bpms.first() {
+                out.push((Timestamp(t_ms.round() as i64), *bpm));
+            }
+            return out;
+        }
+        let (Some((anchor_ticks, anchor_ms)), Some(mut last)) = (self.anchor, self.last_ticks)
+        else {
+            return out;
+        };
+        for (bpm, v) in bpms
+            .iter()
+            .zip(unpack_12bit(&f.array("event_timestamp_12")))
+        {
+            last += (v - (last & 0xFFF)) & 0xFFF;
+            let t = anchor_ms + (last - anchor_ticks) as f64 * 1000.0 / Self::TICKS_PER_S;
+            out.push((Timestamp(t.round() as i64), *bpm));
+        }
+        self.last_ticks = Some(last);
+        out
     }
 }
 
@@ -300,7 +373,30 @@ impl Step {
     }
 }
 
-fn record_readings(f: &Fields<'_>, out: &mut Vec<Reading>) {
+/// The FIT "compressed_speed_distance" field: 3 bytes, little-endian; speed in the low 12 bits
+/// (1/100 m/s), distance in the high 12 bits (1/16 m) as a rolling counter that wraps at 256 m.
+#[derive(Debug, Default)]
+struct CompressedDistance {
+    last_counter: Option<u32>,
+    total_m: f64,
+}
+
+impl CompressedDistance {
+    fn next(&mut self, raw: &[f64]) -> Option<(f64, f64)> {
+        let [b0, b1, b2] = raw else { return None };
+        let v = (*b0 as u32) | ((*b1 as u32) << 8) | ((*b2 as u32) << 16);
+        let speed = f64::from(v & 0xFFF) / 100.0;
+        let counter = v >> 12;
+        if let Some(prev) = self.last_counter {
+            self.total_m += f64::from((counter + 4096 - prev) % 4096) / 16.0;
+        }
+        self.last_counter = Some(counter);
+        Some((speed, self.total_m))
+    }
+}
+
+fn record_readings(f: &Fields<'_>, compressed: &mut CompressedDistance, out: &mut Vec<Reading>) {
+    let compressed = compressed.next(&f.array("compressed_speed_distance"));
     if let Some(bpm) = f.num("heart_rate") {
         out.push(Reading::HeartRate { bpm });
     }
@@ -320,11 +416,16 @@ fn record_readings(f: &Fields<'_>, out: &mut Vec<Reading>) {
             source: AltitudeSource::Barometric,
         });
     }
-    if let Some(mps) = f.num_enhanced("speed") {
+    if let Some((mps, m)) = compressed {
         out.push(Reading::Speed { mps });
-    }
-    if let Some(m) = f.num("distance") {
         out.push(Reading::Distance { m });
+    } else {
+        if let Some(mps) = f.num_enhanced("speed") {
+            out.push(Reading::Speed { mps });
+        }
+        if let Some(m) = f.num("distance") {
+            out.push(Reading::Distance { m });
+        }
     }
     if let Some(rpm) = f.num("cadence") {
         let frac = f.num("fractional_cadence").unwrap_or(0.0);
@@ -372,6 +473,8 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
     let mut last_t: Option<Timestamp> = None;
     let mut readings = Vec::with_capacity(8);
     let mut records = 0usize;
+    let mut compressed = CompressedDistance::default();
+    let mut beats = HrMessages::default();
     for m in &messages {
         match m.kind() {
             MesgNum::Record => {
@@ -382,7 +485,7 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
                 records += 1;
                 last_t = Some(t);
                 readings.clear();
-                record_readings(&f, &mut readings);
+                record_readings(&f, &mut compressed, &mut readings);
                 steps.extend(readings.iter().map(|r| (t, Step::Sample(*r))));
             }
             MesgNum::Hrv => {
@@ -392,6 +495,11 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
                     for s in f.array("time") {
                         steps.push((t, Step::Sample(Reading::RrInterval { ms: s * 1000.0 })));
                     }
+                }
+            }
+            MesgNum::Hr => {
+                for (t, bpm) in beats.next(&Fields::of(m)) {
+                    steps.push((t, Step::Sample(Reading::HeartRate { bpm })));
                 }
             }
             MesgNum::Event => {
@@ -435,9 +543,11 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
     // Session windows: from each session's start to the next one's.
     let mut infos = sessions;
     if infos.is_empty() {
-        warnings.push("the file has no session message; one workout was made from its records".into());
+        warnings
+            .push("the file has no session message; one workout was made from its records".into());
         infos.push(SessionInfo {
             start: steps.first().map(|s| s.0),
+            closed: None,
             sport: file_sport,
             device: DeviceTotals::default(),
         });
@@ -455,10 +565,13 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
     let mut out = Vec::with_capacity(infos.len());
     for (i, info) in infos.into_iter().enumerate() {
         let from = starts[i];
-        let to = starts.get(i + 1).copied();
+        let to = match (starts.get(i + 1).copied(), info.closed) {
+            (Some(next), Some(closed)) if closed >= from => Some(next.min(closed)),
+            (next, _) => next,
+        };
         let window: Vec<&(Timestamp, Step)> = steps
             .iter()
-            .filter(|(t, _)| *t >= from && to.is_none_or(|to| *t < to))
+            .filter(|(t, _)| *t >= from && to.is_none_or(|to| *t <= to))
             .collect();
         let mut profile = overrides.or(file_profile);
         if overrides.ftp_w.is_none() {
@@ -467,7 +580,10 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
             }
         }
         let id = WorkoutId::derived(key, &i.to_string());
-        out.push(replay(i, id, info, profile, from, &window));
+        match replay(i, id, info, profile, from, &window) {
+            Some(s) => out.push(s),
+            None => warnings.push(format!("session {i} could not be replayed and was skipped")),
+        }
     }
     Ok(FitImport {
         sessions: out,
@@ -477,6 +593,34 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
     })
 }
 
+/// How far apart the final timer stop and the last sample may be and still be one moment
+/// (devices flush a record just before or after the stop).
+const STOP_NEAR_LAST_SAMPLE_MS: i64 = 5_000;
+
+/// When the session ended: the device's final timer stop when it closely follows (or precedes)
+/// the last sample, else the last sample (a device that wrote its stop only when the file was
+/// saved recorded nothing in between). Lap messages are written when the file is saved and do
+/// not count.
+fn session_end(window: &[&(Timestamp, Step)], start: Timestamp) -> Timestamp {
+    let last_sample = window
+        .iter()
+        .filter(|(_, s)| matches!(s, Step::Sample(_)))
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap_or(start);
+    let final_stop = window
+        .iter()
+        .filter(|(_, s)| matches!(s, Step::Pause | Step::Resume))
+        .next_back()
+        .filter(|(_, s)| matches!(s, Step::Pause))
+        .map(|(t, _)| *t);
+    let end = match final_stop {
+        Some(stop) if (stop.0 - last_sample.0).abs() <= STOP_NEAR_LAST_SAMPLE_MS => stop,
+        _ => last_sample,
+    };
+    end.max(start)
+}
+
 fn replay(
     index: usize,
     id: WorkoutId,
@@ -484,42 +628,57 @@ fn replay(
     profile: Profile,
     start: Timestamp,
     window: &[&(Timestamp, Step)],
-) -> ImportedSession {
+) -> Option<ImportedSession> {
+    // The timer's first start is the real beginning; the session's start_time is rounded.
+    let start = window
+        .iter()
+        .find(|(_, s)| !matches!(s, Step::Sample(_) | Step::Lap))
+        .filter(|(t, s)| matches!(s, Step::Resume) && t.0 - start.0 <= STOP_NEAR_LAST_SAMPLE_MS)
+        .map_or(start, |(t, _)| *t);
+    let end = session_end(window, start);
     let mut w = Workout::new(id, info.sport, profile.resolve(), WorkoutConfig::import());
     let mut samples = Vec::new();
-    let mut end = start;
     let started = w.start(start);
     debug_assert!(started.is_ok());
     // Commands here can only fail on a repeat (a start while running, a stop while stopped),
     // which devices write routinely; those are no-ops by design.
-    for (t, step) in window {
-        end = end.max(*t);
+    for (t, step) in window.iter().filter(|(t, _)| *t <= end) {
         match step {
             Step::Resume => {
                 let _ = w.resume(*t);
             }
-            Step::Pause => {
+            Step::Pause if *t < end => {
                 let _ = w.pause(*t);
             }
-            Step::Lap => {
+            Step::Pause => {}
+            Step::Lap if *t < end => {
                 let _ = w.lap(*t);
             }
+            Step::Lap => {}
             Step::Sample(r) => {
                 let _ = w.record(Sample::new(*t, *r));
                 samples.append(&mut w.take_samples());
             }
         }
     }
-    let outcome = w.complete(end).cloned();
+    let (summary, not_recorded) = match w.complete(end) {
+        Ok(s) => (s.clone(), None),
+        Err(e) => {
+            let preview = w.preview(end)?;
+            let _ = w.cancel(end);
+            (preview, Some(e))
+        }
+    };
     samples.append(&mut w.take_samples());
-    ImportedSession {
+    Some(ImportedSession {
         index,
-        outcome,
+        summary,
+        not_recorded,
         device: info.device,
         samples,
         events: w.take_events(),
         profile,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -528,7 +687,10 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_fit() {
-        assert!(matches!(import(b"hello", Profile::default(), "k"), Err(FitError::NotFit(_))));
+        assert!(matches!(
+            import(b"hello", Profile::default(), "k"),
+            Err(FitError::NotFit(_))
+        ));
         assert!(matches!(
             import(&[0u8; 64], Profile::default(), "k"),
             Err(FitError::NotFit(_))
@@ -541,14 +703,48 @@ mod tests {
         let mut h = vec![12u8, 0x10, 0x5c, 0x08, 0, 0, 0, 0];
         h.extend_from_slice(b".FIT");
         let e = import(&h, Profile::default(), "k").unwrap_err();
-        assert!(matches!(e, FitError::NoActivity(_) | FitError::Damaged(_)), "{e}");
+        assert!(
+            matches!(e, FitError::NoActivity(_) | FitError::Damaged(_)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn twelve_bit_packing() {
+        // Two values 0xABC and 0x123 pack little-endian into BC 3A 12.
+        assert_eq!(unpack_12bit(&[188.0, 58.0, 18.0]), vec![0xABC, 0x123]);
+        // Real bytes from a strap: first beat 3445/1024 s = 3.364 s, second 182/1024 s.
+        assert_eq!(&unpack_12bit(&[117.0, 109.0, 11.0])[..], &[3445, 182]);
+    }
+
+    #[test]
+    fn compressed_distance_rolls_over_at_256_m() {
+        let mut c = CompressedDistance::default();
+        let raw = |speed: u32, dist16: u32| {
+            let v = speed | (dist16 << 12);
+            [
+                f64::from(v & 0xFF),
+                f64::from((v >> 8) & 0xFF),
+                f64::from(v >> 16),
+            ]
+        };
+        assert_eq!(c.next(&raw(354, 4000)), Some((3.54, 0.0)));
+        // 4000 -> 96 wraps: (96 + 4096 - 4000) / 16 = 12 m
+        assert_eq!(c.next(&raw(300, 96)), Some((3.0, 12.0)));
+        assert_eq!(c.next(&[1.0, 2.0]), None);
     }
 
     #[test]
     fn sport_mapping() {
         assert_eq!(map_sport("generic", None), None);
-        assert_eq!(map_sport("fitness_equipment", Some("indoor_rowing")), Some(Sport::Rowing));
-        assert_eq!(map_sport("cycling", Some("virtual_activity")), Some(Sport::Cycling));
+        assert_eq!(
+            map_sport("fitness_equipment", Some("indoor_rowing")),
+            Some(Sport::Rowing)
+        );
+        assert_eq!(
+            map_sport("cycling", Some("virtual_activity")),
+            Some(Sport::Cycling)
+        );
         assert_eq!(map_sport("tennis", None), Some(Sport::Other));
     }
 }

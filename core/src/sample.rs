@@ -19,23 +19,42 @@ pub enum AltitudeSource {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "channel", rename_all = "snake_case")]
 pub enum Reading {
-    HeartRate { bpm: f64 },
+    HeartRate {
+        bpm: f64,
+    },
     /// One beat-to-beat (RR) interval.
-    RrInterval { ms: f64 },
+    RrInterval {
+        ms: f64,
+    },
     /// A GPS fix in WGS-84 degrees, with the receiver's horizontal accuracy when it gives one.
     Position {
         lat: f64,
         lon: f64,
         accuracy_m: Option<f64>,
     },
-    Altitude { m: f64, source: AltitudeSource },
-    Speed { mps: f64 },
+    Altitude {
+        m: f64,
+        source: AltitudeSource,
+    },
+    Speed {
+        mps: f64,
+    },
     /// Cumulative distance from a wheel or foot sensor (or the device's own odometer).
-    Distance { m: f64 },
-    Cadence { rpm: f64 },
-    Power { w: f64 },
-    Temperature { c: f64 },
-    Spo2 { pct: f64 },
+    Distance {
+        m: f64,
+    },
+    Cadence {
+        rpm: f64,
+    },
+    Power {
+        w: f64,
+    },
+    Temperature {
+        c: f64,
+    },
+    Spo2 {
+        pct: f64,
+    },
 }
 
 impl Reading {
@@ -122,7 +141,10 @@ impl Channel {
 
     /// Channels that are health data (encrypted at rest, MFA-protected on the server).
     pub fn is_health(self) -> bool {
-        matches!(self, Channel::HeartRate | Channel::RrInterval | Channel::Spo2)
+        matches!(
+            self,
+            Channel::HeartRate | Channel::RrInterval | Channel::Spo2
+        )
     }
 }
 

@@ -83,7 +83,8 @@ impl ManualClock {
     }
 
     pub fn advance_secs(&self, s: f64) {
-        self.0.fetch_add((s * 1000.0).round() as i64, Ordering::SeqCst);
+        self.0
+            .fetch_add((s * 1000.0).round() as i64, Ordering::SeqCst);
     }
 
     pub fn set(&self, t: Timestamp) {

@@ -146,9 +146,11 @@ impl Validator {
 pub fn judge(profile: &ResolvedProfile, r: &Reading) -> Verdict {
     use Reason::*;
     let finite = match *r {
-        Reading::Position { lat, lon, accuracy_m } => {
-            lat.is_finite() && lon.is_finite() && accuracy_m.is_none_or(|a| !a.is_nan())
-        }
+        Reading::Position {
+            lat,
+            lon,
+            accuracy_m,
+        } => lat.is_finite() && lon.is_finite() && accuracy_m.is_none_or(|a| !a.is_nan()),
         Reading::HeartRate { bpm: v }
         | Reading::RrInterval { ms: v }
         | Reading::Altitude { m: v, .. }
@@ -177,8 +179,14 @@ pub fn judge(profile: &ResolvedProfile, r: &Reading) -> Verdict {
                 Verdict::Accepted
             }
         }
-        Reading::RrInterval { ms } if impossible(ms, limits::RR_MS) => Verdict::Rejected(Impossible),
-        Reading::Position { lat, lon, accuracy_m } => {
+        Reading::RrInterval { ms } if impossible(ms, limits::RR_MS) => {
+            Verdict::Rejected(Impossible)
+        }
+        Reading::Position {
+            lat,
+            lon,
+            accuracy_m,
+        } => {
             if !within(lat, (-90.0, 90.0)) || !within(lon, (-180.0, 180.0)) {
                 Verdict::Rejected(OutOfRange)
             } else if lat == 0.0 && lon == 0.0 {
@@ -269,7 +277,10 @@ impl ValidationReport {
     }
 
     pub fn total_flagged(&self) -> u64 {
-        self.channels.values().flat_map(|c| c.flagged.values()).sum()
+        self.channels
+            .values()
+            .flat_map(|c| c.flagged.values())
+            .sum()
     }
 
     pub fn total_excluded(&self) -> u64 {
@@ -281,9 +292,9 @@ impl ValidationReport {
 
     /// True when a channel had any flagged, rejected or excluded sample.
     pub fn channel_clean(&self, ch: Channel) -> bool {
-        self.channels.get(&ch).is_none_or(|c| {
-            c.flagged.is_empty() && c.rejected.is_empty() && c.excluded.is_empty()
-        })
+        self.channels
+            .get(&ch)
+            .is_none_or(|c| c.flagged.is_empty() && c.rejected.is_empty() && c.excluded.is_empty())
     }
 }
 
@@ -309,14 +320,29 @@ mod tests {
     fn heart_rate_boundaries() {
         let p = prof(40); // upper limit 180
         assert_eq!(judge(&p, &hr(40.0)), Verdict::Accepted);
-        assert_eq!(judge(&p, &hr(39.0)), Verdict::Flagged(Reason::HeartRateBelowRange));
+        assert_eq!(
+            judge(&p, &hr(39.0)),
+            Verdict::Flagged(Reason::HeartRateBelowRange)
+        );
         assert_eq!(judge(&p, &hr(180.0)), Verdict::Accepted);
-        assert_eq!(judge(&p, &hr(181.0)), Verdict::Flagged(Reason::HeartRateAboveRange));
-        assert_eq!(judge(&p, &hr(20.0)), Verdict::Flagged(Reason::HeartRateBelowRange));
+        assert_eq!(
+            judge(&p, &hr(181.0)),
+            Verdict::Flagged(Reason::HeartRateAboveRange)
+        );
+        assert_eq!(
+            judge(&p, &hr(20.0)),
+            Verdict::Flagged(Reason::HeartRateBelowRange)
+        );
         assert_eq!(judge(&p, &hr(19.9)), Verdict::Rejected(Reason::Impossible));
-        assert_eq!(judge(&p, &hr(300.0)), Verdict::Flagged(Reason::HeartRateAboveRange));
+        assert_eq!(
+            judge(&p, &hr(300.0)),
+            Verdict::Flagged(Reason::HeartRateAboveRange)
+        );
         assert_eq!(judge(&p, &hr(300.1)), Verdict::Rejected(Reason::Impossible));
-        assert_eq!(judge(&p, &hr(f64::NAN)), Verdict::Rejected(Reason::NotFinite));
+        assert_eq!(
+            judge(&p, &hr(f64::NAN)),
+            Verdict::Rejected(Reason::NotFinite)
+        );
         assert_eq!(judge(&p, &hr(0.0)), Verdict::Rejected(Reason::Impossible));
     }
 
@@ -329,7 +355,10 @@ mod tests {
         }
         .resolve();
         assert_eq!(judge(&p, &hr(195.0)), Verdict::Accepted);
-        assert_eq!(judge(&p, &hr(196.0)), Verdict::Flagged(Reason::HeartRateAboveRange));
+        assert_eq!(
+            judge(&p, &hr(196.0)),
+            Verdict::Flagged(Reason::HeartRateAboveRange)
+        );
     }
 
     fn pos(lat: f64, lon: f64, acc: Option<f64>) -> Reading {
@@ -345,12 +374,24 @@ mod tests {
         let p = prof(30);
         assert_eq!(judge(&p, &pos(90.0, 180.0, None)), Verdict::Accepted);
         assert_eq!(judge(&p, &pos(-90.0, -180.0, None)), Verdict::Accepted);
-        assert_eq!(judge(&p, &pos(90.000001, 0.5, None)), Verdict::Rejected(Reason::OutOfRange));
-        assert_eq!(judge(&p, &pos(0.5, -180.000001, None)), Verdict::Rejected(Reason::OutOfRange));
-        assert_eq!(judge(&p, &pos(0.0, 0.0, None)), Verdict::Rejected(Reason::NullIsland));
+        assert_eq!(
+            judge(&p, &pos(90.000001, 0.5, None)),
+            Verdict::Rejected(Reason::OutOfRange)
+        );
+        assert_eq!(
+            judge(&p, &pos(0.5, -180.000001, None)),
+            Verdict::Rejected(Reason::OutOfRange)
+        );
+        assert_eq!(
+            judge(&p, &pos(0.0, 0.0, None)),
+            Verdict::Rejected(Reason::NullIsland)
+        );
         assert_eq!(judge(&p, &pos(0.0, 0.00001, None)), Verdict::Accepted);
         assert_eq!(judge(&p, &pos(1.0, 1.0, Some(50.0))), Verdict::Accepted);
-        assert_eq!(judge(&p, &pos(1.0, 1.0, Some(50.1))), Verdict::Flagged(Reason::PoorAccuracy));
+        assert_eq!(
+            judge(&p, &pos(1.0, 1.0, Some(50.1))),
+            Verdict::Flagged(Reason::PoorAccuracy)
+        );
     }
 
     #[test]
@@ -408,8 +449,14 @@ mod tests {
         let mut v = Validator::new(prof(30));
         let at = |ms, r| Sample::new(Timestamp(ms), r);
         assert_eq!(v.check(&at(2000, hr(100.0))), Verdict::Accepted);
-        assert_eq!(v.check(&at(1000, Reading::Power { w: 100.0 })), Verdict::Accepted);
-        assert_eq!(v.check(&at(1999, hr(100.0))), Verdict::Rejected(Reason::OutOfOrder));
+        assert_eq!(
+            v.check(&at(1000, Reading::Power { w: 100.0 })),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            v.check(&at(1999, hr(100.0))),
+            Verdict::Rejected(Reason::OutOfOrder)
+        );
         assert_eq!(v.check(&at(2000, hr(101.0))), Verdict::Accepted);
     }
 
@@ -417,7 +464,10 @@ mod tests {
     fn report_counts_every_decision() {
         let mut r = ValidationReport::default();
         r.record(Channel::HeartRate, Verdict::Accepted);
-        r.record(Channel::HeartRate, Verdict::Flagged(Reason::HeartRateAboveRange));
+        r.record(
+            Channel::HeartRate,
+            Verdict::Flagged(Reason::HeartRateAboveRange),
+        );
         r.record(Channel::HeartRate, Verdict::Rejected(Reason::Impossible));
         r.record(Channel::Position, Verdict::Accepted);
         r.exclude(Channel::Position, Reason::ImpossibleSpeed);

@@ -86,7 +86,10 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WorkoutError {
     #[error("cannot {command:?} a workout that is {state}")]
-    InvalidTransition { state: WorkoutState, command: Command },
+    InvalidTransition {
+        state: WorkoutState,
+        command: Command,
+    },
     #[error("a workout shorter than 1 minute is not recorded (timer shows {timer_s:.1} s)")]
     TooShort { timer_s: f64 },
     #[error("recording stopped: the 24-hour limit was reached")]
@@ -366,7 +369,10 @@ impl Workout {
     }
 
     pub fn lap(&mut self, at: Timestamp) -> Result<(), WorkoutError> {
-        if !matches!(self.state, WorkoutState::Active | WorkoutState::Paused { .. }) {
+        if !matches!(
+            self.state,
+            WorkoutState::Active | WorkoutState::Paused { .. }
+        ) {
             return Err(self.refuse(Command::Lap));
         }
         self.check_time(Command::Lap, at)?;
@@ -434,7 +440,10 @@ impl Workout {
         let Some(start) = self.run.as_ref().map(|r| r.start) else {
             return Err(self.refuse(Command::Record));
         };
-        if !matches!(self.state, WorkoutState::Active | WorkoutState::Paused { .. }) {
+        if !matches!(
+            self.state,
+            WorkoutState::Active | WorkoutState::Paused { .. }
+        ) {
             return Err(self.refuse(Command::Record));
         }
         if s.t.secs_since(start) >= self.config.max_elapsed_s {
@@ -544,8 +553,10 @@ impl Workout {
         let Some(start) = self.start_time() else {
             return false;
         };
-        if matches!(self.state, WorkoutState::Active | WorkoutState::Paused { .. })
-            && now.secs_since(start) >= self.config.max_elapsed_s
+        if matches!(
+            self.state,
+            WorkoutState::Active | WorkoutState::Paused { .. }
+        ) && now.secs_since(start) >= self.config.max_elapsed_s
         {
             self.finish(
                 start.plus_secs(self.config.max_elapsed_s),
@@ -557,7 +568,10 @@ impl Workout {
     }
 
     pub fn complete(&mut self, at: Timestamp) -> Result<&WorkoutSummary, WorkoutError> {
-        if !matches!(self.state, WorkoutState::Active | WorkoutState::Paused { .. }) {
+        if !matches!(
+            self.state,
+            WorkoutState::Active | WorkoutState::Paused { .. }
+        ) {
             return Err(self.refuse(Command::Complete));
         }
         self.check_time(Command::Complete, at)?;
@@ -575,31 +589,20 @@ impl Workout {
             return Err(WorkoutError::TooShort { timer_s });
         }
         self.finish(at, CompletionReason::Completed);
-        self.summary.as_ref().ok_or(WorkoutError::InvalidTransition {
-            state: self.state,
-            command: Command::Complete,
-        })
+        self.summary
+            .as_ref()
+            .ok_or(WorkoutError::InvalidTransition {
+                state: self.state,
+                command: Command::Complete,
+            })
     }
 
     fn finish(&mut self, at: Timestamp, reason: CompletionReason) {
         self.close_lap(at);
         let Some(r) = self.run.as_mut() else { return };
         r.timer.set(at.0, false);
-        let metrics = r.metrics.clone().finish(at.0, &r.timer, &mut self.report);
-        let summary = WorkoutSummary {
-            id: self.id.clone(),
-            title: self.title.clone(),
-            notes: self.notes.clone(),
-            start_time: r.start,
-            end_time: at,
-            completion: reason,
-            metrics,
-            laps: self.laps.clone(),
-            samples: self.report.total_received(),
-            rejected: self.report.total_rejected(),
-            flagged: self.report.total_flagged(),
-            validation: self.report.clone(),
-            profile: self.profile,
+        let Some(summary) = self.build_summary(at, reason) else {
+            return;
         };
         self.events.push(DomainEvent::WorkoutCompleted {
             workout_id: self.id.clone(),
@@ -614,8 +617,42 @@ impl Workout {
         self.last_change = Some(at);
     }
 
+    /// What completing at `at` would produce, without completing: used to show the figures of a
+    /// workout that is too short to be recorded.
+    pub fn preview(&self, at: Timestamp) -> Option<WorkoutSummary> {
+        let mut w = self.clone();
+        w.events.clear();
+        w.close_lap(at);
+        w.set_timer(at, false);
+        w.build_summary(at, CompletionReason::Completed)
+    }
+
+    fn build_summary(&self, at: Timestamp, reason: CompletionReason) -> Option<WorkoutSummary> {
+        let r = self.run.as_ref()?;
+        let mut report = self.report.clone();
+        let metrics = r.metrics.clone().finish(at.0, &r.timer, &mut report);
+        Some(WorkoutSummary {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            notes: self.notes.clone(),
+            start_time: r.start,
+            end_time: at,
+            completion: reason,
+            metrics,
+            laps: self.laps.clone(),
+            samples: report.total_received(),
+            rejected: report.total_rejected(),
+            flagged: report.total_flagged(),
+            validation: report,
+            profile: self.profile,
+        })
+    }
+
     pub fn cancel(&mut self, at: Timestamp) -> Result<(), WorkoutError> {
-        if !matches!(self.state, WorkoutState::Active | WorkoutState::Paused { .. }) {
+        if !matches!(
+            self.state,
+            WorkoutState::Active | WorkoutState::Paused { .. }
+        ) {
             return Err(self.refuse(Command::Cancel));
         }
         self.check_time(Command::Cancel, at)?;

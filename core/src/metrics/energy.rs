@@ -78,12 +78,12 @@ pub struct Calories {
 /// Compendium MET values used when no movement model applies.
 pub fn met(sport: Sport) -> f64 {
     match sport {
-        Sport::Running => 9.8,   // 12030, running 6 mph
-        Sport::Walking => 3.5,   // 17200, walking 2.8-3.2 mph, level
-        Sport::Hiking => 6.0,    // 17080, hiking cross-country
-        Sport::Cycling => 7.0,   // 02010, stationary cycling, general
-        Sport::Swimming => 5.8,  // 18310, laps, freestyle, light/moderate
-        Sport::Rowing => 7.0,    // 15230-ish, stationary rowing 100 W, moderate
+        Sport::Running => 9.8,  // 12030, running 6 mph
+        Sport::Walking => 3.5,  // 17200, walking 2.8-3.2 mph, level
+        Sport::Hiking => 6.0,   // 17080, hiking cross-country
+        Sport::Cycling => 7.0,  // 02010, stationary cycling, general
+        Sport::Swimming => 5.8, // 18310, laps, freestyle, light/moderate
+        Sport::Rowing => 7.0,   // 15230-ish, stationary rowing 100 W, moderate
         Sport::Transition => 3.5,
         Sport::Other => 4.0, // 02030-ish, general conditioning
     }
@@ -110,18 +110,16 @@ pub fn calories(sport: Sport, p: &ResolvedProfile, e: &EnergyInputs) -> Calories
             let d = e.walk_m + e.run_m;
             let run_share = if d > 0.0 { e.run_m / d } else { 0.0 };
             let climb = 1.8 * (1.0 - run_share) + 0.9 * run_share;
-            let o2 =
-                0.1 * e.walk_m + 0.2 * e.run_m + climb * e.ascent_m + 3.5 * e.timer_s / 60.0;
+            let o2 = 0.1 * e.walk_m + 0.2 * e.run_m + climb * e.ascent_m + 3.5 * e.timer_s / 60.0;
             (o2 / ML_O2_PER_MET_HOUR * kg, CalorieMethod::AcsmOnFoot)
         }
         _ if sport == Sport::Cycling && e.has_distance => {
             use cycling_model::*;
             let m = kg + BIKE_KG;
             let d = e.walk_m + e.run_m;
-            let work = (m * G * CRR * d
-                + 0.5 * AIR_DENSITY * CDA_M2 * e.v3_integral
-                + m * G * e.ascent_m)
-                / DRIVETRAIN_EFFICIENCY;
+            let work =
+                (m * G * CRR * d + 0.5 * AIR_DENSITY * CDA_M2 * e.v3_integral + m * G * e.ascent_m)
+                    / DRIVETRAIN_EFFICIENCY;
             (
                 work / J_PER_KCAL / GROSS_EFFICIENCY,
                 CalorieMethod::CyclingModel,
@@ -226,9 +224,15 @@ mod tests {
             power_s: 1800.0,
             ..EnergyInputs::default()
         };
-        assert_eq!(calories(Sport::Cycling, &anon(), &e).method, CalorieMethod::Power);
+        assert_eq!(
+            calories(Sport::Cycling, &anon(), &e).method,
+            CalorieMethod::Power
+        );
         e.power_s = 1799.0;
-        assert_eq!(calories(Sport::Cycling, &anon(), &e).method, CalorieMethod::Met);
+        assert_eq!(
+            calories(Sport::Cycling, &anon(), &e).method,
+            CalorieMethod::Met
+        );
     }
 
     #[test]
@@ -239,7 +243,10 @@ mod tests {
             keytel_kcal: 700.0,
             ..EnergyInputs::default()
         };
-        assert_eq!(calories(Sport::Rowing, &anon(), &e).method, CalorieMethod::Met);
+        assert_eq!(
+            calories(Sport::Rowing, &anon(), &e).method,
+            CalorieMethod::Met
+        );
         let known = Profile {
             weight_kg: Some(70.0),
             age_years: Some(30),
@@ -308,9 +315,38 @@ mod tests {
         }
         .resolve();
         // 10 km in 50 min at 162 bpm (80 % HRR): VO2 = 0.2 x 200 + 3.5 = 43.5 -> 3.5 + 40/0.8 = 53.5
-        let v = vo2max_estimate(Sport::Running, &p, Some(162.0), 3000.0, Some(10_000.0), 1.0, 0.0, None);
+        let v = vo2max_estimate(
+            Sport::Running,
+            &p,
+            Some(162.0),
+            3000.0,
+            Some(10_000.0),
+            1.0,
+            0.0,
+            None,
+        );
         assert!((v.unwrap() - 53.5).abs() < 1e-9);
-        assert!(vo2max_estimate(Sport::Running, &p, Some(100.0), 3000.0, Some(10_000.0), 1.0, 0.0, None).is_none());
-        assert!(vo2max_estimate(Sport::Running, &p, Some(162.0), 599.0, Some(2000.0), 1.0, 0.0, None).is_none());
+        assert!(vo2max_estimate(
+            Sport::Running,
+            &p,
+            Some(100.0),
+            3000.0,
+            Some(10_000.0),
+            1.0,
+            0.0,
+            None
+        )
+        .is_none());
+        assert!(vo2max_estimate(
+            Sport::Running,
+            &p,
+            Some(162.0),
+            599.0,
+            Some(2000.0),
+            1.0,
+            0.0,
+            None
+        )
+        .is_none());
     }
 }

@@ -145,7 +145,14 @@ mod tests {
             TrackEvent::NewSegment { .. } => segments += 1,
         };
         for &(t, lat, lon) in fixes {
-            f.push(Fix { t: t * 1000, lat, lon }, &mut out);
+            f.push(
+                Fix {
+                    t: t * 1000,
+                    lat,
+                    lon,
+                },
+                &mut out,
+            );
         }
         f.finish(&mut out);
         (dist, excluded, segments)

@@ -250,7 +250,10 @@ mod tests {
         }
         assert!((t.total_m() - 12_000.0).abs() < 1e-6);
         assert_eq!(t.km_splits().len(), 12);
-        assert!(t.km_splits().iter().all(|s| (s.duration_s - 250.0).abs() < 1e-6));
+        assert!(t
+            .km_splits()
+            .iter()
+            .all(|s| (s.duration_s - 250.0).abs() < 1e-6));
         assert_eq!(t.mile_splits().len(), 7);
         let e = t.best_efforts();
         let km = e.iter().find(|e| e.name == "1km").unwrap();
@@ -275,9 +278,17 @@ mod tests {
                 t.advance(s, speed);
             }
         }
-        let km = t.best_efforts().into_iter().find(|e| e.name == "1km").unwrap();
+        let km = t
+            .best_efforts()
+            .into_iter()
+            .find(|e| e.name == "1km")
+            .unwrap();
         assert!((km.duration_s - 200.0).abs() < 1e-6, "{km:?}");
-        let fivek = t.best_efforts().into_iter().find(|e| e.name == "5km").unwrap();
+        let fivek = t
+            .best_efforts()
+            .into_iter()
+            .find(|e| e.name == "5km")
+            .unwrap();
         assert!((fivek.duration_s - 2200.0).abs() < 1e-6);
     }
 }
