@@ -9,6 +9,7 @@ pub mod event;
 pub mod fit;
 pub mod metrics;
 pub mod profile;
+pub mod records;
 pub mod sample;
 pub mod sport;
 pub mod store;
