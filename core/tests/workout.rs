@@ -1,0 +1,345 @@
+//! The workout aggregate: lifecycle, limits of RULES.md at their boundaries, events, auto-pause,
+//! validation reporting, and live metrics agreeing with a recomputation from all samples.
+
+use std::sync::Arc;
+
+use fitedge_core::event::{CompletionReason, DomainEvent};
+use fitedge_core::metrics::{self, TimerLog};
+use fitedge_core::validation::{Reason, Verdict};
+use fitedge_core::workout::{Command, WorkoutConfig};
+use fitedge_core::{
+    AutoPause, ManualClock, Profile, Reading, Recorder, Sample, Sport, Timestamp, Workout,
+    WorkoutError, WorkoutId, WorkoutState,
+};
+use proptest::prelude::*;
+
+const T0: i64 = 1_700_000_000_000;
+
+fn at(s: f64) -> Timestamp {
+    Timestamp(T0 + (s * 1000.0) as i64)
+}
+
+fn workout(sport: Option<Sport>) -> Workout {
+    let cfg = WorkoutConfig {
+        auto_pause: AutoPause::OFF,
+        ..WorkoutConfig::for_sport(sport)
+    };
+    Workout::new(WorkoutId::random(), sport, Profile::default().resolve(), cfg)
+}
+
+fn names(w: &mut Workout) -> Vec<&'static str> {
+    w.take_events().iter().map(DomainEvent::name).collect()
+}
+
+#[test]
+fn lifecycle_emits_the_rules_events() {
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    w.pause(at(30.0)).unwrap();
+    w.resume(at(40.0)).unwrap();
+    w.lap(at(50.0)).unwrap();
+    w.update(at(55.0), Some("Morning run".into()), None, None).unwrap();
+    let s = w.complete(at(100.0)).unwrap().clone();
+    assert_eq!(
+        names(&mut w),
+        vec![
+            "WorkoutStarted",
+            "WorkoutPaused",
+            "WorkoutResumed",
+            "LapCompleted",
+            "WorkoutUpdated",
+            "WorkoutCompleted"
+        ]
+    );
+    assert_eq!(s.metrics.elapsed_s, 100.0);
+    assert_eq!(s.metrics.timer_s, 90.0);
+    assert_eq!(s.laps.len(), 2);
+    assert_eq!(s.laps[0].timer_s, 40.0);
+    assert_eq!(s.laps[1].timer_s, 50.0);
+    assert_eq!(s.title.as_deref(), Some("Morning run"));
+    assert_eq!(w.state(), WorkoutState::Completed);
+}
+
+#[test]
+fn illegal_transitions_are_refused_with_a_typed_error() {
+    let mut w = workout(None);
+    let refused = |r: Result<(), WorkoutError>, cmd| match r {
+        Err(WorkoutError::InvalidTransition { command, .. }) => assert_eq!(command, cmd),
+        other => panic!("expected refusal of {cmd:?}, got {other:?}"),
+    };
+    refused(w.pause(at(0.0)), Command::Pause);
+    refused(w.resume(at(0.0)), Command::Resume);
+    refused(w.cancel(at(0.0)), Command::Cancel);
+    assert!(matches!(
+        w.complete(at(0.0)),
+        Err(WorkoutError::InvalidTransition { command: Command::Complete, .. })
+    ));
+    assert!(matches!(
+        w.record(Sample::new(at(0.0), Reading::HeartRate { bpm: 100.0 })),
+        Err(WorkoutError::InvalidTransition { command: Command::Record, .. })
+    ));
+    w.start(at(0.0)).unwrap();
+    refused(w.start(at(1.0)), Command::Start);
+    refused(w.resume(at(1.0)), Command::Resume);
+    w.pause(at(2.0)).unwrap();
+    refused(w.pause(at(3.0)), Command::Pause);
+    assert!(matches!(
+        w.resume(at(1.0)),
+        Err(WorkoutError::TimeWentBackwards { .. })
+    ));
+    w.resume(at(3.0)).unwrap();
+    w.complete(at(100.0)).unwrap();
+    assert!(matches!(
+        w.complete(at(101.0)),
+        Err(WorkoutError::InvalidTransition { command: Command::Complete, .. })
+    ));
+    refused(w.cancel(at(101.0)), Command::Cancel);
+    refused(w.lap(at(101.0)), Command::Lap);
+}
+
+#[test]
+fn one_minute_of_timer_is_the_shortest_recorded_workout() {
+    let mut w = workout(None);
+    w.start(at(0.0)).unwrap();
+    match w.complete(at(59.999)) {
+        Err(WorkoutError::TooShort { timer_s }) => assert!((timer_s - 59.999).abs() < 1e-9),
+        other => panic!("{other:?}"),
+    }
+    // Refused, not ended: the athlete can go on, or cancel.
+    assert_eq!(w.state(), WorkoutState::Active);
+    assert!(w.complete(at(60.0)).is_ok());
+
+    // Paused time does not count.
+    let mut w = workout(None);
+    w.start(at(0.0)).unwrap();
+    w.pause(at(30.0)).unwrap();
+    w.resume(at(600.0)).unwrap();
+    assert!(matches!(w.complete(at(629.0)), Err(WorkoutError::TooShort { .. })));
+    assert!(w.complete(at(630.0)).is_ok());
+}
+
+#[test]
+fn recording_stops_at_24_hours() {
+    let day = 24.0 * 3600.0;
+    let mut w = workout(Some(Sport::Walking));
+    w.start(at(0.0)).unwrap();
+    let hr = |s| Sample::new(at(s), Reading::HeartRate { bpm: 100.0 });
+    assert_eq!(w.record(hr(day - 0.001)), Ok(Verdict::Accepted));
+    assert_eq!(w.state(), WorkoutState::Active);
+    assert_eq!(w.record(hr(day)), Err(WorkoutError::TimeLimitReached));
+    assert_eq!(w.state(), WorkoutState::Completed);
+    let s = w.summary().unwrap();
+    assert_eq!(s.completion, CompletionReason::TimeLimit);
+    assert_eq!(s.metrics.elapsed_s, day);
+    assert!(names(&mut w).contains(&"WorkoutCompleted"));
+}
+
+#[test]
+fn the_clock_enforces_the_limit_without_samples() {
+    let clock = Arc::new(ManualClock::new(at(0.0)));
+    let mut r = Recorder::new(
+        Some(Sport::Cycling),
+        Profile::default().resolve(),
+        WorkoutConfig::for_sport(Some(Sport::Cycling)),
+        clock.clone(),
+    );
+    r.start().unwrap();
+    clock.advance_secs(24.0 * 3600.0 - 1.0);
+    assert!(!r.tick());
+    clock.advance_secs(1.0);
+    assert!(r.tick());
+    assert_eq!(r.workout().state(), WorkoutState::Completed);
+    assert!(matches!(r.pause(), Err(WorkoutError::InvalidTransition { .. })));
+}
+
+#[test]
+fn cancel_discards_the_samples() {
+    let mut w = workout(None);
+    w.start(at(0.0)).unwrap();
+    w.record(Sample::new(at(1.0), Reading::Power { w: 100.0 })).unwrap();
+    w.cancel(at(2.0)).unwrap();
+    assert!(w.take_samples().is_empty());
+    assert_eq!(names(&mut w), vec!["WorkoutStarted", "WorkoutCancelled"]);
+}
+
+#[test]
+fn health_alerts_fire_on_entering_the_critical_range() {
+    let p = Profile {
+        age_years: Some(40),
+        ..Profile::default()
+    };
+    let mut w = Workout::new(WorkoutId::random(), None, p.resolve(), WorkoutConfig::import());
+    w.start(at(0.0)).unwrap();
+    let hr = |s, bpm| Sample::new(at(s), Reading::HeartRate { bpm });
+    assert_eq!(w.record(hr(1.0, 180.0)), Ok(Verdict::Accepted));
+    assert_eq!(w.record(hr(2.0, 181.0)), Ok(Verdict::Flagged(Reason::HeartRateAboveRange)));
+    assert_eq!(w.record(hr(3.0, 185.0)), Ok(Verdict::Flagged(Reason::HeartRateAboveRange)));
+    assert_eq!(w.record(hr(4.0, 170.0)), Ok(Verdict::Accepted));
+    assert_eq!(w.record(hr(5.0, 39.0)), Ok(Verdict::Flagged(Reason::HeartRateBelowRange)));
+    assert_eq!(w.record(hr(6.0, 0.0)), Ok(Verdict::Rejected(Reason::Impossible)));
+    let spo2 = Sample::new(at(7.0), Reading::Spo2 { pct: 89.0 });
+    assert_eq!(w.record(spo2), Ok(Verdict::Flagged(Reason::Spo2BelowRange)));
+    let alerts: Vec<_> = w
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, DomainEvent::CriticalAlertTriggered { .. }))
+        .collect();
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    let s = w.preview(at(100.0)).unwrap();
+    let hr_report = &s.validation.channels[&fitedge_core::Channel::HeartRate];
+    assert_eq!(hr_report.received, 6);
+    assert_eq!(hr_report.rejected[&Reason::Impossible], 1);
+    assert_eq!(hr_report.flagged[&Reason::HeartRateAboveRange], 2);
+    assert_eq!(s.rejected, 1);
+    // Flagged values are kept: the maximum is 185.
+    assert_eq!(s.metrics.max_hr_bpm, Some(185.0));
+}
+
+#[test]
+fn auto_pause_stops_and_restarts_the_timer() {
+    let cfg = WorkoutConfig::for_sport(Some(Sport::Running));
+    let ap = cfg.auto_pause;
+    assert!(ap.enabled);
+    let mut w = Workout::new(WorkoutId::random(), Some(Sport::Running), Profile::default().resolve(), cfg);
+    w.start(at(0.0)).unwrap();
+    let v = |s, mps| Sample::new(at(s), Reading::Speed { mps });
+    for s in 0..60 {
+        w.record(v(f64::from(s), 3.0)).unwrap();
+    }
+    // Slow for just under the delay: still running.
+    w.record(v(60.0, ap.below_mps - 0.01)).unwrap();
+    w.record(v(60.0 + ap.after_s - 0.1, 0.0)).unwrap();
+    assert_eq!(w.state(), WorkoutState::Active);
+    w.record(v(60.0 + ap.after_s, 0.0)).unwrap();
+    assert_eq!(w.state(), WorkoutState::Paused { auto: true });
+    for s in 64..120 {
+        w.record(v(f64::from(s), 0.0)).unwrap();
+    }
+    assert_eq!(w.state(), WorkoutState::Paused { auto: true });
+    w.record(v(120.0, ap.below_mps)).unwrap();
+    assert_eq!(w.state(), WorkoutState::Active);
+    for s in 121..200 {
+        w.record(v(f64::from(s), 3.0)).unwrap();
+    }
+    let s = w.complete(at(200.0)).unwrap().clone();
+    let paused = 120.0 - (60.0 + ap.after_s);
+    assert!((s.metrics.timer_s - (200.0 - paused)).abs() < 1e-6, "{}", s.metrics.timer_s);
+    let ev = names(&mut w);
+    assert!(ev.contains(&"WorkoutPaused") && ev.contains(&"WorkoutResumed"));
+    // A manual pause is not undone by movement.
+    let mut w = Workout::new(WorkoutId::random(), Some(Sport::Running), Profile::default().resolve(), cfg);
+    w.start(at(0.0)).unwrap();
+    w.pause(at(1.0)).unwrap();
+    w.record(v(2.0, 5.0)).unwrap();
+    assert_eq!(w.state(), WorkoutState::Paused { auto: false });
+}
+
+#[test]
+fn gps_outliers_are_counted_and_kept_out_of_distance() {
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    let fix = |s: f64, lat: f64, lon: f64| {
+        Sample::new(at(s), Reading::Position { lat, lon, accuracy_m: Some(5.0) })
+    };
+    let step = 3.0e-5; // ~3.3 m of longitude at 1 degree north
+    for i in 0..100 {
+        let lon = f64::from(i) * step;
+        let s = if i == 50 { fix(50.0, 1.05, lon) } else { fix(f64::from(i), 1.0, lon) };
+        w.record(s).unwrap();
+    }
+    w.record(fix(100.0, 0.0, 0.0)).unwrap();
+    w.record(fix(101.0, 91.0, 0.0)).unwrap();
+    w.record(fix(102.0, 1.0, 100.0 * step)).unwrap();
+    w.record(Sample::new(at(103.0), Reading::Position { lat: 1.0, lon: 101.0 * step, accuracy_m: Some(80.0) })).unwrap();
+    let s = w.complete(at(104.0)).unwrap();
+    let d = s.metrics.distance_m.unwrap();
+    assert!((d - 100.0 * 3.34).abs() < 3.0, "{d}");
+    let pos = &s.validation.channels[&fitedge_core::Channel::Position];
+    assert_eq!(pos.excluded[&Reason::ImpossibleSpeed], 1);
+    assert_eq!(pos.excluded[&Reason::PoorAccuracy], 1);
+    assert_eq!(pos.rejected[&Reason::NullIsland], 1);
+    assert_eq!(pos.rejected[&Reason::OutOfRange], 1);
+}
+
+// --- live metrics equal a recomputation from all samples -------------------------------------
+
+fn channel_streams() -> impl Strategy<Value = Vec<Sample>> {
+    // Up to 20 minutes of hr, power, speed, altitude and GPS, with gaps and odd values.
+    let n = 30usize..400;
+    (n, any::<u64>()).prop_map(|(n, seed)| {
+        let mut x = seed | 1;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 10_000) as f64 / 10_000.0
+        };
+        let mut out = vec![];
+        let (mut lat, mut lon, mut alt) = (45.0, 7.0, 500.0);
+        let mut t = 0.0;
+        for _ in 0..n {
+            t += 0.5 + rnd() * 3.0;
+            out.push(Sample::new(at(t), Reading::HeartRate { bpm: 60.0 + rnd() * 150.0 }));
+            out.push(Sample::new(at(t + 0.1), Reading::Power { w: rnd() * 500.0 }));
+            out.push(Sample::new(at(t + 0.2), Reading::Speed { mps: rnd() * 12.0 }));
+            alt += (rnd() - 0.5) * 4.0;
+            out.push(Sample::new(at(t + 0.3), Reading::Altitude { m: alt, source: fitedge_core::AltitudeSource::Barometric }));
+            lat += (rnd() - 0.5) * 1e-4;
+            lon += rnd() * 1e-4;
+            out.push(Sample::new(at(t + 0.4), Reading::Position { lat, lon, accuracy_m: None }));
+            if rnd() < 0.05 {
+                out.push(Sample::new(at(t + 0.5), Reading::HeartRate { bpm: 400.0 }));
+            }
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn live_metrics_at_completion_equal_a_recomputation(
+        samples in channel_streams(),
+        chunk in 1usize..50,
+        pause_at in 0.1f64..0.9,
+    ) {
+        let end_s = samples.iter().map(|s| s.t.0).max().unwrap_or(T0) as f64 / 1000.0 - T0 as f64 / 1000.0 + 5.0;
+        let pause = at(end_s * pause_at);
+        let resume = at(end_s * pause_at + 20.0);
+        let mut w = workout(Some(Sport::Cycling));
+        w.start(at(0.0)).unwrap();
+        // Channels arrive interleaved in arbitrary chunks; within a channel, in order.
+        let mut by_channel: Vec<Vec<Sample>> = fitedge_core::Channel::ALL
+            .iter()
+            .map(|c| samples.iter().filter(|s| s.channel() == *c).copied().collect())
+            .collect();
+        let mut paused = false;
+        let mut resumed = false;
+        let mut round = 0usize;
+        while by_channel.iter().any(|c| !c.is_empty()) {
+            let ch = round % by_channel.len();
+            round += 1;
+            let take = chunk.min(by_channel[ch].len());
+            for s in by_channel[ch].drain(..take) {
+                if !paused && s.t >= pause { w.pause(pause).unwrap(); paused = true; }
+                if paused && !resumed && s.t >= resume { w.resume(resume).unwrap(); resumed = true; }
+                let _ = w.record(s);
+            }
+            let _ = w.live(at(end_s));
+        }
+        if !paused { w.pause(pause.max(at(end_s - 2.0))).unwrap(); }
+        if paused && !resumed { w.resume(resume.max(pause)).ok(); }
+        let end = at(end_s + 30.0);
+        let live = match w.complete(end) {
+            Ok(s) => s.clone(),
+            Err(WorkoutError::TooShort { .. }) => return Ok(()),
+            Err(e) => panic!("{e}"),
+        };
+        let timer: &TimerLog = w.timer().unwrap();
+        let (batch, report) = metrics::compute(Some(Sport::Cycling), Profile::default().resolve(), &samples, timer, end.0);
+        prop_assert_eq!(&live.validation, &report);
+        let (a, b) = (serde_json::to_value(&live.metrics).unwrap(), serde_json::to_value(&batch).unwrap());
+        prop_assert_eq!(a, b);
+    }
+}
