@@ -5,7 +5,7 @@ use std::path::Path;
 
 use fitedge_core::fit::{self, DeviceTotals, FitImport, ImportedSession};
 use fitedge_core::store::{Saved, Store};
-use fitedge_core::{SystemClock, Clock};
+use fitedge_core::{Clock, SystemClock};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -58,7 +58,12 @@ fn device_json(d: &DeviceTotals) -> Value {
     })
 }
 
-fn session_json(file: &str, s: &ImportedSession, saved: Option<&Saved>, warnings: &[String]) -> Value {
+fn session_json(
+    file: &str,
+    s: &ImportedSession,
+    saved: Option<&Saved>,
+    warnings: &[String],
+) -> Value {
     let w = &s.summary;
     let m = &w.metrics;
     let (stored, note) = match (saved, &s.not_recorded) {
@@ -71,9 +76,12 @@ fn session_json(file: &str, s: &ImportedSession, saved: Option<&Saved>, warnings
         Some(Saved::Stored { events }) => events
             .iter()
             .filter_map(|e| match e {
-                fitedge_core::DomainEvent::PersonalRecordAchieved { record, value, previous, .. } => {
-                    Some(json!({"record": record, "value": value, "previous": previous}))
-                }
+                fitedge_core::DomainEvent::PersonalRecordAchieved {
+                    record,
+                    value,
+                    previous,
+                    ..
+                } => Some(json!({"record": record, "value": value, "previous": previous})),
                 _ => None,
             })
             .collect(),
@@ -124,7 +132,13 @@ fn fmt_duration(s: f64) -> String {
 }
 
 fn print_human(file: &str, imp: &FitImport, saved: &[Saved]) {
-    println!("{file}{}", imp.device.as_ref().map(|d| format!("  ({d})")).unwrap_or_default());
+    println!(
+        "{file}{}",
+        imp.device
+            .as_ref()
+            .map(|d| format!("  ({d})"))
+            .unwrap_or_default()
+    );
     for w in &imp.warnings {
         println!("  warning: {w}");
     }
@@ -149,7 +163,8 @@ fn print_human(file: &str, imp: &FitImport, saved: &[Saved]) {
             m.calories_kcal,
             m.avg_hr_bpm.map_or("-".into(), |v| format!("{v:.0}")),
             m.max_hr_bpm.map_or("-".into(), |v| format!("{v:.0}")),
-            m.normalized_power_w.map_or("-".into(), |v| format!("{v:.0} W")),
+            m.normalized_power_w
+                .map_or("-".into(), |v| format!("{v:.0} W")),
             status,
         );
         if s.summary.rejected > 0 || s.summary.flagged > 0 {

@@ -18,7 +18,11 @@ use clap::{Parser, Subcommand};
 use fitedge_core::{Profile, Sex};
 
 #[derive(Debug, Parser)]
-#[command(name = "fitedge", version, about = "FitEdge: your workouts, on your machine")]
+#[command(
+    name = "fitedge",
+    version,
+    about = "FitEdge: your workouts, on your machine"
+)]
 struct Cli {
     /// The local database. Default: $FITEDGE_DB, else $XDG_DATA_HOME/fitedge/fitedge.db
     /// (~/.local/share/fitedge/fitedge.db).

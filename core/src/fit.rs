@@ -610,8 +610,7 @@ fn session_end(window: &[&(Timestamp, Step)], start: Timestamp) -> Timestamp {
         .unwrap_or(start);
     let final_stop = window
         .iter()
-        .filter(|(_, s)| matches!(s, Step::Pause | Step::Resume))
-        .next_back()
+        .rfind(|(_, s)| matches!(s, Step::Pause | Step::Resume))
         .filter(|(_, s)| matches!(s, Step::Pause))
         .map(|(t, _)| *t);
     let end = match final_stop {

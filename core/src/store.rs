@@ -73,7 +73,9 @@ pub struct Store {
 /// What saving one imported session did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Saved {
-    Stored { events: Vec<DomainEvent> },
+    Stored {
+        events: Vec<DomainEvent>,
+    },
     /// The same session of the same file is already in the database.
     AlreadyImported,
     /// Not a recordable workout (e.g. under one minute); nothing stored.
@@ -228,7 +230,9 @@ impl Store {
             .conn
             .prepare("SELECT channel, data FROM samples WHERE workout_id = ?1")?;
         let mut out = vec![];
-        let rows = stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
         for row in rows {
             let (channel, data) = row?;
             let ch = Channel::ALL
@@ -320,7 +324,14 @@ fn insert_workout(
         tx.execute(
             "INSERT INTO personal_records (sport, record, value, workout_id, achieved_at, previous)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![r.sport.as_str(), r.record, r.value, r.workout_id, r.achieved_at.0, previous],
+            params![
+                r.sport.as_str(),
+                r.record,
+                r.value,
+                r.workout_id,
+                r.achieved_at.0,
+                previous
+            ],
         )?;
     }
     Ok(events)
@@ -512,10 +523,17 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         drop(store);
         // Reopening is a no-op.
-        assert_eq!(Store::open(&path).unwrap().schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            Store::open(&path).unwrap().schema_version().unwrap(),
+            SCHEMA_VERSION
+        );
         let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(conn);
-        assert!(matches!(Store::open(&path), Err(Error::SchemaTooNew { .. })));
+        assert!(matches!(
+            Store::open(&path),
+            Err(Error::SchemaTooNew { .. })
+        ));
     }
 }

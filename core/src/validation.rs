@@ -191,7 +191,7 @@ pub fn judge(profile: &ResolvedProfile, r: &Reading) -> Verdict {
                 Verdict::Rejected(OutOfRange)
             } else if lat == 0.0 && lon == 0.0 {
                 Verdict::Rejected(NullIsland)
-            } else if accuracy_m.is_some_and(|a| a > MAX_GPS_ACCURACY_M || a < 0.0) {
+            } else if accuracy_m.is_some_and(|a| !(0.0..=MAX_GPS_ACCURACY_M).contains(&a)) {
                 Verdict::Flagged(PoorAccuracy)
             } else {
                 Verdict::Accepted

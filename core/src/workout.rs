@@ -479,22 +479,20 @@ impl Workout {
                 reason @ (Reason::HeartRateAboveRange
                 | Reason::HeartRateBelowRange
                 | Reason::Spo2BelowRange),
-            ) => {
-                if !self.alerting[i] {
-                    self.alerting[i] = true;
-                    let value = match s.reading {
-                        Reading::HeartRate { bpm } => bpm,
-                        Reading::Spo2 { pct } => pct,
-                        _ => f64::NAN,
-                    };
-                    self.events.push(DomainEvent::CriticalAlertTriggered {
-                        workout_id: self.id.clone(),
-                        at: s.t,
-                        channel: s.channel(),
-                        value,
-                        reason,
-                    });
-                }
+            ) if !self.alerting[i] => {
+                self.alerting[i] = true;
+                let value = match s.reading {
+                    Reading::HeartRate { bpm } => bpm,
+                    Reading::Spo2 { pct } => pct,
+                    _ => f64::NAN,
+                };
+                self.events.push(DomainEvent::CriticalAlertTriggered {
+                    workout_id: self.id.clone(),
+                    at: s.t,
+                    channel: s.channel(),
+                    value,
+                    reason,
+                });
             }
             Verdict::Accepted => self.alerting[i] = false,
             _ => {}

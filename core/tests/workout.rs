@@ -24,7 +24,12 @@ fn workout(sport: Option<Sport>) -> Workout {
         auto_pause: AutoPause::OFF,
         ..WorkoutConfig::for_sport(sport)
     };
-    Workout::new(WorkoutId::random(), sport, Profile::default().resolve(), cfg)
+    Workout::new(
+        WorkoutId::random(),
+        sport,
+        Profile::default().resolve(),
+        cfg,
+    )
 }
 
 fn names(w: &mut Workout) -> Vec<&'static str> {
@@ -38,7 +43,8 @@ fn lifecycle_emits_the_rules_events() {
     w.pause(at(30.0)).unwrap();
     w.resume(at(40.0)).unwrap();
     w.lap(at(50.0)).unwrap();
-    w.update(at(55.0), Some("Morning run".into()), None, None).unwrap();
+    w.update(at(55.0), Some("Morning run".into()), None, None)
+        .unwrap();
     let s = w.complete(at(100.0)).unwrap().clone();
     assert_eq!(
         names(&mut w),
@@ -72,11 +78,17 @@ fn illegal_transitions_are_refused_with_a_typed_error() {
     refused(w.cancel(at(0.0)), Command::Cancel);
     assert!(matches!(
         w.complete(at(0.0)),
-        Err(WorkoutError::InvalidTransition { command: Command::Complete, .. })
+        Err(WorkoutError::InvalidTransition {
+            command: Command::Complete,
+            ..
+        })
     ));
     assert!(matches!(
         w.record(Sample::new(at(0.0), Reading::HeartRate { bpm: 100.0 })),
-        Err(WorkoutError::InvalidTransition { command: Command::Record, .. })
+        Err(WorkoutError::InvalidTransition {
+            command: Command::Record,
+            ..
+        })
     ));
     w.start(at(0.0)).unwrap();
     refused(w.start(at(1.0)), Command::Start);
@@ -91,7 +103,10 @@ fn illegal_transitions_are_refused_with_a_typed_error() {
     w.complete(at(100.0)).unwrap();
     assert!(matches!(
         w.complete(at(101.0)),
-        Err(WorkoutError::InvalidTransition { command: Command::Complete, .. })
+        Err(WorkoutError::InvalidTransition {
+            command: Command::Complete,
+            ..
+        })
     ));
     refused(w.cancel(at(101.0)), Command::Cancel);
     refused(w.lap(at(101.0)), Command::Lap);
@@ -114,7 +129,10 @@ fn one_minute_of_timer_is_the_shortest_recorded_workout() {
     w.start(at(0.0)).unwrap();
     w.pause(at(30.0)).unwrap();
     w.resume(at(600.0)).unwrap();
-    assert!(matches!(w.complete(at(629.0)), Err(WorkoutError::TooShort { .. })));
+    assert!(matches!(
+        w.complete(at(629.0)),
+        Err(WorkoutError::TooShort { .. })
+    ));
     assert!(w.complete(at(630.0)).is_ok());
 }
 
@@ -149,14 +167,18 @@ fn the_clock_enforces_the_limit_without_samples() {
     clock.advance_secs(1.0);
     assert!(r.tick());
     assert_eq!(r.workout().state(), WorkoutState::Completed);
-    assert!(matches!(r.pause(), Err(WorkoutError::InvalidTransition { .. })));
+    assert!(matches!(
+        r.pause(),
+        Err(WorkoutError::InvalidTransition { .. })
+    ));
 }
 
 #[test]
 fn cancel_discards_the_samples() {
     let mut w = workout(None);
     w.start(at(0.0)).unwrap();
-    w.record(Sample::new(at(1.0), Reading::Power { w: 100.0 })).unwrap();
+    w.record(Sample::new(at(1.0), Reading::Power { w: 100.0 }))
+        .unwrap();
     w.cancel(at(2.0)).unwrap();
     assert!(w.take_samples().is_empty());
     assert_eq!(names(&mut w), vec!["WorkoutStarted", "WorkoutCancelled"]);
@@ -168,15 +190,32 @@ fn health_alerts_fire_on_entering_the_critical_range() {
         age_years: Some(40),
         ..Profile::default()
     };
-    let mut w = Workout::new(WorkoutId::random(), None, p.resolve(), WorkoutConfig::import());
+    let mut w = Workout::new(
+        WorkoutId::random(),
+        None,
+        p.resolve(),
+        WorkoutConfig::import(),
+    );
     w.start(at(0.0)).unwrap();
     let hr = |s, bpm| Sample::new(at(s), Reading::HeartRate { bpm });
     assert_eq!(w.record(hr(1.0, 180.0)), Ok(Verdict::Accepted));
-    assert_eq!(w.record(hr(2.0, 181.0)), Ok(Verdict::Flagged(Reason::HeartRateAboveRange)));
-    assert_eq!(w.record(hr(3.0, 185.0)), Ok(Verdict::Flagged(Reason::HeartRateAboveRange)));
+    assert_eq!(
+        w.record(hr(2.0, 181.0)),
+        Ok(Verdict::Flagged(Reason::HeartRateAboveRange))
+    );
+    assert_eq!(
+        w.record(hr(3.0, 185.0)),
+        Ok(Verdict::Flagged(Reason::HeartRateAboveRange))
+    );
     assert_eq!(w.record(hr(4.0, 170.0)), Ok(Verdict::Accepted));
-    assert_eq!(w.record(hr(5.0, 39.0)), Ok(Verdict::Flagged(Reason::HeartRateBelowRange)));
-    assert_eq!(w.record(hr(6.0, 0.0)), Ok(Verdict::Rejected(Reason::Impossible)));
+    assert_eq!(
+        w.record(hr(5.0, 39.0)),
+        Ok(Verdict::Flagged(Reason::HeartRateBelowRange))
+    );
+    assert_eq!(
+        w.record(hr(6.0, 0.0)),
+        Ok(Verdict::Rejected(Reason::Impossible))
+    );
     let spo2 = Sample::new(at(7.0), Reading::Spo2 { pct: 89.0 });
     assert_eq!(w.record(spo2), Ok(Verdict::Flagged(Reason::Spo2BelowRange)));
     let alerts: Vec<_> = w
@@ -200,7 +239,12 @@ fn auto_pause_stops_and_restarts_the_timer() {
     let cfg = WorkoutConfig::for_sport(Some(Sport::Running));
     let ap = cfg.auto_pause;
     assert!(ap.enabled);
-    let mut w = Workout::new(WorkoutId::random(), Some(Sport::Running), Profile::default().resolve(), cfg);
+    let mut w = Workout::new(
+        WorkoutId::random(),
+        Some(Sport::Running),
+        Profile::default().resolve(),
+        cfg,
+    );
     w.start(at(0.0)).unwrap();
     let v = |s, mps| Sample::new(at(s), Reading::Speed { mps });
     for s in 0..60 {
@@ -223,11 +267,20 @@ fn auto_pause_stops_and_restarts_the_timer() {
     }
     let s = w.complete(at(200.0)).unwrap().clone();
     let paused = 120.0 - (60.0 + ap.after_s);
-    assert!((s.metrics.timer_s - (200.0 - paused)).abs() < 1e-6, "{}", s.metrics.timer_s);
+    assert!(
+        (s.metrics.timer_s - (200.0 - paused)).abs() < 1e-6,
+        "{}",
+        s.metrics.timer_s
+    );
     let ev = names(&mut w);
     assert!(ev.contains(&"WorkoutPaused") && ev.contains(&"WorkoutResumed"));
     // A manual pause is not undone by movement.
-    let mut w = Workout::new(WorkoutId::random(), Some(Sport::Running), Profile::default().resolve(), cfg);
+    let mut w = Workout::new(
+        WorkoutId::random(),
+        Some(Sport::Running),
+        Profile::default().resolve(),
+        cfg,
+    );
     w.start(at(0.0)).unwrap();
     w.pause(at(1.0)).unwrap();
     w.record(v(2.0, 5.0)).unwrap();
@@ -239,18 +292,37 @@ fn gps_outliers_are_counted_and_kept_out_of_distance() {
     let mut w = workout(Some(Sport::Running));
     w.start(at(0.0)).unwrap();
     let fix = |s: f64, lat: f64, lon: f64| {
-        Sample::new(at(s), Reading::Position { lat, lon, accuracy_m: Some(5.0) })
+        Sample::new(
+            at(s),
+            Reading::Position {
+                lat,
+                lon,
+                accuracy_m: Some(5.0),
+            },
+        )
     };
     let step = 3.0e-5; // ~3.3 m of longitude at 1 degree north
     for i in 0..100 {
         let lon = f64::from(i) * step;
-        let s = if i == 50 { fix(50.0, 1.05, lon) } else { fix(f64::from(i), 1.0, lon) };
+        let s = if i == 50 {
+            fix(50.0, 1.05, lon)
+        } else {
+            fix(f64::from(i), 1.0, lon)
+        };
         w.record(s).unwrap();
     }
     w.record(fix(100.0, 0.0, 0.0)).unwrap();
     w.record(fix(101.0, 91.0, 0.0)).unwrap();
     w.record(fix(102.0, 1.0, 100.0 * step)).unwrap();
-    w.record(Sample::new(at(103.0), Reading::Position { lat: 1.0, lon: 101.0 * step, accuracy_m: Some(80.0) })).unwrap();
+    w.record(Sample::new(
+        at(103.0),
+        Reading::Position {
+            lat: 1.0,
+            lon: 101.0 * step,
+            accuracy_m: Some(80.0),
+        },
+    ))
+    .unwrap();
     let s = w.complete(at(104.0)).unwrap();
     let d = s.metrics.distance_m.unwrap();
     assert!((d - 100.0 * 3.34).abs() < 3.0, "{d}");
@@ -279,14 +351,38 @@ fn channel_streams() -> impl Strategy<Value = Vec<Sample>> {
         let mut t = 0.0;
         for _ in 0..n {
             t += 0.5 + rnd() * 3.0;
-            out.push(Sample::new(at(t), Reading::HeartRate { bpm: 60.0 + rnd() * 150.0 }));
-            out.push(Sample::new(at(t + 0.1), Reading::Power { w: rnd() * 500.0 }));
-            out.push(Sample::new(at(t + 0.2), Reading::Speed { mps: rnd() * 12.0 }));
+            out.push(Sample::new(
+                at(t),
+                Reading::HeartRate {
+                    bpm: 60.0 + rnd() * 150.0,
+                },
+            ));
+            out.push(Sample::new(
+                at(t + 0.1),
+                Reading::Power { w: rnd() * 500.0 },
+            ));
+            out.push(Sample::new(
+                at(t + 0.2),
+                Reading::Speed { mps: rnd() * 12.0 },
+            ));
             alt += (rnd() - 0.5) * 4.0;
-            out.push(Sample::new(at(t + 0.3), Reading::Altitude { m: alt, source: fitedge_core::AltitudeSource::Barometric }));
+            out.push(Sample::new(
+                at(t + 0.3),
+                Reading::Altitude {
+                    m: alt,
+                    source: fitedge_core::AltitudeSource::Barometric,
+                },
+            ));
             lat += (rnd() - 0.5) * 1e-4;
             lon += rnd() * 1e-4;
-            out.push(Sample::new(at(t + 0.4), Reading::Position { lat, lon, accuracy_m: None }));
+            out.push(Sample::new(
+                at(t + 0.4),
+                Reading::Position {
+                    lat,
+                    lon,
+                    accuracy_m: None,
+                },
+            ));
             if rnd() < 0.05 {
                 out.push(Sample::new(at(t + 0.5), Reading::HeartRate { bpm: 400.0 }));
             }

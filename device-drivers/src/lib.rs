@@ -1,1 +1,3 @@
-//! placeholder
+//! fitedge-devices
+//!
+//! Empty until its issue lands; see README.md.

@@ -1,1 +1,3 @@
-//! placeholder
+//! fitedge-ffi
+//!
+//! Empty until its issue lands; see README.md.

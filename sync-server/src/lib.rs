@@ -1,1 +1,3 @@
-//! placeholder
+//! fitedge-server
+//!
+//! Empty until its issue lands; see README.md.

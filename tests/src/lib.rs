@@ -5,6 +5,9 @@
 //! cannot find them fails loudly, naming the path it tried; set `FITEDGE_SKIP_SHARED=1` to
 //! turn that failure into a loud skip on a machine that really has no copy (CI always has it).
 
+// Test support prints on purpose: a skip must be loud.
+#![allow(clippy::print_stderr)]
+
 use std::path::PathBuf;
 
 /// The shared directory, or `None` after printing a loud warning when skipping is allowed.

@@ -1,6 +1,9 @@
 //! Damaged FIT input never panics the importer: truncations and byte flips of real recordings,
 //! and the committed fuzz regressions (core/fuzz/regressions/), are refused or recovered.
 
+// Test helpers may unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use fitedge_core::fit;
 use fitedge_core::Profile;
 use proptest::prelude::*;
@@ -39,7 +42,9 @@ fn import_must_not_panic(bytes: &[u8]) {
 #[test]
 fn every_truncation_of_a_small_file_is_handled() {
     let files = corpus();
-    let Some(small) = files.iter().min_by_key(|b| b.len()) else { return };
+    let Some(small) = files.iter().min_by_key(|b| b.len()) else {
+        return;
+    };
     for len in 0..small.len() {
         import_must_not_panic(&small[..len]);
     }
@@ -47,7 +52,8 @@ fn every_truncation_of_a_small_file_is_handled() {
 
 #[test]
 fn committed_fuzz_regressions_replay() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/fuzz/regressions/fit_import");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../core/fuzz/regressions/fit_import");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();

@@ -14,7 +14,11 @@
 //!    cycling power model of Martin et al. 1998 (J. Appl. Biomech. 14:276-291): rolling
 //!    resistance, aerodynamic drag and climbing, then the same 24 % efficiency.
 //! 4. **MET x kg x h** with Compendium of Physical Activities values (Ainsworth et al. 2011,
-//!    Med. Sci. Sports Exerc. 43:1575-1581) when nothing better is possible.
+//!    Med. Sci. Sports Exerc. 43:1575-1581) when nothing better is possible. A Compendium MET
+//!    is the cost of doing the activity, so when the distance says how long the person actually
+//!    moved, the activity MET applies to the moving time and the stopped time (rest at the pool
+//!    wall between intervals, waiting at a light) costs [`REST_MET`]; without a distance the
+//!    whole timer is taken as moving.
 //!
 //! The result is checked against plausible limits: never below resting metabolism (1 MET) and
 //! never above [`MAX_KCAL_PER_HOUR_PER_KG`]; a clamped value is marked.
@@ -28,6 +32,9 @@ pub const GROSS_EFFICIENCY: f64 = 0.24;
 pub const J_PER_KCAL: f64 = 4184.0;
 /// 1 MET = 3.5 ml O2/kg/min, and 1 MET-hour is taken as 1 kcal/kg (RULES.md).
 pub const ML_O2_PER_MET_HOUR: f64 = 3.5 * 60.0;
+/// Stopped time inside a workout: Compendium 07040, "standing quietly, standing in a line",
+/// 1.3 MET (Ainsworth et al. 2011).
+pub const REST_MET: f64 = 1.3;
 /// ~20 MET: sustained by elite endurance athletes only.
 pub const MAX_KCAL_PER_HOUR_PER_KG: f64 = 20.0;
 
@@ -54,6 +61,8 @@ pub enum CalorieMethod {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EnergyInputs {
     pub timer_s: f64,
+    /// Moving time from the primary distance source (0 when there is none).
+    pub moving_s: f64,
     pub power_work_j: Option<f64>,
     pub power_s: f64,
     pub hr_s: f64,
@@ -125,6 +134,11 @@ pub fn calories(sport: Sport, p: &ResolvedProfile, e: &EnergyInputs) -> Calories
                 CalorieMethod::CyclingModel,
             )
         }
+        _ if e.has_distance && e.moving_s > 0.0 => {
+            let moving_h = e.moving_s.min(e.timer_s) / 3600.0;
+            let kcal = (met(sport) * moving_h + REST_MET * (hours - moving_h)) * kg;
+            (kcal, CalorieMethod::Met)
+        }
         _ => (met(sport) * kg * hours, CalorieMethod::Met),
     };
     let lo = kg * hours;
@@ -142,6 +156,8 @@ pub fn calories(sport: Sport, p: &ResolvedProfile, e: &EnergyInputs) -> Calories
 /// reserve it took, since %HRR tracks %VO2 reserve (Swain & Leutholtz 1997, Med. Sci. Sports
 /// Exerc. 29:410-414). Only for efforts that used 40-100 % of the reserve for 10 minutes or more:
 /// outside that the relation is too loose to report.
+// Each argument is one figure of the finished workout; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn vo2max_estimate(
     sport: Sport,
     p: &ResolvedProfile,
@@ -271,6 +287,32 @@ mod tests {
         let c = calories(Sport::Walking, &anon(), &e);
         assert_eq!(c.method, CalorieMethod::AcsmOnFoot);
         assert!((c.kcal - 710.0 / 210.0 * 70.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn met_applies_to_moving_time_and_rest_to_stopped_time() {
+        // 1 h swim, 40 min of it moving: (5.8 x 40/60 + 1.3 x 20/60) x 70 kg
+        let mut e = EnergyInputs {
+            timer_s: 3600.0,
+            moving_s: 2400.0,
+            walk_m: 2000.0,
+            has_distance: true,
+            ..EnergyInputs::default()
+        };
+        let c = calories(Sport::Swimming, &anon(), &e);
+        assert_eq!(c.method, CalorieMethod::Met);
+        assert!((c.kcal - (5.8 * 2.0 / 3.0 + 1.3 / 3.0) * 70.0).abs() < 1e-9);
+        // Moving the whole timer (or more): the plain MET.
+        e.moving_s = 3600.0;
+        assert!((calories(Sport::Swimming, &anon(), &e).kcal - 5.8 * 70.0).abs() < 1e-9);
+        e.moving_s = 3601.0;
+        assert!((calories(Sport::Swimming, &anon(), &e).kcal - 5.8 * 70.0).abs() < 1e-9);
+        // No moving time known: the whole timer at the activity MET.
+        e.moving_s = 0.0;
+        assert!((calories(Sport::Swimming, &anon(), &e).kcal - 5.8 * 70.0).abs() < 1e-9);
+        e.moving_s = 2400.0;
+        e.has_distance = false;
+        assert!((calories(Sport::Swimming, &anon(), &e).kcal - 5.8 * 70.0).abs() < 1e-9);
     }
 
     #[test]
