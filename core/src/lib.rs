@@ -23,4 +23,6 @@ pub use profile::{Profile, ResolvedProfile, Sex};
 pub use sample::{AltitudeSource, Channel, Reading, Sample};
 pub use sport::{AutoPause, Sport};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
-pub use workout::{Recorder, Workout, WorkoutError, WorkoutId, WorkoutState, WorkoutSummary};
+pub use workout::{
+    Recorder, SampleSink, Workout, WorkoutError, WorkoutId, WorkoutState, WorkoutSummary,
+};

@@ -671,6 +671,24 @@ impl Workout {
     }
 }
 
+/// Where live samples go. Sensor drivers (the `fitedge-devices` hub) feed a recording through
+/// this trait, so `core` never depends on them.
+pub trait SampleSink {
+    fn record(&mut self, sample: Sample) -> Result<Outcome, WorkoutError>;
+}
+
+impl SampleSink for Workout {
+    fn record(&mut self, sample: Sample) -> Result<Outcome, WorkoutError> {
+        Workout::record(self, sample)
+    }
+}
+
+impl SampleSink for Recorder {
+    fn record(&mut self, sample: Sample) -> Result<Outcome, WorkoutError> {
+        self.workout.record(sample)
+    }
+}
+
 /// A live recording: a [`Workout`] driven by a clock, for apps that do not timestamp commands.
 #[derive(Debug)]
 pub struct Recorder {
