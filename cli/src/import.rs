@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use fitedge_core::fit::{self, DeviceTotals, FitImport, ImportedSession};
-use fitedge_core::store::{Saved, Store};
+use fitedge_core::store::Saved;
 use fitedge_core::{Clock, SystemClock};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -177,10 +177,10 @@ fn print_human(file: &str, imp: &FitImport, saved: &[Saved]) {
 }
 
 pub fn run(db: &Path, args: &ImportArgs) -> u8 {
-    let mut store = match Store::open(db) {
+    let store = match crate::open_store(db) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("fitedge: cannot open the database {}: {e}", db.display());
+            eprintln!("fitedge: {e:#}");
             return EXIT_DATABASE;
         }
     };

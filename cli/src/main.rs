@@ -10,6 +10,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod import;
+mod keyfile;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,14 @@ fn default_db() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data.join("fitedge").join("fitedge.db")
+}
+
+/// Opens the database with the storage key (created on first use).
+pub(crate) fn open_store(db: &std::path::Path) -> anyhow::Result<fitedge_core::store::Store> {
+    use anyhow::Context;
+    let key = keyfile::load_or_create(db)?;
+    fitedge_core::store::Store::open(db, Some(key))
+        .with_context(|| format!("cannot open the database {}", db.display()))
 }
 
 fn main() -> ExitCode {

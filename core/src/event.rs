@@ -75,6 +75,14 @@ pub enum DomainEvent {
         value: f64,
         previous: Option<f64>,
     },
+    /// Gear wear was recomputed after a workout was assigned to it (RULES.md, Gear).
+    WearLevelCalculated {
+        gear_id: String,
+        at: Timestamp,
+        distance_m: f64,
+        wear_pct: Option<f64>,
+        replace_recommended: bool,
+    },
     /// A health reading crossed a critical limit; the app must show it and have the user
     /// acknowledge it. Raised once when a channel enters the critical range, not per sample.
     CriticalAlertTriggered {
@@ -98,6 +106,7 @@ impl DomainEvent {
             DomainEvent::WorkoutCancelled { .. } => "WorkoutCancelled",
             DomainEvent::PersonalRecordAchieved { .. } => "PersonalRecordAchieved",
             DomainEvent::CriticalAlertTriggered { .. } => "CriticalAlertTriggered",
+            DomainEvent::WearLevelCalculated { .. } => "WearLevelCalculated",
         }
     }
 }

@@ -1,0 +1,538 @@
+//! Tests of the local store that need its crate-private parts (old schema versions).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::crypto::StorageKey;
+use crate::db::Store;
+use crate::error::Error;
+use crate::gear::{AthleteProfile, GearKind};
+use crate::recording::Recording;
+use crate::sample::{Channel, Reading, Sample};
+use crate::store::{v1, ListFilter, Period, WorkoutStats};
+use crate::time::{Clock, ManualClock, Timestamp};
+use crate::workout::{Workout, WorkoutConfig, WorkoutId};
+use crate::{Profile, Sport};
+
+const T0: i64 = 1_763_700_000_000; // 2025-11-21
+
+fn key() -> StorageKey {
+    StorageKey::new(&[42u8; 32]).unwrap()
+}
+
+/// A finished workout of `minutes` with heart rate, power and positions every second.
+fn workout_at(start_ms: i64, minutes: i64, sport: Sport) -> (crate::WorkoutSummary, Vec<Sample>) {
+    let mut w = Workout::new(
+        WorkoutId::random(),
+        Some(sport),
+        Profile::default().resolve(),
+        WorkoutConfig::import(),
+    );
+    w.start(Timestamp(start_ms)).unwrap();
+    for i in 0..minutes * 60 {
+        let t = Timestamp(start_ms + i * 1000);
+        w.record(Sample::new(
+            t,
+            Reading::HeartRate {
+                bpm: 120.0 + (i % 30) as f64,
+            },
+        ))
+        .unwrap();
+        w.record(Sample::new(
+            t,
+            Reading::Power {
+                w: 150.0 + (i % 17) as f64,
+            },
+        ))
+        .unwrap();
+        w.record(Sample::new(
+            t,
+            Reading::Position {
+                lat: 45.0 + i as f64 * 2e-5,
+                lon: 7.0,
+                accuracy_m: None,
+            },
+        ))
+        .unwrap();
+    }
+    let s = w
+        .complete(Timestamp(start_ms + minutes * 60_000))
+        .unwrap()
+        .clone();
+    (s, w.take_samples())
+}
+
+fn schema(path: &Path) -> Vec<String> {
+    let c = Connection::open(path).unwrap();
+    let mut out = vec![];
+    let tables: Vec<(String, String)> = c
+        .prepare("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (kind, name) in tables {
+        out.push(format!("{kind} {name}"));
+        if kind == "table" {
+            let cols: Vec<String> = c
+                .prepare(&format!("PRAGMA table_xinfo({name})"))
+                .unwrap()
+                .query_map([], |r| {
+                    Ok(format!(
+                        "  {} {} notnull={} default={:?} pk={}",
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, i64>(5)?
+                    ))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            out.extend(cols);
+            let fks: Vec<String> = c
+                .prepare(&format!("PRAGMA foreign_key_list({name})"))
+                .unwrap()
+                .query_map([], |r| {
+                    Ok(format!(
+                        "  fk {} -> {}",
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(2)?
+                    ))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            out.extend(fks);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_migrated_v1_database_equals_a_fresh_one_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    let (summary, samples) = workout_at(T0, 5, Sport::Cycling);
+    {
+        let s = Store::open_at_version(&old, None, 1).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 1);
+        s.write(|tx| {
+            tx.execute(
+                "INSERT INTO workouts (id, sport, start_time, end_time, timer_s, distance_m, summary_json, created_at)
+                 VALUES (?1, 'cycling', ?2, ?3, ?4, ?5, ?6, 0)",
+                rusqlite::params![
+                    summary.id.0,
+                    summary.start_time.0,
+                    summary.end_time.0,
+                    summary.metrics.timer_s,
+                    summary.metrics.distance_m,
+                    serde_json::to_string(&summary).unwrap()
+                ],
+            )?;
+            for ch in Channel::ALL {
+                let data = v1::encode_channel(ch, &samples);
+                if !data.is_empty() {
+                    tx.execute(
+                        "INSERT INTO samples (workout_id, channel, count, data) VALUES (?1, ?2, 0, ?3)",
+                        rusqlite::params![summary.id.0, ch.as_str(), data],
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    // Without the key the upgrade cannot seal the heart rate: refused, nothing changed.
+    assert!(matches!(Store::open(&old, None), Err(Error::KeyRequired)));
+    assert_eq!(
+        Store::open_at_version(&old, None, 1)
+            .unwrap()
+            .schema_version()
+            .unwrap(),
+        1
+    );
+
+    let upgraded = Store::open(&old, Some(key())).unwrap();
+    let fresh_path = dir.path().join("fresh.db");
+    drop(Store::open(&fresh_path, Some(key())).unwrap());
+    assert_eq!(schema(&old), schema(&fresh_path));
+    let back = upgraded.samples(&summary.id.0).unwrap();
+    assert_eq!(back.len(), samples.len());
+    assert_eq!(
+        back.iter()
+            .filter(|s| s.channel() == Channel::HeartRate)
+            .count(),
+        300
+    );
+    let page = upgraded.list(&ListFilter::default(), 10, None).unwrap();
+    assert_eq!(page.items[0].calories_kcal, summary.metrics.calories_kcal);
+    assert_eq!(upgraded.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn the_raw_file_holds_no_plaintext_heart_rate_and_the_wrong_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enc.db");
+    let (summary, samples) = workout_at(T0, 30, Sport::Cycling);
+    {
+        let store = Store::open(&path, Some(key())).unwrap();
+        store
+            .save_workout(&summary, &samples, Timestamp(T0))
+            .unwrap();
+        store.checkpoint().unwrap();
+    }
+    let raw = std::fs::read(&path).unwrap();
+    let contains = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+    let plain = |ch: Channel| {
+        let mine: Vec<Sample> = samples
+            .iter()
+            .filter(|s| s.channel() == ch)
+            .copied()
+            .collect();
+        crate::codec::encode(ch, &mine[..crate::store::CHUNK_SAMPLES.min(mine.len())])
+    };
+    // The detector works: the power chunk (not health data) is in the file as written...
+    let power = plain(Channel::Power);
+    assert!(
+        contains(&power[..16]),
+        "power chunk not found: the check would prove nothing"
+    );
+    // ...and no 12-byte window of the heart-rate chunk's plaintext is.
+    let hr = plain(Channel::HeartRate);
+    for w in hr.windows(12).step_by(4) {
+        assert!(
+            !contains(w),
+            "plaintext heart-rate bytes found in the database file"
+        );
+    }
+    // Nor the series as text.
+    assert!(!contains(b"120,121,122"));
+
+    let wrong = StorageKey::new(&[7u8; 32]).unwrap();
+    assert!(matches!(
+        Store::open(&path, Some(wrong)),
+        Err(Error::WrongKey)
+    ));
+    let keyless = Store::open(&path, None).unwrap();
+    assert!(keyless.summary(&summary.id.0).is_ok());
+    assert!(matches!(
+        keyless.samples(&summary.id.0),
+        Err(Error::KeyRequired)
+    ));
+    assert_eq!(
+        keyless
+            .samples_of(&summary.id.0, &[Channel::Power])
+            .unwrap()
+            .len(),
+        1800
+    );
+}
+
+#[test]
+fn a_long_read_can_be_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("i.db"), Some(key())).unwrap());
+    let s2 = store.clone();
+    let reader = std::thread::spawn(move || {
+        s2.read(|c| {
+            Ok(c.query_row(
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 1000000000)
+                 SELECT COUNT(*) FROM n",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    store.interrupt_reads();
+    assert!(matches!(reader.join().unwrap(), Err(Error::Interrupted)));
+    // The store goes on working.
+    assert_eq!(store.workout_count().unwrap(), 0);
+}
+
+#[test]
+fn list_pages_filters_and_stats_need_five_workouts() {
+    let store = Store::open_in_memory(Some(key())).unwrap();
+    let day = 86_400_000;
+    for i in 0..4 {
+        let sport = if i % 2 == 0 {
+            Sport::Cycling
+        } else {
+            Sport::Running
+        };
+        let (s, samples) = workout_at(T0 + i * day, 2, sport);
+        store.save_workout(&s, &samples, Timestamp(T0)).unwrap();
+    }
+    assert_eq!(
+        store.stats(Period::Week, None, 0).unwrap(),
+        WorkoutStats::NotEnoughData {
+            workouts: 4,
+            needed: 5
+        }
+    );
+    let (s, samples) = workout_at(T0 + 4 * day, 2, Sport::Cycling);
+    store.save_workout(&s, &samples, Timestamp(T0)).unwrap();
+    match store.stats(Period::Month, None, 0).unwrap() {
+        WorkoutStats::Ok { workouts, periods } => {
+            assert_eq!(workouts, 5);
+            assert_eq!(periods.iter().map(|p| p.workouts).sum::<u64>(), 5);
+            assert!((periods[0].avg_timer_s - 120.0).abs() < 1e-9);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        store.stats(Period::Year, Some(Sport::Running), 0).unwrap(),
+        WorkoutStats::NotEnoughData { workouts: 2, .. }
+    ));
+
+    let p1 = store.list(&ListFilter::default(), 2, None).unwrap();
+    assert_eq!(p1.items.len(), 2);
+    assert!(p1.items[0].start_time > p1.items[1].start_time);
+    let p2 = store
+        .list(&ListFilter::default(), 2, p1.next.as_ref())
+        .unwrap();
+    let p3 = store
+        .list(&ListFilter::default(), 2, p2.next.as_ref())
+        .unwrap();
+    assert_eq!(p3.items.len(), 1);
+    assert!(p3.next.is_none());
+    let cycling = ListFilter {
+        sport: Some(Sport::Cycling),
+        ..ListFilter::default()
+    };
+    assert_eq!(store.list(&cycling, 10, None).unwrap().items.len(), 3);
+    let window = ListFilter {
+        from: Some(Timestamp(T0 + day)),
+        to: Some(Timestamp(T0 + 3 * day)),
+        ..ListFilter::default()
+    };
+    assert_eq!(store.list(&window, 10, None).unwrap().items.len(), 2);
+
+    let streaks = store
+        .streaks(Timestamp(T0 + 4 * day + 3_600_000), 0)
+        .unwrap();
+    assert_eq!((streaks.current_days, streaks.longest_days), (5, 5));
+    let later = store
+        .streaks(Timestamp(T0 + 6 * day + 3_600_000), 0)
+        .unwrap();
+    assert_eq!((later.current_days, later.longest_days), (0, 5));
+
+    let route = store.route(&s.id.0, 5.0).unwrap();
+    assert_eq!(route.segments, 1);
+    assert!(route.points_out < route.points_in);
+    assert!(!route.polyline.is_empty());
+    // The id prefix works, and an unknown id is "not found".
+    assert_eq!(store.summary(&s.id.0[..8]).unwrap().id, s.id);
+    assert!(matches!(store.summary("ffffffff"), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn personal_records_keep_their_history() {
+    let store = Store::open_in_memory(Some(key())).unwrap();
+    let (a, sa) = workout_at(T0, 10, Sport::Cycling);
+    let ev = store.save_workout(&a, &sa, Timestamp(T0)).unwrap();
+    assert!(ev.iter().any(|e| e.name() == "PersonalRecordAchieved"));
+    let (b, sb) = workout_at(T0 + 86_400_000, 10, Sport::Cycling);
+    // Same power profile: nothing beaten, no event.
+    let ev = store.save_workout(&b, &sb, Timestamp(T0)).unwrap();
+    assert!(!ev.iter().any(|e| e.name() == "PersonalRecordAchieved"));
+    let recs = store.personal_records().unwrap();
+    assert!(recs.iter().any(|r| r.record == "power_5s"));
+    assert_eq!(
+        store
+            .record_history(Sport::Cycling, "power_5s")
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn gear_wear_recommends_replacement_at_seventy_percent() {
+    let store = Store::open_in_memory(Some(key())).unwrap();
+    let shoes = store
+        .add_gear(GearKind::Shoes, "Trail shoes", None, Timestamp(T0))
+        .unwrap();
+    assert_eq!(shoes.service_life_km, Some(800.0));
+    assert!(store
+        .add_gear(GearKind::Shoes, "x", Some(799.0), Timestamp(T0))
+        .is_err());
+    assert!(store
+        .add_gear(GearKind::Shoes, "x", Some(1000.0), Timestamp(T0))
+        .is_ok());
+    assert!(store
+        .add_gear(GearKind::Shoes, "x", Some(1000.1), Timestamp(T0))
+        .is_err());
+    // Workouts of a known distance: set the row's distance directly (the wear rule is the
+    // subject here, not the metrics).
+    let mut ids = vec![];
+    for i in 0..2 {
+        let (s, samples) = workout_at(T0 + i * 86_400_000, 2, Sport::Running);
+        store.save_workout(&s, &samples, Timestamp(T0)).unwrap();
+        ids.push(s.id.0);
+    }
+    let set = |id: &str, m: f64| {
+        store
+            .write(|tx| {
+                Ok(tx.execute(
+                    "UPDATE workouts SET distance_m = ?2 WHERE id = ?1",
+                    rusqlite::params![id, m],
+                )?)
+            })
+            .unwrap();
+    };
+    set(&ids[0], 559_999.0);
+    set(&ids[1], 0.0);
+    let ev = store
+        .assign_gear(&ids[0], Some(&shoes.id), Timestamp(T0))
+        .unwrap();
+    match &ev[..] {
+        [crate::DomainEvent::WearLevelCalculated {
+            replace_recommended,
+            wear_pct,
+            ..
+        }] => {
+            assert!(!replace_recommended);
+            assert!(wear_pct.unwrap() < 70.0);
+        }
+        other => panic!("{other:?}"),
+    }
+    set(&ids[1], 1.0);
+    let ev = store
+        .assign_gear(&ids[1], Some(&shoes.id), Timestamp(T0))
+        .unwrap();
+    assert!(matches!(
+        &ev[..],
+        [crate::DomainEvent::WearLevelCalculated {
+            replace_recommended: true,
+            ..
+        }]
+    ));
+    let g = store.gear(&shoes.id).unwrap();
+    assert_eq!(g.workouts, 2);
+    assert_eq!(g.distance_m, 560_000.0);
+    store.retire_gear(&shoes.id).unwrap();
+    assert!(store
+        .list_gear(false)
+        .unwrap()
+        .iter()
+        .all(|g| g.id != shoes.id));
+}
+
+#[test]
+fn profile_edits_use_optimistic_locking() {
+    let store = Store::open_in_memory(None).unwrap();
+    let (p, v) = store.profile().unwrap();
+    assert_eq!(v, 0);
+    let mine = AthleteProfile {
+        weight_kg: Some(70.0),
+        birth_year: Some(1990),
+        ..p.clone()
+    };
+    let v1 = store.update_profile(0, &mine).unwrap();
+    assert_eq!(v1, 1);
+    // A second device, still on version 0, loses the race with a clear conflict.
+    let theirs = AthleteProfile {
+        weight_kg: Some(71.0),
+        ..p
+    };
+    assert!(matches!(
+        store.update_profile(0, &theirs),
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(store.profile().unwrap().0.weight_kg, Some(70.0));
+    assert!(matches!(
+        store.update_profile(
+            1,
+            &AthleteProfile {
+                weight_kg: Some(19.9),
+                ..AthleteProfile::default()
+            }
+        ),
+        Err(Error::Invalid(_))
+    ));
+    let age = store
+        .profile()
+        .unwrap()
+        .0
+        .to_profile(Timestamp(T0))
+        .age_years;
+    assert_eq!(age, Some(35));
+}
+
+#[test]
+fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rec.db");
+    let clock = Arc::new(ManualClock::new(Timestamp(T0)));
+    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
+    let profile = Profile::default().resolve();
+    let mut rec = Recording::start(
+        store.clone(),
+        clock.clone(),
+        Some(Sport::Cycling),
+        profile,
+        WorkoutConfig::import(),
+    )
+    .unwrap();
+    // 10 minutes at 4 Hz power and 1 Hz heart rate, a pause in the middle.
+    for q in 0..2400 {
+        let t = clock.now();
+        rec.record(Sample::new(t, Reading::Power { w: 200.0 }))
+            .unwrap();
+        if q % 4 == 0 {
+            rec.record(Sample::new(t, Reading::HeartRate { bpm: 140.0 }))
+                .unwrap();
+        }
+        if q == 1200 {
+            rec.pause().unwrap();
+        }
+        if q == 1240 {
+            rec.resume().unwrap();
+        }
+        clock.advance_secs(0.25);
+    }
+    let last_t = clock.now().0 - 250;
+    // The app dies: whatever was buffered is gone.
+    drop(rec);
+    drop(store);
+    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+    let mut found = Recording::recover(store.clone(), clock.clone()).unwrap();
+    assert_eq!(found.len(), 1);
+    let mut rec = found.pop().unwrap();
+    assert_eq!(rec.state(), crate::WorkoutState::Active);
+    let stored = store
+        .read(|c| crate::store::get_samples(c, store.key(), &rec.id().0, &[]))
+        .unwrap();
+    let newest = stored.iter().map(|s| s.t.0).max().unwrap();
+    assert!(last_t - newest <= 1000, "lost {} ms", last_t - newest);
+    // The recovered recording goes on and completes.
+    for _ in 0..40 {
+        rec.record(Sample::new(clock.now(), Reading::Power { w: 200.0 }))
+            .unwrap();
+        clock.advance_secs(0.25);
+    }
+    let summary = rec.complete().unwrap();
+    assert!(
+        (summary.metrics.timer_s - (610.0 - 10.0)).abs() < 1.5,
+        "{}",
+        summary.metrics.timer_s
+    );
+    assert!(Recording::recover(store.clone(), clock.clone())
+        .unwrap()
+        .is_empty());
+    let chunks: i64 = store
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM sample_chunks", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(chunks, 2, "one chunk per channel after compaction");
+    assert_eq!(
+        store.samples(&summary.id.0).unwrap().len(),
+        stored.len() + 40
+    );
+}
