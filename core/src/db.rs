@@ -8,6 +8,8 @@
 //!   saved must not disappear; the cost is one fsync per commit, and the recorder commits about
 //!   once a second;
 //! - `foreign_keys = ON`: records and gear links cannot outlive their workout;
+//! - `cache_size = -1024` (1 MiB per connection): a watch records for a day on little memory, and
+//!   the recorder's writes are appends that gain nothing from a bigger cache;
 //! - `busy_timeout = 5000`: another process holding the write lock briefly is waited for rather
 //!   than reported as an error;
 //! - readers: `query_only = ON`, so a read path can never write by mistake.
@@ -64,7 +66,8 @@ const V1: &str = "CREATE TABLE workouts (
      CREATE INDEX personal_records_key ON personal_records(sport, record, achieved_at);";
 
 /// v2: samples become chunks (health channels sealed), workouts gain the columns the read
-/// models aggregate, and recordings, profile and gear get tables.
+/// models aggregate and lose their JSON documents to a side table (history queries scan narrow
+/// rows), and recordings, profile and gear get tables.
 const V2: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
      CREATE TABLE sample_chunks (
         workout_id TEXT NOT NULL,
@@ -116,7 +119,19 @@ const V2: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
      );
      CREATE TRIGGER workouts_delete_chunks AFTER DELETE ON workouts BEGIN
         DELETE FROM sample_chunks WHERE workout_id = OLD.id;
-     END;";
+     END;
+     CREATE TABLE workout_docs (
+        workout_id TEXT PRIMARY KEY REFERENCES workouts(id) ON DELETE CASCADE,
+        summary_json TEXT NOT NULL,
+        device_json TEXT
+     );
+     INSERT INTO workout_docs (workout_id, summary_json, device_json)
+        SELECT id, summary_json, device_json FROM workouts;
+     ALTER TABLE workouts DROP COLUMN summary_json;
+     ALTER TABLE workouts DROP COLUMN device_json;
+     DROP INDEX workouts_start;
+     CREATE INDEX workouts_start ON workouts(status, start_time, id);
+     CREATE INDEX workouts_status_sport_start ON workouts(status, sport, start_time, id);";
 
 type DataStep = fn(&Transaction<'_>, Option<&StorageKey>) -> Result<()>;
 
@@ -186,6 +201,7 @@ fn configure_writer(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -1024)?;
     conn.busy_timeout(std::time::Duration::from_millis(5000))?;
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod event;
 pub mod fit;
+pub mod formats;
 pub mod gear;
 pub mod metrics;
 pub mod profile;

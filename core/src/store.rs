@@ -207,7 +207,7 @@ pub(crate) fn migrate_v1_samples(tx: &Transaction<'_>, key: Option<&StorageKey>)
     tx.execute_batch("DROP TABLE samples;")?;
     // Fill the new aggregate columns from the summaries.
     let summaries: Vec<(String, String)> = {
-        let mut stmt = tx.prepare("SELECT id, summary_json FROM workouts")?;
+        let mut stmt = tx.prepare("SELECT workout_id, summary_json FROM workout_docs")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<std::result::Result<_, _>>()?
     };
@@ -335,33 +335,38 @@ pub(crate) fn insert_workout_row(
     now: Timestamp,
 ) -> Result<Vec<DomainEvent>> {
     let m = &s.metrics;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO workouts (id, sport, start_time, end_time, timer_s, distance_m, source_file,
-            source_hash, source_session, summary_json, device_json, created_at, status, elapsed_s,
-            moving_s, calories_kcal, ascent_m, avg_hr, title)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'completed', ?13, ?14, ?15,
-            ?16, ?17, ?18)",
-        params![
-            s.id.0,
-            m.sport.as_str(),
-            s.start_time.0,
-            s.end_time.0,
-            m.timer_s,
-            m.distance_m,
-            source.map(|x| x.0),
-            source.map(|x| x.1),
-            source.map(|x| x.2 as i64),
-            to_json(s)?,
-            device.map(to_json).transpose()?,
-            now.0,
-            m.elapsed_s,
-            m.moving_s,
-            m.calories_kcal,
-            m.ascent_m,
-            m.avg_hr_bpm,
-            s.title,
-        ],
-    )?;
+            source_hash, source_session, created_at, status, elapsed_s, moving_s, calories_kcal,
+            ascent_m, avg_hr, title)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'completed', ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        s.id.0,
+        m.sport.as_str(),
+        s.start_time.0,
+        s.end_time.0,
+        m.timer_s,
+        m.distance_m,
+        source.map(|x| x.0),
+        source.map(|x| x.1),
+        source.map(|x| x.2 as i64),
+        now.0,
+        m.elapsed_s,
+        m.moving_s,
+        m.calories_kcal,
+        m.ascent_m,
+        m.avg_hr_bpm,
+        s.title,
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO workout_docs (workout_id, summary_json, device_json) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![
+        s.id.0,
+        to_json(s)?,
+        device.map(to_json).transpose()?
+    ])?;
     let current = current_records(tx)?;
     let (new, events) = records::new_records(s, &current);
     for (r, previous) in new {
@@ -607,7 +612,7 @@ impl Store {
         let id = self.resolve_id(id)?;
         let json: String = self.read(|c| {
             Ok(c.query_row(
-                "SELECT summary_json FROM workouts WHERE id = ?1",
+                "SELECT summary_json FROM workout_docs WHERE workout_id = ?1",
                 [&id],
                 |r| r.get(0),
             )?)
@@ -640,7 +645,7 @@ impl Store {
         let id = self.resolve_id(id)?;
         let json: Option<String> = self.read(|c| {
             Ok(c.query_row(
-                "SELECT device_json FROM workouts WHERE id = ?1",
+                "SELECT device_json FROM workout_docs WHERE workout_id = ?1",
                 [&id],
                 |r| r.get(0),
             )?)
@@ -700,43 +705,57 @@ impl Store {
     /// page costs the same however deep).
     pub fn list(&self, filter: &ListFilter, limit: usize, after: Option<&Cursor>) -> Result<Page> {
         let limit = limit.clamp(1, 1000);
+        // Only the predicates in use, so SQLite can walk (status, [sport,] start_time, id)
+        // from the newest end and stop after one page.
+        let mut sql = String::from(
+            "SELECT id, sport, start_time, title, elapsed_s, timer_s, distance_m, calories_kcal,
+                    ascent_m, avg_hr
+             FROM workouts WHERE status = 'completed'",
+        );
+        let mut args: Vec<rusqlite::types::Value> = vec![];
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(sport) = filter.sport {
+            arg(
+                &mut sql,
+                " AND sport = ?",
+                sport.as_str().to_string().into(),
+            );
+        }
+        if let Some(from) = filter.from {
+            arg(&mut sql, " AND start_time >= ?", from.0.into());
+        }
+        if let Some(to) = filter.to {
+            arg(&mut sql, " AND start_time < ?", to.0.into());
+        }
+        if let Some(c) = after {
+            arg(
+                &mut sql,
+                " AND (start_time, id) < (?",
+                c.start_time.0.into(),
+            );
+            arg(&mut sql, ", ?)", c.id.clone().into());
+        }
+        sql.push_str(" ORDER BY start_time DESC, id DESC LIMIT ");
+        sql.push_str(&(limit + 1).to_string());
         let items = self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, sport, start_time, title, elapsed_s, timer_s, distance_m, calories_kcal,
-                        ascent_m, avg_hr
-                 FROM workouts
-                 WHERE status = 'completed'
-                   AND (?1 IS NULL OR sport = ?1)
-                   AND (?2 IS NULL OR start_time >= ?2)
-                   AND (?3 IS NULL OR start_time < ?3)
-                   AND (?4 IS NULL OR start_time < ?4 OR (start_time = ?4 AND id < ?5))
-                 ORDER BY start_time DESC, id DESC
-                 LIMIT ?6",
-            )?;
-            let rows = stmt.query_map(
-                params![
-                    filter.sport.map(Sport::as_str),
-                    filter.from.map(|t| t.0),
-                    filter.to.map(|t| t.0),
-                    after.map(|c| c.start_time.0),
-                    after.map(|c| c.id.as_str()),
-                    limit as i64 + 1,
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, f64>(4)?,
-                        r.get::<_, f64>(5)?,
-                        r.get::<_, Option<f64>>(6)?,
-                        r.get::<_, f64>(7)?,
-                        r.get::<_, Option<f64>>(8)?,
-                        r.get::<_, Option<f64>>(9)?,
-                    ))
-                },
-            )?;
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, f64>(4)?,
+                    r.get::<_, f64>(5)?,
+                    r.get::<_, Option<f64>>(6)?,
+                    r.get::<_, f64>(7)?,
+                    r.get::<_, Option<f64>>(8)?,
+                    r.get::<_, Option<f64>>(9)?,
+                ))
+            })?;
             let mut out = vec![];
             for row in rows {
                 let (id, sport, start, title, elapsed, timer, distance, kcal, ascent, hr) = row?;
