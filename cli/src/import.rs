@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use fitedge_core::fit::{self, DeviceTotals, FitImport, ImportedSession};
+use fitedge_core::formats::{self, Format};
 use fitedge_core::store::Saved;
+use fitedge_core::Profile;
 use fitedge_core::{Clock, SystemClock};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -132,7 +134,7 @@ fn fmt_duration(s: f64) -> String {
 }
 
 fn print_human(file: &str, imp: &FitImport, saved: &[Saved]) {
-    println!(
+    outln!(
         "{file}{}",
         imp.device
             .as_ref()
@@ -140,7 +142,7 @@ fn print_human(file: &str, imp: &FitImport, saved: &[Saved]) {
             .unwrap_or_default()
     );
     for w in &imp.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
     for (i, s) in imp.sessions.iter().enumerate() {
         let m = &s.summary.metrics;
@@ -150,7 +152,7 @@ fn print_human(file: &str, imp: &FitImport, saved: &[Saved]) {
             (_, Some(Saved::Stored { .. })) => "stored".into(),
             _ => String::new(),
         };
-        println!(
+        outln!(
             "  #{} {}{} {}  {}  {:.2} km  {} timer  ↑{:.0} m  {:.0} kcal  HR {}/{}  NP {}  [{}]",
             s.index,
             m.sport,
@@ -168,9 +170,11 @@ fn print_human(file: &str, imp: &FitImport, saved: &[Saved]) {
             status,
         );
         if s.summary.rejected > 0 || s.summary.flagged > 0 {
-            println!(
+            outln!(
                 "     {} samples, {} rejected, {} flagged",
-                s.summary.samples, s.summary.rejected, s.summary.flagged
+                s.summary.samples,
+                s.summary.rejected,
+                s.summary.flagged
             );
         }
     }
@@ -205,9 +209,22 @@ pub fn run(db: &Path, args: &ImportArgs) -> u8 {
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
                 let hash = sha256_hex(&bytes);
-                fit::import(&bytes, overrides, &hash)
-                    .map(|imp| (imp, hash))
-                    .map_err(|e| e.to_string())
+                let ext = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase);
+                let result = match ext.as_deref().and_then(|e| e.parse::<Format>().ok()) {
+                    Some(format) => {
+                        formats::import(format, &bytes, overrides, &hash).map(|s| FitImport {
+                            sessions: vec![s],
+                            warnings: vec![],
+                            file_profile: Profile::default(),
+                            device: None,
+                        })
+                    }
+                    None => fit::import(&bytes, overrides, &hash),
+                };
+                result.map(|imp| (imp, hash)).map_err(|e| e.to_string())
             });
         bar.inc(1);
         let (imp, hash) = match result {
@@ -243,7 +260,7 @@ pub fn run(db: &Path, args: &ImportArgs) -> u8 {
     bar.finish_and_clear();
     if args.json {
         match serde_json::to_string_pretty(&out) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => {
                 eprintln!("fitedge: {e}");
                 return EXIT_DATABASE;

@@ -9,6 +9,18 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+/// `println!` for the command's output: a closed pipe (`fitedge list | head`) ends the
+/// command quietly instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+mod history;
 mod import;
 mod keyfile;
 
@@ -35,9 +47,42 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Import FIT files: compute every session with the FitEdge engine, store it, print it.
+    /// Import FIT, GPX or TCX files: compute every session with the FitEdge engine, store it, print it.
     #[command(after_help = import::AFTER_HELP)]
     Import(ImportArgs),
+    /// List stored workouts, newest first.
+    List(history::ListArgs),
+    /// Everything about one workout (an id or a unique prefix of one).
+    Summary {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Totals and averages per week, month or year, and streaks (needs 5 workouts).
+    Stats {
+        #[arg(long, default_value = "week")]
+        period: fitedge_core::store::Period,
+        #[arg(long)]
+        sport: Option<fitedge_core::Sport>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Personal records.
+    Records {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a workout as GPX or TCX (to stdout, or -o FILE).
+    Export {
+        id: String,
+        #[arg(long)]
+        format: Option<fitedge_core::formats::Format>,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Shoes, bikes and other gear, and their wear.
+    #[command(subcommand)]
+    Gear(history::GearCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,8 +159,27 @@ pub(crate) fn open_store(db: &std::path::Path) -> anyhow::Result<fitedge_core::s
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let db = cli.db.clone().unwrap_or_else(default_db);
-    let code = match cli.command {
-        Command::Import(args) => import::run(&db, &args),
+    let done = |r: anyhow::Result<()>| match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fitedge: {e:#}");
+            1
+        }
+    };
+    let code = match &cli.command {
+        Command::Import(args) => import::run(&db, args),
+        Command::List(a) => done(history::list(&db, a)),
+        Command::Summary { id, json } => done(history::summary(&db, id, *json)),
+        Command::Stats {
+            period,
+            sport,
+            json,
+        } => done(history::stats(&db, *period, *sport, *json)),
+        Command::Records { json } => done(history::records(&db, *json)),
+        Command::Export { id, format, output } => {
+            done(history::export(&db, id, *format, output.as_ref()))
+        }
+        Command::Gear(cmd) => done(history::gear(&db, cmd)),
     };
     ExitCode::from(code)
 }
