@@ -620,14 +620,16 @@ impl Store {
         serde_json::from_str(&json).map_err(|e| Error::Corrupt(format!("workout {id}: {e}")))
     }
 
-    /// The full id for a unique prefix (at least 4 characters) or a full id.
+    /// The full id for a unique prefix (at least 4 characters) or a full id, of a stored
+    /// workout or of a recording in progress.
     pub fn resolve_id(&self, prefix: &str) -> Result<String> {
         if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Err(Error::NotFound(format!("workout {prefix}")));
         }
         let ids: Vec<String> = self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id FROM workouts WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
+                "SELECT id FROM workouts WHERE id >= ?1 AND id < ?1 || '~'
+                 UNION SELECT id FROM recordings WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
             )?;
             let rows = stmt.query_map([prefix], |r| r.get(0))?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
