@@ -67,7 +67,11 @@ fn page8(bytes: &[u8]) -> Result<&[u8; 8], DecodeError> {
             needed: 8 - n,
         }),
         8 => Ok(bytes.try_into().unwrap_or(&[0; 8])),
-        n => Err(DecodeError::invalid(8, "an 8-byte ANT+ data page", format!("{n} bytes"))),
+        n => Err(DecodeError::invalid(
+            8,
+            "an 8-byte ANT+ data page",
+            format!("{n} bytes"),
+        )),
     }
 }
 
@@ -82,14 +86,41 @@ fn u16le(b: &[u8; 8], i: usize) -> u16 {
 pub enum HrmDetail {
     /// Page 0 (or a legacy strap, whose byte 0 means nothing).
     Default,
-    CumulativeOperatingTime { operating_time_s: u32 },
-    ManufacturerInfo { manufacturer_id: u8, serial_number_high: u16 },
-    ProductInfo { hardware_version: u8, software_version: u8, model_number: u8 },
-    PreviousHeartBeat { manufacturer_specific: u8, previous_beat_event_time_s: f64, #[serde(skip)] previous_beat_ticks: u16 },
-    SwimInterval { interval_avg_hr_bpm: u8, interval_max_hr_bpm: u8, session_avg_hr_bpm: u8 },
-    Capabilities { features_supported: u8, features_enabled: u8 },
-    BatteryStatus { battery_level_pct: Option<u8>, battery_voltage_v: Option<f64>, battery_status: u8 },
-    Other { page: u8 },
+    CumulativeOperatingTime {
+        operating_time_s: u32,
+    },
+    ManufacturerInfo {
+        manufacturer_id: u8,
+        serial_number_high: u16,
+    },
+    ProductInfo {
+        hardware_version: u8,
+        software_version: u8,
+        model_number: u8,
+    },
+    PreviousHeartBeat {
+        manufacturer_specific: u8,
+        previous_beat_event_time_s: f64,
+        #[serde(skip)]
+        previous_beat_ticks: u16,
+    },
+    SwimInterval {
+        interval_avg_hr_bpm: u8,
+        interval_max_hr_bpm: u8,
+        session_avg_hr_bpm: u8,
+    },
+    Capabilities {
+        features_supported: u8,
+        features_enabled: u8,
+    },
+    BatteryStatus {
+        battery_level_pct: Option<u8>,
+        battery_voltage_v: Option<f64>,
+        battery_status: u8,
+    },
+    Other {
+        page: u8,
+    },
 }
 
 /// One heart-rate page. Bytes 4-7 mean the same on every page.
@@ -198,7 +229,13 @@ impl HrmState {
         };
         let prev = self.last.replace((p.beat_count, p.beat_event_ticks));
         let page4 = match (&p.detail, self.toggles) {
-            (HrmDetail::PreviousHeartBeat { previous_beat_ticks, .. }, true) => Some(*previous_beat_ticks),
+            (
+                HrmDetail::PreviousHeartBeat {
+                    previous_beat_ticks,
+                    ..
+                },
+                true,
+            ) => Some(*previous_beat_ticks),
             _ => None,
         };
         if let Some((count, ticks)) = prev {
@@ -209,7 +246,9 @@ impl HrmState {
                 (1, None) => Some(p.beat_event_ticks.wrapping_sub(ticks)),
                 _ => None,
             };
-            d.rr_interval_ms = rr_ticks.filter(|t| *t > 0).map(|t| f64::from(t) * 1000.0 / 1024.0);
+            d.rr_interval_ms = rr_ticks
+                .filter(|t| *t > 0)
+                .map(|t| f64::from(t) * 1000.0 / 1024.0);
         }
         d
     }
@@ -232,8 +271,14 @@ pub struct BscPage {
 
 pub fn decode_bsc(bytes: &[u8]) -> Result<BscPage, DecodeError> {
     let b = page8(bytes)?;
-    let crank = RevolutionData { event_time: u16le(b, 0), revolutions: u32::from(u16le(b, 2)) };
-    let wheel = RevolutionData { event_time: u16le(b, 4), revolutions: u32::from(u16le(b, 6)) };
+    let crank = RevolutionData {
+        event_time: u16le(b, 0),
+        revolutions: u32::from(u16le(b, 2)),
+    };
+    let wheel = RevolutionData {
+        event_time: u16le(b, 4),
+        revolutions: u32::from(u16le(b, 6)),
+    };
     Ok(BscPage {
         crank_event_time_s: f64::from(crank.event_time) / 1024.0,
         crank_revolutions: crank.revolutions as u16,
@@ -265,7 +310,10 @@ pub struct RevPage {
 pub fn decode_rev_page(bytes: &[u8]) -> Result<RevPage, DecodeError> {
     let b = page8(bytes)?;
     let page = b[0] & 0x7F;
-    let rev = RevolutionData { event_time: u16le(b, 4), revolutions: u32::from(u16le(b, 6)) };
+    let rev = RevolutionData {
+        event_time: u16le(b, 4),
+        revolutions: u32::from(u16le(b, 6)),
+    };
     Ok(RevPage {
         page,
         page_toggle: b[0] & 0x80 != 0,
@@ -297,12 +345,24 @@ pub enum PowerPage {
         instantaneous_power_w: u16,
     },
     /// Common page 0x50.
-    ManufacturerInfo { hardware_revision: u8, manufacturer_id: u16, model_number: u16 },
+    ManufacturerInfo {
+        hardware_revision: u8,
+        manufacturer_id: u16,
+        model_number: u16,
+    },
     /// Common page 0x51.
-    ProductInfo { software_revision: u8, serial_number: u32 },
+    ProductInfo {
+        software_revision: u8,
+        serial_number: u32,
+    },
     /// Common page 0x52.
-    BatteryStatus { battery_voltage_v: Option<f64>, battery_status: u8 },
-    Other { page: u8 },
+    BatteryStatus {
+        battery_voltage_v: Option<f64>,
+        battery_status: u8,
+    },
+    Other {
+        page: u8,
+    },
 }
 
 pub fn decode_power(bytes: &[u8]) -> Result<PowerPage, DecodeError> {
@@ -326,7 +386,8 @@ pub fn decode_power(bytes: &[u8]) -> Result<PowerPage, DecodeError> {
             serial_number: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
         },
         0x52 => PowerPage::BatteryStatus {
-            battery_voltage_v: (b[7] & 0x0F != 0x0F).then(|| f64::from(b[7] & 0x0F) + f64::from(b[6]) / 256.0),
+            battery_voltage_v: (b[7] & 0x0F != 0x0F)
+                .then(|| f64::from(b[7] & 0x0F) + f64::from(b[6]) / 256.0),
             battery_status: (b[7] >> 4) & 0x07,
         },
         p => PowerPage::Other { page: p },
@@ -364,7 +425,8 @@ impl PowerState {
             Some((c, acc)) => {
                 let events = event_count.wrapping_sub(c);
                 if events > 0 {
-                    d.power_w = Some(f64::from(accumulated_power_w.wrapping_sub(acc)) / f64::from(events));
+                    d.power_w =
+                        Some(f64::from(accumulated_power_w.wrapping_sub(acc)) / f64::from(events));
                 }
             }
             None => d.power_w = Some(f64::from(instantaneous_power_w)),
@@ -430,11 +492,17 @@ impl AntState {
             (AntState::Hrm(s), AntPage::Hrm(p)) => s.update(p),
             (AntState::Bsc(s), AntPage::Bsc(p)) => s.update(Some(p.wheel), Some(p.crank), at),
             (AntState::Speed(s, circ), AntPage::Speed(p)) => Derived {
-                speed_mps: s.update(p.rev.revolutions, p.rev.event_time, at).rps().map(|r| r * *circ),
+                speed_mps: s
+                    .update(p.rev.revolutions, p.rev.event_time, at)
+                    .rps()
+                    .map(|r| r * *circ),
                 ..Default::default()
             },
             (AntState::Cadence(s), AntPage::Cadence(p)) => Derived {
-                cadence_rpm: s.update(p.rev.revolutions, p.rev.event_time, at).rps().map(|r| r * 60.0),
+                cadence_rpm: s
+                    .update(p.rev.revolutions, p.rev.event_time, at)
+                    .rps()
+                    .map(|r| r * 60.0),
                 ..Default::default()
             },
             (AntState::Power(s), AntPage::Power(p)) => s.update(p),
@@ -450,7 +518,14 @@ mod tests {
     #[test]
     fn pages_must_be_eight_bytes() {
         let e = decode_hrm(&[0; 5]).unwrap_err();
-        assert!(matches!(e, DecodeError::Truncated { offset: 5, needed: 3, .. }));
+        assert!(matches!(
+            e,
+            DecodeError::Truncated {
+                offset: 5,
+                needed: 3,
+                ..
+            }
+        ));
         let e = decode_power(&[0; 9]).unwrap_err();
         assert!(matches!(e, DecodeError::Invalid { offset: 8, .. }));
     }

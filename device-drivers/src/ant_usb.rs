@@ -45,7 +45,9 @@ impl Frame {
     /// For data messages (broadcast, acknowledged, burst): the channel and the 8-byte page.
     pub fn channel_data(&self) -> Option<(u8, &[u8])> {
         match self.id {
-            msg::BROADCAST_DATA | msg::ACKNOWLEDGED_DATA | msg::BURST_DATA if self.payload.len() >= 9 => {
+            msg::BROADCAST_DATA | msg::ACKNOWLEDGED_DATA | msg::BURST_DATA
+                if self.payload.len() >= 9 =>
+            {
                 Some((self.payload[0], &self.payload[1..9]))
             }
             _ => None,
@@ -78,7 +80,11 @@ pub fn decode(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
         return Err(trunc(0, "sync byte 0xA4", 1));
     };
     if sync != SYNC {
-        return Err(DecodeError::invalid(0, "sync byte 0xA4", format!("0x{sync:02X}")));
+        return Err(DecodeError::invalid(
+            0,
+            "sync byte 0xA4",
+            format!("0x{sync:02X}"),
+        ));
     }
     let Some(&len) = buf.get(1) else {
         return Err(trunc(1, "length", 1));
@@ -91,7 +97,11 @@ pub fn decode(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
         return Err(trunc(2, "message id", 1));
     }
     if buf.len() < total {
-        let expected = if buf.len() < total - 1 { "payload" } else { "checksum" };
+        let expected = if buf.len() < total - 1 {
+            "payload"
+        } else {
+            "checksum"
+        };
         return Err(trunc(buf.len(), expected, total - buf.len()));
     }
     let sum = checksum(&buf[..total - 1]);
@@ -172,7 +182,10 @@ impl NetworkKey {
     /// 16 hex digits (spaces, colons and commas allowed between bytes).
     pub fn from_hex(s: &str) -> Option<Self> {
         let digits: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        if digits.len() != 16 || s.chars().any(|c| !(c.is_ascii_hexdigit() || " :,-".contains(c))) {
+        if digits.len() != 16
+            || s.chars()
+                .any(|c| !(c.is_ascii_hexdigit() || " :,-".contains(c)))
+        {
             return None;
         }
         let mut k = [0u8; 8];
@@ -183,7 +196,9 @@ impl NetworkKey {
     }
 
     pub fn from_env() -> Option<Self> {
-        std::env::var(Self::ENV).ok().and_then(|s| Self::from_hex(&s))
+        std::env::var(Self::ENV)
+            .ok()
+            .and_then(|s| Self::from_hex(&s))
     }
 }
 
@@ -203,7 +218,10 @@ pub fn open_channel_messages(
         encode(msg::ASSIGN_CHANNEL, &[channel, 0x00, network]),
         // device number 0 (wildcard), device type, transmission type 0 (wildcard)
         encode(msg::CHANNEL_ID, &[channel, 0, 0, device_type, 0]),
-        encode(msg::CHANNEL_PERIOD, &[channel, period as u8, (period >> 8) as u8]),
+        encode(
+            msg::CHANNEL_PERIOD,
+            &[channel, period as u8, (period >> 8) as u8],
+        ),
         encode(msg::CHANNEL_RF_FREQUENCY, &[channel, ANT_PLUS_RF_FREQUENCY]),
         encode(msg::OPEN_CHANNEL, &[channel]),
     ]
@@ -217,16 +235,31 @@ mod tests {
     #[test]
     fn reset_message_is_the_documented_one() {
         // ANT Message Protocol and Usage, "Reset System": A4 01 4A 00 EF
-        assert_eq!(encode(msg::RESET_SYSTEM, &[0]), vec![0xA4, 0x01, 0x4A, 0x00, 0xEF]);
+        assert_eq!(
+            encode(msg::RESET_SYSTEM, &[0]),
+            vec![0xA4, 0x01, 0x4A, 0x00, 0xEF]
+        );
     }
 
     #[test]
     fn errors_name_the_offset() {
-        assert!(matches!(decode(&[]), Err(DecodeError::Truncated { offset: 0, .. })));
-        assert!(matches!(decode(&[0x55]), Err(DecodeError::Invalid { offset: 0, .. })));
+        assert!(matches!(
+            decode(&[]),
+            Err(DecodeError::Truncated { offset: 0, .. })
+        ));
+        assert!(matches!(
+            decode(&[0x55]),
+            Err(DecodeError::Invalid { offset: 0, .. })
+        ));
         let mut f = encode(msg::BROADCAST_DATA, &[0, 1, 2, 3, 4, 5, 6, 7, 8]);
         let last = f.len() - 1;
-        assert!(matches!(decode(&f[..last]), Err(DecodeError::Truncated { expected: "checksum", .. })));
+        assert!(matches!(
+            decode(&f[..last]),
+            Err(DecodeError::Truncated {
+                expected: "checksum",
+                ..
+            })
+        ));
         f[last] ^= 0xFF;
         assert!(matches!(decode(&f), Err(DecodeError::Invalid { offset, .. }) if offset == last));
     }
@@ -238,7 +271,10 @@ mod tests {
         assert!(NetworkKey::from_hex("0102").is_none());
         assert!(NetworkKey::from_hex("zz02030405060708").is_none());
         let msgs = open_channel_messages(0, 0, &k, 120, 8070);
-        assert_eq!(decode(&msgs[0]).unwrap().0.payload, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            decode(&msgs[0]).unwrap().0.payload,
+            vec![0, 1, 2, 3, 4, 5, 6, 7, 8]
+        );
     }
 
     proptest! {

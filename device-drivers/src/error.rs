@@ -64,7 +64,11 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
-    pub(crate) fn take(&mut self, n: usize, expected: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(
+        &mut self,
+        n: usize,
+        expected: &'static str,
+    ) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
         match end {
             Some(end) => {

@@ -129,7 +129,9 @@ impl Characteristic {
             .or_else(|| t.strip_prefix("0X"))
             .unwrap_or(t);
         if hex.len() <= 4 {
-            return u16::from_str_radix(hex, 16).ok().and_then(Self::from_uuid16);
+            return u16::from_str_radix(hex, 16)
+                .ok()
+                .and_then(Self::from_uuid16);
         }
         Uuid::parse_str(t).ok().and_then(|u| Self::from_uuid(&u))
     }
@@ -165,8 +167,8 @@ impl SFloat {
             0x0802 => SFloat::Special(SFloatSpecial::NegativeInfinity),
             0x0801 => SFloat::Special(SFloatSpecial::Reserved),
             _ => {
-                let exponent = ((raw as i16) >> 12) as i32;
-                let mantissa = (((raw & 0x0FFF) << 4) as i16 >> 4) as i32;
+                let exponent = i32::from((raw as i16) >> 12);
+                let mantissa = i32::from(((raw & 0x0FFF) << 4) as i16 >> 4);
                 SFloat::Value(f64::from(mantissa) * 10f64.powi(exponent))
             }
         }
@@ -236,7 +238,10 @@ pub fn decode_heart_rate(bytes: &[u8]) -> Result<HeartRateMeasurement, DecodeErr
         heart_rate_bpm,
         sensor_contact,
         energy_expended_kj,
-        rr_intervals_ms: raw.iter().map(|v| f64::from(*v) * 1000.0 / 1024.0).collect(),
+        rr_intervals_ms: raw
+            .iter()
+            .map(|v| f64::from(*v) * 1000.0 / 1024.0)
+            .collect(),
         rr_intervals_raw: raw,
     })
 }
@@ -522,11 +527,14 @@ pub fn decode_treadmill(bytes: &[u8]) -> Result<TreadmillData, DecodeError> {
         d.ramp_angle_deg = Some(f64::from(r.i16("ramp angle setting (sint16)")?) / 10.0);
     }
     if f & 0x0010 != 0 {
-        d.positive_elevation_gain_m = Some(f64::from(r.u16("positive elevation gain (uint16)")?) / 10.0);
-        d.negative_elevation_gain_m = Some(f64::from(r.u16("negative elevation gain (uint16)")?) / 10.0);
+        d.positive_elevation_gain_m =
+            Some(f64::from(r.u16("positive elevation gain (uint16)")?) / 10.0);
+        d.negative_elevation_gain_m =
+            Some(f64::from(r.u16("negative elevation gain (uint16)")?) / 10.0);
     }
     if f & 0x0020 != 0 {
-        d.instantaneous_pace_km_per_min = Some(f64::from(r.u8("instantaneous pace (uint8)")?) / 10.0);
+        d.instantaneous_pace_km_per_min =
+            Some(f64::from(r.u8("instantaneous pace (uint8)")?) / 10.0);
     }
     if f & 0x0040 != 0 {
         d.average_pace_km_per_min = Some(f64::from(r.u8("average pace (uint8)")?) / 10.0);
@@ -762,8 +770,12 @@ pub fn decode_device_info_string(bytes: &[u8]) -> Result<String, DecodeError> {
 #[serde(tag = "characteristic", rename_all = "snake_case")]
 pub enum GattValue {
     HeartRateMeasurement(HeartRateMeasurement),
-    BodySensorLocation { location: BodySensorLocation },
-    BatteryLevel { battery_level_pct: u8 },
+    BodySensorLocation {
+        location: BodySensorLocation,
+    },
+    BatteryLevel {
+        battery_level_pct: u8,
+    },
     CscMeasurement(CscMeasurement),
     RscMeasurement(RscMeasurement),
     CyclingPowerMeasurement(CyclingPowerMeasurement),
@@ -771,13 +783,18 @@ pub enum GattValue {
     IndoorBikeData(IndoorBikeData),
     PlxSpotCheck(PlxSpotCheck),
     PlxContinuous(PlxContinuous),
-    DeviceInfo { field: DeviceInfoField, value: String },
+    DeviceInfo {
+        field: DeviceInfoField,
+        value: String,
+    },
 }
 
 /// Decodes one notification (or read) of `characteristic`.
 pub fn decode(characteristic: Characteristic, bytes: &[u8]) -> Result<GattValue, DecodeError> {
     Ok(match characteristic {
-        Characteristic::HeartRateMeasurement => GattValue::HeartRateMeasurement(decode_heart_rate(bytes)?),
+        Characteristic::HeartRateMeasurement => {
+            GattValue::HeartRateMeasurement(decode_heart_rate(bytes)?)
+        }
         Characteristic::BodySensorLocation => GattValue::BodySensorLocation {
             location: decode_body_sensor_location(bytes)?,
         },
@@ -809,8 +826,14 @@ mod tests {
         let u = uuid_from16(0x2A37);
         assert_eq!(u.to_string(), "00002a37-0000-1000-8000-00805f9b34fb");
         assert_eq!(uuid16(&u), Some(0x2A37));
-        assert_eq!(Characteristic::parse("2A37"), Some(Characteristic::HeartRateMeasurement));
-        assert_eq!(Characteristic::parse("0x2ad2"), Some(Characteristic::IndoorBikeData));
+        assert_eq!(
+            Characteristic::parse("2A37"),
+            Some(Characteristic::HeartRateMeasurement)
+        );
+        assert_eq!(
+            Characteristic::parse("0x2ad2"),
+            Some(Characteristic::IndoorBikeData)
+        );
         assert_eq!(
             Characteristic::parse("00002a63-0000-1000-8000-00805f9b34fb"),
             Some(Characteristic::CyclingPowerMeasurement)
@@ -820,11 +843,26 @@ mod tests {
 
     #[test]
     fn sfloat_special_values_and_signs() {
-        assert_eq!(SFloat::from_raw(0x07FF), SFloat::Special(SFloatSpecial::NaN));
-        assert_eq!(SFloat::from_raw(0x0800), SFloat::Special(SFloatSpecial::NRes));
-        assert_eq!(SFloat::from_raw(0x07FE), SFloat::Special(SFloatSpecial::PositiveInfinity));
-        assert_eq!(SFloat::from_raw(0x0802), SFloat::Special(SFloatSpecial::NegativeInfinity));
-        assert_eq!(SFloat::from_raw(0x0801), SFloat::Special(SFloatSpecial::Reserved));
+        assert_eq!(
+            SFloat::from_raw(0x07FF),
+            SFloat::Special(SFloatSpecial::NaN)
+        );
+        assert_eq!(
+            SFloat::from_raw(0x0800),
+            SFloat::Special(SFloatSpecial::NRes)
+        );
+        assert_eq!(
+            SFloat::from_raw(0x07FE),
+            SFloat::Special(SFloatSpecial::PositiveInfinity)
+        );
+        assert_eq!(
+            SFloat::from_raw(0x0802),
+            SFloat::Special(SFloatSpecial::NegativeInfinity)
+        );
+        assert_eq!(
+            SFloat::from_raw(0x0801),
+            SFloat::Special(SFloatSpecial::Reserved)
+        );
         // exponent -1, mantissa 975 -> 97.5
         assert_eq!(SFloat::from_raw(0xF3CF), SFloat::Value(97.5));
         // exponent 0, mantissa -1 (0xFFF)
@@ -844,20 +882,36 @@ mod tests {
         assert_eq!(m.energy_expended_kj, Some(0x0203));
         assert_eq!(m.rr_intervals_ms, vec![1000.0, 500.0]);
         // contact supported, not detected
-        assert_eq!(decode_heart_rate(&[0x04, 60]).unwrap().sensor_contact, Some(false));
+        assert_eq!(
+            decode_heart_rate(&[0x04, 60]).unwrap().sensor_contact,
+            Some(false)
+        );
         // a dangling RR byte is a truncation at its offset
         let e = decode_heart_rate(&[0x10, 60, 0x00, 0x04, 0x01]).unwrap_err();
         assert_eq!(e.offset(), 4);
         assert!(e.is_truncated());
         // energy promised but missing
         let e = decode_heart_rate(&[0x08, 60, 0x01]).unwrap_err();
-        assert!(matches!(e, DecodeError::Truncated { offset: 2, needed: 1, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DecodeError::Truncated {
+                    offset: 2,
+                    needed: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(decode_heart_rate(&[]).unwrap_err().is_truncated());
     }
 
     #[test]
     fn location_battery_and_strings_refuse_reserved_values() {
-        assert_eq!(decode_body_sensor_location(&[1]).unwrap(), BodySensorLocation::Chest);
+        assert_eq!(
+            decode_body_sensor_location(&[1]).unwrap(),
+            BodySensorLocation::Chest
+        );
         let e = decode_body_sensor_location(&[7]).unwrap_err();
         assert!(!e.is_truncated());
         assert_eq!(decode_battery_level(&[100]).unwrap(), 100);
@@ -924,7 +978,17 @@ mod tests {
         assert_eq!(r.total_distance_m, Some(1000.0));
         assert!(r.running);
         let e = decode_rsc(&[0x02, 0x00, 0x03, 90, 1, 2]).unwrap_err();
-        assert!(matches!(e, DecodeError::Truncated { offset: 4, needed: 2, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                DecodeError::Truncated {
+                    offset: 4,
+                    needed: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -953,7 +1017,10 @@ mod tests {
         assert_eq!(d.speed_kmh, Some(10.5));
         assert_eq!(d.average_speed_kmh, Some(10.0));
         assert_eq!(d.total_distance_m, Some(10_000));
-        assert_eq!((d.inclination_pct, d.ramp_angle_deg), (Some(1.5), Some(-0.5)));
+        assert_eq!(
+            (d.inclination_pct, d.ramp_angle_deg),
+            (Some(1.5), Some(-0.5))
+        );
         assert_eq!(d.positive_elevation_gain_m, Some(12.3));
         assert_eq!(d.negative_elevation_gain_m, Some(4.5));
         assert_eq!(d.instantaneous_pace_km_per_min, Some(0.2));
@@ -963,7 +1030,10 @@ mod tests {
         assert_eq!(d.energy.energy_per_minute_kcal, Some(10));
         assert_eq!(d.heart_rate_bpm, Some(150));
         assert_eq!(d.metabolic_equivalent, Some(8.5));
-        assert_eq!((d.elapsed_time_s, d.remaining_time_s), (Some(3600), Some(60)));
+        assert_eq!(
+            (d.elapsed_time_s, d.remaining_time_s),
+            (Some(3600), Some(60))
+        );
         assert_eq!((d.force_on_belt_n, d.power_output_w), (Some(40), Some(200)));
         // "more data" set: no speed field.
         let d = decode_treadmill(&[0x01, 0x00]).unwrap();
@@ -1004,7 +1074,10 @@ mod tests {
         assert_eq!(d.energy.total_energy_kcal, Some(100));
         assert_eq!(d.heart_rate_bpm, Some(140));
         assert_eq!(d.metabolic_equivalent, Some(7.0));
-        assert_eq!((d.elapsed_time_s, d.remaining_time_s), (Some(600), Some(1200)));
+        assert_eq!(
+            (d.elapsed_time_s, d.remaining_time_s),
+            (Some(600), Some(1200))
+        );
         for n in 0..b.len() {
             assert!(decode_indoor_bike(&b[..n]).unwrap_err().is_truncated());
         }
@@ -1026,7 +1099,10 @@ mod tests {
         assert_eq!(s.timestamp.as_deref(), Some("2024-05-17T08:30:00"));
         assert_eq!(s.measurement_status, Some(0x20));
         assert_eq!(s.device_and_sensor_status, Some(1));
-        assert_eq!(s.pulse_amplitude_index_pct, Some(SFloat::Special(SFloatSpecial::NaN)));
+        assert_eq!(
+            s.pulse_amplitude_index_pct,
+            Some(SFloat::Special(SFloatSpecial::NaN))
+        );
         assert!(s.device_clock_not_set);
         // month 13 is invalid, at the timestamp's offset
         let mut bad = b.clone();
@@ -1044,7 +1120,10 @@ mod tests {
         let m = decode_plx_continuous(&c).unwrap();
         assert_eq!(m.spo2_pct.value(), Some(98.0));
         assert_eq!(m.pulse_rate_slow_bpm.and_then(SFloat::value), Some(72.0));
-        assert_eq!(m.pulse_amplitude_index_pct.and_then(SFloat::value), Some(5.5));
+        assert_eq!(
+            m.pulse_amplitude_index_pct.and_then(SFloat::value),
+            Some(5.5)
+        );
         for n in 0..c.len() {
             assert!(decode_plx_continuous(&c[..n]).unwrap_err().is_truncated());
         }

@@ -61,10 +61,27 @@ impl DeviceRegistration {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type")]
 pub enum DeviceEvent {
-    DeviceConnected { device: String, serial_number: String, at: Timestamp },
-    DeviceDisconnected { device: String, at: Timestamp },
-    DeviceCalibrated { device: String, user: String, factor: f64, at: Timestamp },
-    DeviceErrorDetected { device: String, at: Timestamp, error: String, disabled: bool },
+    DeviceConnected {
+        device: String,
+        serial_number: String,
+        at: Timestamp,
+    },
+    DeviceDisconnected {
+        device: String,
+        at: Timestamp,
+    },
+    DeviceCalibrated {
+        device: String,
+        user: String,
+        factor: f64,
+        at: Timestamp,
+    },
+    DeviceErrorDetected {
+        device: String,
+        at: Timestamp,
+        error: String,
+        disabled: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -257,7 +274,10 @@ impl SensorHub {
             d.status.connected = false;
             d.decoder.reset();
             d.last_on = [None; Channel::ALL.len()];
-            self.events.push(DeviceEvent::DeviceDisconnected { device: id.to_string(), at });
+            self.events.push(DeviceEvent::DeviceDisconnected {
+                device: id.to_string(),
+                at,
+            });
         }
         Ok(())
     }
@@ -267,8 +287,13 @@ impl SensorHub {
     pub fn set_user(&mut self, user: &str) {
         self.user = Some(user.to_string());
         for d in &mut self.devices {
-            let ok = d.status.calibration.as_ref().is_some_and(|c| c.user == user);
-            d.status.needs_calibration = !ok && (d.status.calibration.is_some() || d.status.registration.medical_grade);
+            let ok = d
+                .status
+                .calibration
+                .as_ref()
+                .is_some_and(|c| c.user == user);
+            d.status.needs_calibration =
+                !ok && (d.status.calibration.is_some() || d.status.registration.medical_grade);
         }
     }
 
@@ -294,9 +319,17 @@ impl SensorHub {
             return Err(err);
         }
         let d = &mut self.devices[i].status;
-        d.calibration = Some(Calibration { user: user.clone(), factor });
+        d.calibration = Some(Calibration {
+            user: user.clone(),
+            factor,
+        });
         d.needs_calibration = false;
-        self.events.push(DeviceEvent::DeviceCalibrated { device: id.to_string(), user, factor, at });
+        self.events.push(DeviceEvent::DeviceCalibrated {
+            device: id.to_string(),
+            user,
+            factor,
+            at,
+        });
         Ok(())
     }
 
@@ -312,7 +345,8 @@ impl SensorHub {
 
     /// The device that currently feeds `ch`, if any.
     pub fn winner(&self, ch: Channel, at: Timestamp) -> Option<&str> {
-        self.winner_index(ch, at).map(|i| self.devices[i].status.registration.id.as_str())
+        self.winner_index(ch, at)
+            .map(|i| self.devices[i].status.registration.id.as_str())
     }
 
     fn winner_index(&self, ch: Channel, at: Timestamp) -> Option<usize> {
@@ -374,7 +408,10 @@ impl SensorHub {
             Ok(v) => v,
             Err(error) => {
                 self.note(i, false, at, Some(error.to_string()));
-                return Err(HubError::Decode { device: id.to_string(), error });
+                return Err(HubError::Decode {
+                    device: id.to_string(),
+                    error,
+                });
             }
         };
         self.note(i, true, at, None);
@@ -383,7 +420,9 @@ impl SensorHub {
         {
             let d = &mut self.devices[i].status;
             match &value {
-                Decoded::Gatt(GattValue::BatteryLevel { battery_level_pct }) => d.battery_pct = Some(*battery_level_pct),
+                Decoded::Gatt(GattValue::BatteryLevel { battery_level_pct }) => {
+                    d.battery_pct = Some(*battery_level_pct)
+                }
                 Decoded::Gatt(GattValue::DeviceInfo { field, value }) => {
                     if *field == DeviceInfoField::SerialNumber {
                         d.registration.serial_number.clone_from(value);

@@ -53,7 +53,12 @@ impl SensorDecoder {
     }
 
     /// Decodes one payload and derives what it and the ones before it give.
-    pub fn decode(&mut self, source: Source, bytes: &[u8], at: Timestamp) -> Result<(Decoded, Derived), DecodeError> {
+    pub fn decode(
+        &mut self,
+        source: Source,
+        bytes: &[u8],
+        at: Timestamp,
+    ) -> Result<(Decoded, Derived), DecodeError> {
         match source {
             Source::Gatt(c) => {
                 let v = gatt::decode(c, bytes)?;
@@ -117,9 +122,9 @@ impl SensorDecoder {
                 heart_rate_bpm: m.pulse_rate_bpm.value(),
                 ..Default::default()
             },
-            GattValue::BodySensorLocation { .. } | GattValue::BatteryLevel { .. } | GattValue::DeviceInfo { .. } => {
-                Derived::default()
-            }
+            GattValue::BodySensorLocation { .. }
+            | GattValue::BatteryLevel { .. }
+            | GattValue::DeviceInfo { .. } => Derived::default(),
         }
     }
 }
@@ -131,7 +136,11 @@ pub fn readings(decoded: &Decoded, d: &Derived, out: &mut Vec<Reading>) {
     }
     match decoded {
         Decoded::Gatt(GattValue::HeartRateMeasurement(m)) => {
-            out.extend(m.rr_intervals_ms.iter().map(|ms| Reading::RrInterval { ms: *ms }));
+            out.extend(
+                m.rr_intervals_ms
+                    .iter()
+                    .map(|ms| Reading::RrInterval { ms: *ms }),
+            );
         }
         _ => {
             if let Some(ms) = d.rr_interval_ms {

@@ -46,12 +46,26 @@ pub enum ControlAction {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TransportEvent {
-    Connected { device: String, at: Timestamp },
-    Disconnected { device: String, at: Timestamp },
-    Notification { device: String, source: Source, bytes: Vec<u8>, at: Timestamp },
+    Connected {
+        device: String,
+        at: Timestamp,
+    },
+    Disconnected {
+        device: String,
+        at: Timestamp,
+    },
+    Notification {
+        device: String,
+        source: Source,
+        bytes: Vec<u8>,
+        at: Timestamp,
+    },
     /// A reading from the host's own sensors (the phone's GPS or barometer), passed through.
     Host(Sample),
-    Control { action: ControlAction, at: Timestamp },
+    Control {
+        action: ControlAction,
+        at: Timestamp,
+    },
 }
 
 impl TransportEvent {
@@ -102,7 +116,11 @@ pub struct RunReport {
 }
 
 /// Pumps a transport through the hub into `rec` until the transport ends.
-pub async fn run<T: Transport, R: Recording>(transport: &mut T, hub: &mut SensorHub, rec: &mut R) -> RunReport {
+pub async fn run<T: Transport, R: Recording>(
+    transport: &mut T,
+    hub: &mut SensorHub,
+    rec: &mut R,
+) -> RunReport {
     let mut report = RunReport::default();
     while let Some(ev) = transport.next_event().await {
         dispatch(ev, hub, rec, &mut report);
@@ -111,7 +129,12 @@ pub async fn run<T: Transport, R: Recording>(transport: &mut T, hub: &mut Sensor
 }
 
 /// Applies one event (the synchronous core of [`run`], for hosts that pump events themselves).
-pub fn dispatch<R: Recording>(ev: TransportEvent, hub: &mut SensorHub, rec: &mut R, report: &mut RunReport) {
+pub fn dispatch<R: Recording>(
+    ev: TransportEvent,
+    hub: &mut SensorHub,
+    rec: &mut R,
+    report: &mut RunReport,
+) {
     match ev {
         TransportEvent::Connected { device, at } => {
             let _ = hub.connected(&device, at);
@@ -119,7 +142,12 @@ pub fn dispatch<R: Recording>(ev: TransportEvent, hub: &mut SensorHub, rec: &mut
         TransportEvent::Disconnected { device, at } => {
             let _ = hub.disconnected(&device, at);
         }
-        TransportEvent::Notification { device, source, bytes, at } => {
+        TransportEvent::Notification {
+            device,
+            source,
+            bytes,
+            at,
+        } => {
             report.notifications += 1;
             match hub.on_notification(&device, source, &bytes, at, rec) {
                 Ok(d) => {
@@ -139,7 +167,9 @@ pub fn dispatch<R: Recording>(ev: TransportEvent, hub: &mut SensorHub, rec: &mut
         }
         TransportEvent::Control { action, at } => {
             if let Err(e) = rec.control(action, at) {
-                report.control_errors.push(format!("{action:?} at {at}: {e}"));
+                report
+                    .control_errors
+                    .push(format!("{action:?} at {at}: {e}"));
             }
         }
     }
@@ -198,7 +228,8 @@ impl ByoHandle {
         bytes: &[u8],
         at: Timestamp,
     ) -> Result<(), ByoError> {
-        let c = Characteristic::from_uuid(&characteristic).ok_or(ByoError::UnsupportedCharacteristic(characteristic))?;
+        let c = Characteristic::from_uuid(&characteristic)
+            .ok_or(ByoError::UnsupportedCharacteristic(characteristic))?;
         self.send(TransportEvent::Notification {
             device: device.to_string(),
             source: Source::Gatt(c),
@@ -208,11 +239,17 @@ impl ByoHandle {
     }
 
     pub fn connected(&self, device: &str, at: Timestamp) -> Result<(), ByoError> {
-        self.send(TransportEvent::Connected { device: device.to_string(), at })
+        self.send(TransportEvent::Connected {
+            device: device.to_string(),
+            at,
+        })
     }
 
     pub fn disconnected(&self, device: &str, at: Timestamp) -> Result<(), ByoError> {
-        self.send(TransportEvent::Disconnected { device: device.to_string(), at })
+        self.send(TransportEvent::Disconnected {
+            device: device.to_string(),
+            at,
+        })
     }
 
     /// A reading from the host's own sensors (GPS, barometer).

@@ -29,12 +29,23 @@ impl SampleSink for Null {
 
 /// The same walk as fuzz_targets/hub_stream.rs.
 fn hub_stream(data: &[u8]) {
-    const ANT: [AntProfile; 5] = [AntProfile::Hrm, AntProfile::Bsc, AntProfile::Speed, AntProfile::Cadence, AntProfile::Power];
+    const ANT: [AntProfile; 5] = [
+        AntProfile::Hrm,
+        AntProfile::Bsc,
+        AntProfile::Speed,
+        AntProfile::Cadence,
+        AntProfile::Power,
+    ];
     let mut hub = SensorHub::default();
     let mut t = 0i64;
     let mut rest = data;
     while rest.len() >= 4 {
-        let (sel, dev, dt, len) = (rest[0], rest[1] % 3, i64::from(rest[2]) * 37, usize::from(rest[3] % 24));
+        let (sel, dev, dt, len) = (
+            rest[0],
+            rest[1] % 3,
+            i64::from(rest[2]) * 37,
+            usize::from(rest[3] % 24),
+        );
         rest = &rest[4..];
         let (payload, tail) = rest.split_at(len.min(rest.len()));
         rest = tail;
@@ -89,9 +100,19 @@ fn committed_fuzz_inputs_never_panic() {
     let targets = std::fs::read_dir(root.join("fuzz_targets")).unwrap();
     let mut replayed = 0;
     for t in targets {
-        let name = t.unwrap().path().file_stem().unwrap().to_string_lossy().to_string();
+        let name = t
+            .unwrap()
+            .path()
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         let dir = root.join("regressions").join(&name);
-        assert!(dir.is_dir(), "every fuzz target has a regressions directory: {}", dir.display());
+        assert!(
+            dir.is_dir(),
+            "every fuzz target has a regressions directory: {}",
+            dir.display()
+        );
         for f in std::fs::read_dir(&dir).unwrap() {
             let path = f.unwrap().path();
             run(&name, &std::fs::read(&path).unwrap());

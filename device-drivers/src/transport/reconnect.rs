@@ -22,7 +22,9 @@ pub trait Link: Send {
     fn connect(&mut self) -> impl Future<Output = Result<(), LinkError>> + Send;
     /// Subscribes to every characteristic the drivers decode (and reads battery and device
     /// information, delivered as notifications too).
-    fn subscribe(&mut self) -> impl Future<Output = Result<Vec<(Source, Vec<u8>)>, LinkError>> + Send;
+    fn subscribe(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<(Source, Vec<u8>)>, LinkError>> + Send;
     /// The next notification; an error means the link dropped.
     fn next(&mut self) -> impl Future<Output = Result<(Source, Vec<u8>), LinkError>> + Send;
 }
@@ -77,21 +79,37 @@ pub async fn supervise<L: Link>(
             }
         };
         let send = |ev| tx.send(ev).is_ok();
-        if !send(TransportEvent::Connected { device: device.clone(), at: clock.now() }) {
+        if !send(TransportEvent::Connected {
+            device: device.clone(),
+            at: clock.now(),
+        }) {
             return;
         }
         for (source, bytes) in initial {
-            let _ = send(TransportEvent::Notification { device: device.clone(), source, bytes, at: clock.now() });
+            let _ = send(TransportEvent::Notification {
+                device: device.clone(),
+                source,
+                bytes,
+                at: clock.now(),
+            });
         }
         loop {
             match link.next().await {
                 Ok((source, bytes)) => {
-                    if !send(TransportEvent::Notification { device: device.clone(), source, bytes, at: clock.now() }) {
+                    if !send(TransportEvent::Notification {
+                        device: device.clone(),
+                        source,
+                        bytes,
+                        at: clock.now(),
+                    }) {
                         return;
                     }
                 }
                 Err(_) => {
-                    if !send(TransportEvent::Disconnected { device: device.clone(), at: clock.now() }) {
+                    if !send(TransportEvent::Disconnected {
+                        device: device.clone(),
+                        at: clock.now(),
+                    }) {
                         return;
                     }
                     failures = 1;
@@ -129,7 +147,11 @@ mod tests {
 
     impl Link for FakeLink {
         async fn connect(&mut self) -> Result<(), LinkError> {
-            self.log.lock().map_err(|_| LinkError("poisoned".into()))?.connects.push(self.start.elapsed());
+            self.log
+                .lock()
+                .map_err(|_| LinkError("poisoned".into()))?
+                .connects
+                .push(self.start.elapsed());
             if self.connect_plan.is_empty() || self.connect_plan.remove(0) {
                 Ok(())
             } else {
@@ -137,7 +159,11 @@ mod tests {
             }
         }
         async fn subscribe(&mut self) -> Result<Vec<(Source, Vec<u8>)>, LinkError> {
-            self.log.lock().map_err(|_| LinkError("poisoned".into()))?.subscribes.push(self.start.elapsed());
+            self.log
+                .lock()
+                .map_err(|_| LinkError("poisoned".into()))?
+                .subscribes
+                .push(self.start.elapsed());
             self.sent = 0;
             Ok(vec![(Source::Gatt(Characteristic::BatteryLevel), vec![80])])
         }
@@ -147,7 +173,10 @@ mod tests {
             if self.sent > self.drop_after {
                 return Err(LinkError("link lost".into()));
             }
-            Ok((Source::Gatt(Characteristic::HeartRateMeasurement), vec![0, 60]))
+            Ok((
+                Source::Gatt(Characteristic::HeartRateMeasurement),
+                vec![0, 60],
+            ))
         }
     }
 
@@ -170,7 +199,13 @@ mod tests {
             drop_after: 2,
         };
         let (tx, mut t) = channel();
-        let task = tokio::spawn(supervise("hrm".into(), link, Backoff::default(), tx, Arc::new(SystemClock)));
+        let task = tokio::spawn(supervise(
+            "hrm".into(),
+            link,
+            Backoff::default(),
+            tx,
+            Arc::new(SystemClock),
+        ));
         let mut kinds = vec![];
         while kinds.iter().filter(|k| **k == "connected").count() < 2 {
             match t.next_event().await {
@@ -192,7 +227,14 @@ mod tests {
         assert_eq!(subs, vec![7, 17]);
         assert_eq!(
             kinds,
-            vec!["connected", "notification", "notification", "notification", "disconnected", "connected"]
+            vec![
+                "connected",
+                "notification",
+                "notification",
+                "notification",
+                "disconnected",
+                "connected"
+            ]
         );
     }
 }

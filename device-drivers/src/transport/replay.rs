@@ -23,12 +23,14 @@ use std::time::Duration;
 use fitedge_core::event::DomainEvent;
 use fitedge_core::fit::ImportedSession;
 use fitedge_core::workout::WorkoutConfig;
-use fitedge_core::{Channel, Reading, Sample, Sport, Timestamp, Workout, WorkoutId, WorkoutSummary};
+use fitedge_core::{
+    Channel, Reading, Sample, Sport, Timestamp, Workout, WorkoutId, WorkoutSummary,
+};
 
 use super::{run, ControlAction, RunReport, Transport, TransportEvent};
-use crate::hub::{DeviceEvent, HubConfig, SensorHub};
 use crate::ant::AntProfile;
 use crate::gatt::{Characteristic, SFloat};
+use crate::hub::{DeviceEvent, HubConfig, SensorHub};
 use crate::hub::{DeviceKind, DeviceRegistration};
 use crate::sensor::Source;
 
@@ -88,13 +90,20 @@ pub struct CaptureError {
 
 /// Hex with optional spaces, colons or dashes between bytes.
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !matches!(b, b' ' | b':' | b'-' | b'\t')).collect();
+    let digits: Vec<u8> = s
+        .bytes()
+        .filter(|b| !matches!(b, b' ' | b':' | b'-' | b'\t'))
+        .collect();
     if digits.len() % 2 != 0 {
         return None;
     }
     digits
         .chunks(2)
-        .map(|p| std::str::from_utf8(p).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect()
 }
 
@@ -105,22 +114,41 @@ pub fn parse_capture(text: &str) -> Result<Vec<TransportEvent>, CaptureError> {
         if line.is_empty() {
             continue;
         }
-        let err = |m: &str| CaptureError { line: i + 1, message: m.to_string() };
+        let err = |m: &str| CaptureError {
+            line: i + 1,
+            message: m.to_string(),
+        };
         let f: Vec<&str> = line.split_whitespace().collect();
-        let at = f.first().and_then(|t| t.parse::<i64>().ok()).map(Timestamp).ok_or_else(|| err("expected a time in ms"))?;
-        let device = f.get(2).ok_or_else(|| err("expected a device id"))?.to_string();
+        let at = f
+            .first()
+            .and_then(|t| t.parse::<i64>().ok())
+            .map(Timestamp)
+            .ok_or_else(|| err("expected a time in ms"))?;
+        let device = f
+            .get(2)
+            .ok_or_else(|| err("expected a device id"))?
+            .to_string();
         let ev = match f.get(1).copied() {
             Some("connect") => TransportEvent::Connected { device, at },
             Some("disconnect") => TransportEvent::Disconnected { device, at },
             Some(kind @ ("gatt" | "ant")) => {
-                let what = f.get(3).ok_or_else(|| err("expected a characteristic or an ANT+ profile"))?;
+                let what = f
+                    .get(3)
+                    .ok_or_else(|| err("expected a characteristic or an ANT+ profile"))?;
                 let source = if kind == "gatt" {
-                    Source::Gatt(Characteristic::parse(what).ok_or_else(|| err("unknown characteristic"))?)
+                    Source::Gatt(
+                        Characteristic::parse(what).ok_or_else(|| err("unknown characteristic"))?,
+                    )
                 } else {
                     Source::Ant(AntProfile::parse(what).ok_or_else(|| err("unknown ANT+ profile"))?)
                 };
                 let bytes = parse_hex(&f[4..].concat()).ok_or_else(|| err("bad hex payload"))?;
-                TransportEvent::Notification { device, source, bytes, at }
+                TransportEvent::Notification {
+                    device,
+                    source,
+                    bytes,
+                    at,
+                }
             }
             _ => return Err(err("expected connect, disconnect, gatt or ant")),
         };
@@ -226,19 +254,39 @@ pub fn synthesize(session: &ImportedSession, circumference_m: f64) -> Vec<Transp
     }
     let mut ranked: Vec<(Timestamp, u8, TransportEvent)> = vec![];
     for dev in [HRM, POWER, if foot { FOOTPOD } else { CSC }, OXIMETER] {
-        ranked.push((start, 0, TransportEvent::Connected { device: dev.to_string(), at: start }));
+        ranked.push((
+            start,
+            0,
+            TransportEvent::Connected {
+                device: dev.to_string(),
+                at: start,
+            },
+        ));
     }
     for (at, rank, action) in control_events(session) {
         ranked.push((at, rank, TransportEvent::Control { action, at }));
     }
     let mut wheel = Revs::default();
     let mut crank = Revs::default();
-    let (mut last_dist, mut last_t, mut last_cad): (Option<f64>, f64, Option<f64>) = (None, start.0 as f64, None);
+    let (mut last_dist, mut last_t, mut last_cad): (Option<f64>, f64, Option<f64>) =
+        (None, start.0 as f64, None);
     let mut last_speed = 0.0;
     let mut integrated = 0.0;
-    let has_distance = session.samples.iter().any(|s| s.channel() == Channel::Distance);
+    let has_distance = session
+        .samples
+        .iter()
+        .any(|s| s.channel() == Channel::Distance);
     let note = |dev: &str, c: Characteristic, bytes: Vec<u8>, at: Timestamp| {
-        (at, 1u8, TransportEvent::Notification { device: dev.to_string(), source: Source::Gatt(c), bytes, at })
+        (
+            at,
+            1u8,
+            TransportEvent::Notification {
+                device: dev.to_string(),
+                source: Source::Gatt(c),
+                bytes,
+                at,
+            },
+        )
     };
     for (at, readings) in &times {
         let t_ms = at.0 as f64;
@@ -254,14 +302,21 @@ pub fn synthesize(session: &ImportedSession, circumference_m: f64) -> Vec<Transp
                 Reading::Distance { m } => dist = Some(m),
                 Reading::Cadence { rpm } => cad = Some(rpm),
                 Reading::Spo2 { pct } => spo2 = Some(pct),
-                Reading::Position { .. } | Reading::Altitude { .. } | Reading::Temperature { .. } => {
+                Reading::Position { .. }
+                | Reading::Altitude { .. }
+                | Reading::Temperature { .. } => {
                     ranked.push((*at, 1, TransportEvent::Host(Sample::new(*at, *r))));
                 }
             }
         }
         if hr.is_some() || !rr.is_empty() {
             for chunk in rr.chunks(8).chain(rr.is_empty().then_some(&[][..])) {
-                ranked.push(note(HRM, Characteristic::HeartRateMeasurement, hr_payload(hr, chunk), *at));
+                ranked.push(note(
+                    HRM,
+                    Characteristic::HeartRateMeasurement,
+                    hr_payload(hr, chunk),
+                    *at,
+                ));
             }
         }
         if let Some(w) = power {
@@ -280,13 +335,19 @@ pub fn synthesize(session: &ImportedSession, circumference_m: f64) -> Vec<Transp
             integrated += last_speed * (t_ms - last_t).max(0.0) / 1000.0;
             last_speed = s;
         }
-        let d = if has_distance { dist } else { speed.map(|_| integrated) };
+        let d = if has_distance {
+            dist
+        } else {
+            speed.map(|_| integrated)
+        };
         if foot {
             if d.is_some() || speed.is_some() || cad.is_some() {
                 let d = d.or(last_dist);
                 let mut b = vec![if d.is_some() { 0x02 } else { 0x00 }];
                 let mps = speed.unwrap_or(last_speed);
-                b.extend_from_slice(&((mps * 256.0).round().clamp(0.0, 65_535.0) as u16).to_le_bytes());
+                b.extend_from_slice(
+                    &((mps * 256.0).round().clamp(0.0, 65_535.0) as u16).to_le_bytes(),
+                );
                 b.push(cad.or(last_cad).unwrap_or(0.0).round().clamp(0.0, 255.0) as u8);
                 if let Some(m) = d {
                     b.extend_from_slice(&((m * 10.0).round().clamp(0.0, 4e9) as u32).to_le_bytes());
@@ -299,7 +360,11 @@ pub fn synthesize(session: &ImportedSession, circumference_m: f64) -> Vec<Transp
             }
             if let Some(rpm) = cad.or(last_cad) {
                 let prev = last_cad.unwrap_or(rpm);
-                crank.advance(crank.total + (prev + rpm) / 2.0 / 60.0 * (t_ms - last_t).max(0.0) / 1000.0, t_ms, last_t);
+                crank.advance(
+                    crank.total + (prev + rpm) / 2.0 / 60.0 * (t_ms - last_t).max(0.0) / 1000.0,
+                    t_ms,
+                    last_t,
+                );
             }
             if d.is_some() || cad.is_some() {
                 let mut flags = 0;
@@ -344,7 +409,11 @@ pub struct Replayed {
 /// Replays one imported session: synthesises its sensors' notifications and drives them
 /// through a [`SensorHub`] into a new [`Workout`] with the importer's settings (the device's
 /// own pauses, no auto-pause).
-pub async fn replay_session(session: &ImportedSession, circumference_m: f64, speed: Option<f64>) -> Replayed {
+pub async fn replay_session(
+    session: &ImportedSession,
+    circumference_m: f64,
+    speed: Option<f64>,
+) -> Replayed {
     let m = &session.summary.metrics;
     let sport = (!m.sport_detected).then_some(m.sport);
     let mut w = Workout::new(
@@ -403,6 +472,9 @@ mod tests {
         w.advance(2.5, 1000.0, 0.0);
         // the second whole revolution was at 2/2.5 of the way
         assert_eq!(w.data(), (2, (800.0f64 * 1.024).floor() as u16));
-        assert_eq!(hr_payload(Some(300.0), &[1000.0]), vec![0x11, 0x2C, 0x01, 0x00, 0x04]);
+        assert_eq!(
+            hr_payload(Some(300.0), &[1000.0]),
+            vec![0x11, 0x2C, 0x01, 0x00, 0x04]
+        );
     }
 }
