@@ -362,7 +362,7 @@ fn corpus() {
     let db = std::fs::metadata(&path).unwrap().len();
     let (chunks, summaries): (i64, i64) = rusqlite::Connection::open(&path)
         .unwrap()
-        .query_row("SELECT (SELECT TOTAL(length(data)) FROM sample_chunks), (SELECT TOTAL(length(summary_json)) FROM workouts)", [], |r| Ok((r.get::<_, f64>(0)? as i64, r.get::<_, f64>(1)? as i64)))
+        .query_row("SELECT (SELECT TOTAL(length(data)) FROM sample_chunks), (SELECT TOTAL(length(summary_json)) FROM workout_docs)", [], |r| Ok((r.get::<_, f64>(0)? as i64, r.get::<_, f64>(1)? as i64)))
         .unwrap();
     println!("corpus: {stored_sessions} sessions stored");
     println!(
