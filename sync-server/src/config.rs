@@ -1,0 +1,186 @@
+//! Configuration from flags and environment (clap). Every limit of RULES.md that an operator may
+//! change is here, with its default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// A rate: at most `requests` in `per_secs` seconds (a token bucket: bursts up to `requests`,
+/// refilled evenly). Written `N/SECS`, e.g. `300/60`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: u32,
+    pub per_secs: u32,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (n, secs) = s
+            .split_once('/')
+            .ok_or_else(|| format!("expected N/SECONDS, got {s:?}"))?;
+        let requests: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad count in {s:?}"))?;
+        let per_secs: u32 = secs
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad seconds in {s:?}"))?;
+        if requests == 0 || per_secs == 0 {
+            return Err(format!("both numbers must be positive in {s:?}"));
+        }
+        Ok(Rate { requests, per_secs })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.requests, self.per_secs)
+    }
+}
+
+/// How expensive the argon2id password hash is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HashCost {
+    /// argon2id with the OWASP-recommended parameters (19 MiB, 2 passes): the production cost.
+    Standard,
+    /// argon2id at its minimum cost; for test suites only, never for real accounts.
+    InsecureFast,
+}
+
+/// Server configuration. `fitedge-server` and `fitedge serve` both take exactly these flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Database URL: `sqlite://PATH` (created and migrated on start) or `postgres://...`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://fitedge-server.db"
+    )]
+    pub database_url: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "FITEDGE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Development mode: mail is logged instead of sent, and verification and reset tokens are
+    /// also returned in API responses (field `dev_token`). Never use in production.
+    #[arg(long, env = "FITEDGE_DEV")]
+    pub dev: bool,
+
+    /// Requests allowed per client address (all /api/v1 routes), as N/SECONDS.
+    #[arg(long, env = "FITEDGE_RATE_LIMIT_ADDRESS", default_value = "600/60")]
+    pub rate_limit_address: Rate,
+
+    /// Requests allowed per account (signed-in calls, and sign-in attempts per email), as
+    /// N/SECONDS.
+    #[arg(long, env = "FITEDGE_RATE_LIMIT_ACCOUNT", default_value = "300/60")]
+    pub rate_limit_account: Rate,
+
+    /// Failed sign-ins in a row that lock an account.
+    #[arg(long, env = "FITEDGE_LOCKOUT_THRESHOLD", default_value_t = 5)]
+    pub lockout_threshold: u32,
+
+    /// How long a locked account stays locked, in seconds.
+    #[arg(long, env = "FITEDGE_LOCKOUT_SECS", default_value_t = 15 * 60)]
+    pub lockout_secs: u64,
+
+    /// Active sessions per user; starting one more ends the oldest.
+    #[arg(long, env = "FITEDGE_MAX_SESSIONS", default_value_t = 5)]
+    pub max_sessions: u32,
+
+    /// Session lifetime in seconds (default 7 days).
+    #[arg(long, env = "FITEDGE_SESSION_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub session_ttl_secs: u64,
+
+    /// How long an idempotency key's response is kept and replayed, in seconds (default 24 h).
+    #[arg(long, env = "FITEDGE_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_ttl_secs: u64,
+
+    /// Hex key (at least 32 bytes) for the HMAC and encryption of stored idempotent responses.
+    /// Every node of a deployment needs the same one. Unset: a random key per process (stored
+    /// responses are then not replayed after a restart).
+    #[arg(long, env = "FITEDGE_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+
+    /// Password hash cost.
+    #[arg(
+        long,
+        env = "FITEDGE_HASH_COST",
+        value_enum,
+        default_value = "standard"
+    )]
+    pub hash_cost: HashCost,
+
+    /// Log format: JSON lines (default) or human-readable text.
+    #[arg(long, env = "FITEDGE_LOG_FORMAT", default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Config {
+    /// The defaults, as if no flag and no environment variable were given, for a database URL.
+    pub fn with_database(url: impl Into<String>) -> Self {
+        Self {
+            database_url: url.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            dev: false,
+            rate_limit_address: Rate {
+                requests: 600,
+                per_secs: 60,
+            },
+            rate_limit_account: Rate {
+                requests: 300,
+                per_secs: 60,
+            },
+            lockout_threshold: 5,
+            lockout_secs: 15 * 60,
+            max_sessions: 5,
+            session_ttl_secs: 7 * 24 * 3600,
+            idempotency_ttl_secs: 24 * 3600,
+            secret_key: None,
+            hash_cost: HashCost::Standard,
+            log_format: LogFormat::Json,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        c: Config,
+    }
+
+    #[test]
+    fn defaults_of_flags_equal_with_database() {
+        let parsed = T::try_parse_from(["x", "--database-url", "sqlite://fitedge-server.db"])
+            .unwrap()
+            .c;
+        let d = Config::with_database("sqlite://fitedge-server.db");
+        assert_eq!(format!("{parsed:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(
+            "10/1".parse::<Rate>().unwrap(),
+            Rate {
+                requests: 10,
+                per_secs: 1
+            }
+        );
+        assert!("0/1".parse::<Rate>().is_err());
+        assert!("ten".parse::<Rate>().is_err());
+    }
+}
