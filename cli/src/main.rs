@@ -20,9 +20,11 @@ macro_rules! outln {
     }};
 }
 
+mod decode;
 mod history;
 mod import;
 mod keyfile;
+mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +85,12 @@ enum Command {
     /// Shoes, bikes and other gear, and their wear.
     #[command(subcommand)]
     Gear(history::GearCommand),
+    /// Decode raw sensor payloads (a GATT characteristic or ANT+ pages), for people who build
+    /// or debug sensors.
+    Decode(decode::DecodeArgs),
+    /// Replay a FIT recording through synthesised sensor notifications, the sensor hub and a
+    /// new recording, and print the resulting summary.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,6 +188,8 @@ fn main() -> ExitCode {
             done(history::export(&db, id, *format, output.as_ref()))
         }
         Command::Gear(cmd) => done(history::gear(&db, cmd)),
+        Command::Decode(a) => decode::run(a),
+        Command::Replay(a) => replay::run(a),
     };
     ExitCode::from(code)
 }
