@@ -59,12 +59,14 @@ fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0, |a, b| a ^ b)
 }
 
+/// Encodes one frame (a payload longer than 255 bytes is cut to 255).
 pub fn encode(id: u8, payload: &[u8]) -> Vec<u8> {
+    let payload = &payload[..payload.len().min(255)];
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.push(SYNC);
     out.push(payload.len() as u8);
     out.push(id);
-    out.extend_from_slice(&payload[..payload.len().min(255)]);
+    out.extend_from_slice(payload);
     out.push(checksum(&out));
     out
 }

@@ -18,14 +18,25 @@ impl SampleSink for Null {
     }
 }
 
-const ANT: [AntProfile; 5] = [AntProfile::Hrm, AntProfile::Bsc, AntProfile::Speed, AntProfile::Cadence, AntProfile::Power];
+const ANT: [AntProfile; 5] = [
+    AntProfile::Hrm,
+    AntProfile::Bsc,
+    AntProfile::Speed,
+    AntProfile::Cadence,
+    AntProfile::Power,
+];
 
 fuzz_target!(|data: &[u8]| {
     let mut hub = SensorHub::default();
     let mut t = 0i64;
     let mut rest = data;
     while rest.len() >= 4 {
-        let (sel, dev, dt, len) = (rest[0], rest[1] % 3, i64::from(rest[2]) * 37, usize::from(rest[3] % 24));
+        let (sel, dev, dt, len) = (
+            rest[0],
+            rest[1] % 3,
+            i64::from(rest[2]) * 37,
+            usize::from(rest[3] % 24),
+        );
         rest = &rest[4..];
         let n = len.min(rest.len());
         let (payload, tail) = rest.split_at(n);
@@ -39,9 +50,15 @@ fuzz_target!(|data: &[u8]| {
             Source::Ant(ANT[usize::from(sel) % ANT.len()])
         };
         match sel % 17 {
-            0 => { let _ = hub.connected(id, Timestamp(t)); }
-            1 => { let _ = hub.disconnected(id, Timestamp(t)); }
-            _ => { let _ = hub.on_notification(id, source, payload, Timestamp(t), &mut Null); }
+            0 => {
+                let _ = hub.connected(id, Timestamp(t));
+            }
+            1 => {
+                let _ = hub.disconnected(id, Timestamp(t));
+            }
+            _ => {
+                let _ = hub.on_notification(id, source, payload, Timestamp(t), &mut Null);
+            }
         }
     }
     let _ = hub.take_events();
