@@ -1,0 +1,1285 @@
+//! The conformance suite: every test runs against SQLite and against PostgreSQL, each on its own
+//! throwaway database, with a manual clock (expiry is tested by moving the clock, never by
+//! sleeping). PostgreSQL unreachable: the PostgreSQL half fails, saying what is missing.
+// Tests assert with unwrap/expect: a failure should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use fitedge_server::db::Backend;
+use fitedge_server::idempotency;
+use fitedge_server::identity::totp;
+use fitedge_server::mail::MailKind;
+use fitedge_server::outbox::{self, Event, Handler, Handlers};
+use fitedge_server::testing::{NowExt, TestApp, TestRequest, PASSWORD};
+use fitedge_server::{auth::Role, identity, Db};
+use futures::future::BoxFuture;
+use serde_json::json;
+
+const DAY: f64 = 86_400.0;
+
+async fn app(b: Backend) -> TestApp {
+    TestApp::new(b).await.expect("test app")
+}
+
+fn key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Declares each test once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+    };
+}
+
+conformance!(
+    password_11_characters_refused_12_accepted,
+    age_12_refused_13_accepted,
+    validation_errors_name_every_field,
+    email_must_be_verified_before_sign_in,
+    verification_token_single_use_and_expires,
+    lockout_on_5th_failure_not_4th_and_cools_down,
+    sixth_session_ends_the_oldest,
+    sessions_expire_after_7_days,
+    logout_ends_the_token,
+    password_reset_flow_tokens_and_expiry,
+    mfa_required_for_health_data_then_satisfied,
+    mfa_login_needs_code_and_codes_are_single_use,
+    admin_needs_role_and_mfa,
+    ownership_on_every_route_with_an_id,
+    optimistic_locking_on_profile,
+    idempotency_replays_same_request,
+    idempotency_422_on_different_body,
+    idempotency_409_while_in_flight,
+    idempotency_expires_after_24_hours,
+    idempotency_key_must_be_uuid_v4,
+    idempotency_keys_are_scoped_per_caller,
+    rate_limit_per_address,
+    rate_limit_per_account,
+    gdpr_export_and_delete,
+    outbox_at_least_once_with_idempotent_handlers,
+    transactions_are_serializable_under_contention,
+    healthcheck_metrics_and_correlation_ids,
+    errors_are_json_and_unknown_routes_404,
+    dev_mode_returns_tokens_only_in_dev,
+    operator_commands_set_role_and_tier,
+    migrations_are_idempotent,
+);
+
+async fn password_11_characters_refused_12_accepted(b: Backend) {
+    let a = app(b).await;
+    let r = a
+        .register("p@example.com", "abcdefghij!", "1990-01-01")
+        .await; // 11
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["error"], "validation_failed");
+    assert!(
+        r.body["details"]["fields"]["password"].is_array(),
+        "{}",
+        r.body
+    );
+    let r = a
+        .register("p@example.com", "abcdefghijk!", "1990-01-01")
+        .await; // 12
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = a
+        .register("q@example.com", "abcdefghijkl", "1990-01-01")
+        .await; // 12, no special
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body["details"]["fields"]["password"].is_array());
+}
+
+async fn age_12_refused_13_accepted(b: Backend) {
+    let a = app(b).await;
+    // The clock says 2025-06-15.
+    let r = a
+        .register("young@example.com", PASSWORD, "2012-06-16")
+        .await; // 12 until tomorrow
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body["details"]["fields"]["birth_date"].is_array());
+    let r = a
+        .register("young@example.com", PASSWORD, "2012-06-15")
+        .await; // 13 today
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+async fn validation_errors_name_every_field(b: Backend) {
+    let a = app(b).await;
+    let r = a
+        .call(TestRequest::post("/api/v1/auth/register").json(json!({
+            "email": "not-an-email", "password": "short", "birth_date": "yesterday", "display_name": ""
+        })))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let f = &r.body["details"]["fields"];
+    for field in ["email", "password", "birth_date", "display_name"] {
+        assert!(f[field].is_array(), "{field} missing in {}", r.body);
+    }
+    assert_eq!(r.body["code"], 400);
+    let dup = a.register_verified("d@example.com").await.unwrap();
+    assert!(!dup.is_empty());
+    let r = a.register("D@Example.com", PASSWORD, "1990-01-01").await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "emails compare case-insensitively"
+    );
+}
+
+async fn email_must_be_verified_before_sign_in(b: Backend) {
+    let a = app(b).await;
+    assert_eq!(
+        a.register("v@example.com", PASSWORD, "1990-01-01")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let r = a.login("v@example.com", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["error"], "email_not_verified");
+    let t = a
+        .mail
+        .last_token("v@example.com", MailKind::VerifyEmail)
+        .unwrap();
+    let r = a
+        .call(TestRequest::post("/api/v1/auth/verify-email").json(json!({"token": t})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let tok = a.token("v@example.com").await.unwrap();
+    let me = a.call(TestRequest::get("/api/v1/me").token(&tok)).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["email"], "v@example.com");
+    assert_eq!(me.body["email_verified"], true);
+    assert_eq!(me.body["role"], "user");
+    assert_eq!(me.body["tier"], "free");
+}
+
+async fn verification_token_single_use_and_expires(b: Backend) {
+    let a = app(b).await;
+    a.register("t1@example.com", PASSWORD, "1990-01-01").await;
+    let t = a
+        .mail
+        .last_token("t1@example.com", MailKind::VerifyEmail)
+        .unwrap();
+    let v = |t: String| {
+        a.call(TestRequest::post("/api/v1/auth/verify-email").json(json!({"token": t})))
+    };
+    assert_eq!(v(t.clone()).await.status, StatusCode::OK);
+    let r = v(t).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "reused");
+    assert_eq!(r.body["error"], "invalid_token");
+    a.register("t2@example.com", PASSWORD, "1990-01-01").await;
+    let t = a
+        .mail
+        .last_token("t2@example.com", MailKind::VerifyEmail)
+        .unwrap();
+    a.clock.advance_secs(2.0 * DAY);
+    let r = v(t).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "expired after 48 h");
+    assert_eq!(r.body["error"], "token_expired");
+    let r = v("0".repeat(64)).await;
+    assert_eq!(r.body["error"], "invalid_token");
+}
+
+async fn lockout_on_5th_failure_not_4th_and_cools_down(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("l@example.com").await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(
+            a.login("l@example.com", "wrong password!").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // 4 failures: not locked; a success resets the count.
+    assert_eq!(
+        a.login("l@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    for i in 1..=5 {
+        let r = a.login("l@example.com", "wrong password!").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "failure {i}");
+        assert_eq!(r.body["error"], "invalid_credentials");
+    }
+    // Locked after the 5th: even the right password is refused, with Retry-After.
+    let r = a.login("l@example.com", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::LOCKED, "{}", r.body);
+    assert_eq!(r.body["error"], "account_locked");
+    assert_eq!(r.header("retry-after"), Some("900"));
+    a.clock.advance_secs(899.0);
+    assert_eq!(
+        a.login("l@example.com", PASSWORD).await.status,
+        StatusCode::LOCKED
+    );
+    a.clock.advance_secs(1.0);
+    assert_eq!(
+        a.login("l@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    // Unknown accounts look the same as wrong passwords.
+    let r = a.login("nobody@example.com", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body["error"], "invalid_credentials");
+}
+
+async fn sixth_session_ends_the_oldest(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("s@example.com").await.unwrap();
+    let mut tokens = vec![];
+    for _ in 0..5 {
+        tokens.push(a.token("s@example.com").await.unwrap());
+        a.clock.advance_secs(1.0);
+    }
+    for t in &tokens {
+        assert_eq!(
+            a.call(TestRequest::get("/api/v1/me").token(t)).await.status,
+            StatusCode::OK,
+            "5 sessions live"
+        );
+    }
+    let sixth = a.token("s@example.com").await.unwrap();
+    let r = a
+        .call(TestRequest::get("/api/v1/me").token(&tokens[0]))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the oldest was ended");
+    for t in tokens[1..].iter().chain([&sixth]) {
+        assert_eq!(
+            a.call(TestRequest::get("/api/v1/me").token(t)).await.status,
+            StatusCode::OK
+        );
+    }
+    let list = a
+        .call(TestRequest::get("/api/v1/sessions").token(&sixth))
+        .await;
+    assert_eq!(list.body.as_array().unwrap().len(), 5);
+}
+
+async fn sessions_expire_after_7_days(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("e@example.com").await.unwrap();
+    let t = a.token("e@example.com").await.unwrap();
+    a.clock.advance_secs(7.0 * DAY - 1.0);
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&t))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    a.clock.advance_secs(1.0);
+    let r = a.call(TestRequest::get("/api/v1/me").token(&t)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").is_some());
+}
+
+async fn logout_ends_the_token(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("o@example.com").await.unwrap();
+    let t = a.token("o@example.com").await.unwrap();
+    let other = a.token("o@example.com").await.unwrap();
+    assert_eq!(
+        a.call(TestRequest::post("/api/v1/auth/logout").token(&t))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&t))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.call(TestRequest::post("/api/v1/auth/logout").token(&t))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&other))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token("garbage"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn password_reset_flow_tokens_and_expiry(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("r@example.com").await.unwrap();
+    let old = a.token("r@example.com").await.unwrap();
+    let req = |e: &str| {
+        a.call(TestRequest::post("/api/v1/auth/password-reset/request").json(json!({"email": e})))
+    };
+    assert_eq!(req("r@example.com").await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        req("unknown@example.com").await.status,
+        StatusCode::ACCEPTED,
+        "no enumeration"
+    );
+    let t = a
+        .mail
+        .last_token("r@example.com", MailKind::PasswordReset)
+        .unwrap();
+    let confirm = |t: &str, p: &str| {
+        a.call(
+            TestRequest::post("/api/v1/auth/password-reset/confirm")
+                .json(json!({"token": t, "new_password": p})),
+        )
+    };
+    let r = confirm(&t, "short!").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body["details"]["fields"]["new_password"].is_array());
+    assert_eq!(
+        confirm(&t, "a brand new secret!").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&old))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED,
+        "sessions ended"
+    );
+    assert_eq!(
+        a.login("r@example.com", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.login("r@example.com", "a brand new secret!").await.status,
+        StatusCode::OK
+    );
+    let r = confirm(&t, "another new secret!").await;
+    assert_eq!(r.body["error"], "invalid_token", "reused");
+    // Expiry after one hour.
+    req("r@example.com").await;
+    let t = a
+        .mail
+        .last_token("r@example.com", MailKind::PasswordReset)
+        .unwrap();
+    a.clock.advance_secs(3599.0);
+    req("r@example.com").await;
+    let t2 = a
+        .mail
+        .last_token("r@example.com", MailKind::PasswordReset)
+        .unwrap();
+    a.clock.advance_secs(1.0);
+    assert_eq!(
+        confirm(&t, "another new secret!").await.body["error"],
+        "token_expired"
+    );
+    assert_eq!(
+        confirm(&t2, "another new secret!").await.status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+async fn mfa_required_for_health_data_then_satisfied(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("h@example.com").await.unwrap();
+    let t = a.token("h@example.com").await.unwrap();
+    let health = |t: &str| a.call(TestRequest::get("/api/v1/health-data/summary").token(t));
+    let r = health(&t).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["error"], "mfa_enrollment_required");
+    let secret = a.enable_totp(&t).await.unwrap();
+    assert_eq!(
+        health(&t).await.status,
+        StatusCode::OK,
+        "the enrolling session is verified"
+    );
+    // A new sign-in needs the code; with it the session is verified.
+    a.clock.advance_secs(30.0);
+    let r = a.login("h@example.com", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body["error"], "mfa_required");
+    let code = totp::code_at(&secret, a.clock.now_ts());
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/login")
+                .json(json!({"email": "h@example.com", "password": PASSWORD, "totp_code": code})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["mfa"], true);
+    let t2 = r.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(health(&t2).await.status, StatusCode::OK);
+    let me = a.call(TestRequest::get("/api/v1/me").token(&t2)).await;
+    assert_eq!(me.body["mfa_enabled"], true);
+}
+
+async fn mfa_login_needs_code_and_codes_are_single_use(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("m@example.com").await.unwrap();
+    let t = a.token("m@example.com").await.unwrap();
+    let secret = a.enable_totp(&t).await.unwrap();
+    a.clock.advance_secs(60.0);
+    let code = totp::code_at(&secret, a.clock.now_ts());
+    let login = |c: &str| {
+        a.call(
+            TestRequest::post("/api/v1/auth/login")
+                .json(json!({"email": "m@example.com", "password": PASSWORD, "totp_code": c})),
+        )
+    };
+    assert_eq!(login(&code).await.status, StatusCode::OK);
+    let r = login(&code).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a code works once");
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(login(wrong).await.status, StatusCode::UNAUTHORIZED);
+    // Step-up on an existing unverified session? All new sessions need the code, so verify on
+    // the enrolling session's sibling: a fresh code passes /mfa/verify.
+    a.clock.advance_secs(30.0);
+    let code = totp::code_at(&secret, a.clock.now_ts());
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/verify")
+                .token(&t)
+                .json(json!({"code": code})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/verify")
+                .token(&t)
+                .json(json!({"code": code})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "replayed code");
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/verify")
+                .token(&t)
+                .json(json!({"code": "12"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+async fn admin_needs_role_and_mfa(b: Backend) {
+    let a = app(b).await;
+    let target = a.register_verified("target@example.com").await.unwrap();
+    a.register_verified("boss@example.com").await.unwrap();
+    let t = a.token("boss@example.com").await.unwrap();
+    let path = format!("/api/v1/admin/users/{target}");
+    let r = a.call(TestRequest::get(&path).token(&t)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["error"], "forbidden");
+    assert!(
+        identity::set_role(&a.state, "boss@example.com", Role::Administrator)
+            .await
+            .unwrap()
+    );
+    let r = a.call(TestRequest::get(&path).token(&t)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.body["error"], "mfa_enrollment_required",
+        "administrator without MFA"
+    );
+    let r = a
+        .call(TestRequest::get(&format!("/api/v1/users/{target}")).token(&t))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "no admin reach without MFA"
+    );
+    a.enable_totp(&t).await.unwrap();
+    let r = a.call(TestRequest::get(&path).token(&t)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["profile"]["email"], "target@example.com");
+    let r = a
+        .call(TestRequest::get(&format!("/api/v1/users/{target}")).token(&t))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = a
+        .call(TestRequest::get("/api/v1/admin/users/nope").token(&t))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+async fn ownership_on_every_route_with_an_id(b: Backend) {
+    // Routes taking an id: GET/PATCH /users/{id}, DELETE /sessions/{id}, GET /admin/users/{id}.
+    let a = app(b).await;
+    let alice = a.register_verified("alice@example.com").await.unwrap();
+    let bob = a.register_verified("bob@example.com").await.unwrap();
+    let ta = a.token("alice@example.com").await.unwrap();
+    let tb = a.token("bob@example.com").await.unwrap();
+    let sessions = a
+        .call(TestRequest::get("/api/v1/sessions").token(&ta))
+        .await;
+    let alice_session = sessions.body[0]["id"].as_str().unwrap().to_string();
+
+    let r = a
+        .call(TestRequest::get(&format!("/api/v1/users/{alice}")).token(&tb))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(!r.body.to_string().contains("alice"), "nothing leaks");
+    let r = a
+        .call(
+            TestRequest::patch(&format!("/api/v1/users/{alice}"))
+                .token(&tb)
+                .json(json!({"display_name": "pwned", "version": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = a
+        .call(TestRequest::delete(&format!("/api/v1/sessions/{alice_session}")).token(&tb))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = a
+        .call(TestRequest::get(&format!("/api/v1/admin/users/{alice}")).token(&tb))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Nothing changed for Alice.
+    let me = a.call(TestRequest::get("/api/v1/me").token(&ta)).await;
+    assert_eq!(me.status, StatusCode::OK, "Alice's session survived");
+    assert_eq!(me.body["display_name"], "Test");
+    assert_eq!(me.body["version"], 1);
+
+    // The owner can.
+    assert_eq!(
+        a.call(TestRequest::get(&format!("/api/v1/users/{bob}")).token(&tb))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = a
+        .call(
+            TestRequest::patch(&format!("/api/v1/users/{alice}"))
+                .token(&ta)
+                .json(json!({"display_name": "Alice", "version": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = a
+        .call(TestRequest::delete(&format!("/api/v1/sessions/{alice_session}")).token(&ta))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&ta))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Unauthenticated: 401 everywhere.
+    for path in [
+        format!("/api/v1/users/{alice}"),
+        format!("/api/v1/admin/users/{alice}"),
+    ] {
+        assert_eq!(
+            a.call(TestRequest::get(&path)).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+async fn optimistic_locking_on_profile(b: Backend) {
+    let a = app(b).await;
+    let id = a.register_verified("ol@example.com").await.unwrap();
+    let t = a.token("ol@example.com").await.unwrap();
+    let patch = |name: &str, v: i64| {
+        a.call(
+            TestRequest::patch(&format!("/api/v1/users/{id}"))
+                .token(&t)
+                .json(json!({"display_name": name, "version": v})),
+        )
+    };
+    let r = patch("First", 1).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["version"], 2);
+    let r = patch("Stale", 1).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.body["error"], "version_conflict");
+    assert_eq!(patch("Second", 2).await.body["display_name"], "Second");
+    assert_eq!(patch("", 3).await.status, StatusCode::BAD_REQUEST);
+}
+
+async fn idempotency_replays_same_request(b: Backend) {
+    let a = app(b).await;
+    let k = key();
+    let body = json!({"email": "i@example.com", "password": PASSWORD, "birth_date": "1990-01-01", "display_name": "I"});
+    let first = a
+        .call(
+            TestRequest::post("/api/v1/auth/register")
+                .idempotency_key(&k)
+                .json(body.clone()),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(first.header("idempotent-replayed").is_none());
+    let again = a
+        .call(
+            TestRequest::post("/api/v1/auth/register")
+                .idempotency_key(&k)
+                .json(body.clone()),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(a.mail.sent().len(), 1, "the handler ran once");
+    // Without the key the request really runs again (and conflicts).
+    let third = a
+        .call(TestRequest::post("/api/v1/auth/register").json(body))
+        .await;
+    assert_eq!(third.status, StatusCode::CONFLICT);
+    // Sign-in replays the same token; the stored copy is not readable in the database.
+    a.call(TestRequest::post("/api/v1/auth/verify-email").json(
+        json!({"token": a.mail.last_token("i@example.com", MailKind::VerifyEmail).unwrap()}),
+    ))
+    .await;
+    let k = key();
+    let login = || {
+        a.call(
+            TestRequest::post("/api/v1/auth/login")
+                .idempotency_key(&k)
+                .json(json!({"email": "i@example.com", "password": PASSWORD})),
+        )
+    };
+    let l1 = login().await;
+    let l2 = login().await;
+    assert_eq!(l1.body["access_token"], l2.body["access_token"]);
+    let token = l1.body["access_token"].as_str().unwrap().to_string();
+    let stored: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT response FROM idempotency_records WHERE response IS NOT NULL")
+            .fetch_all(a.state.db.pool())
+            .await
+            .unwrap();
+    assert!(!stored.is_empty());
+    for s in stored {
+        assert!(
+            !String::from_utf8_lossy(&s).contains(&token),
+            "stored encrypted"
+        );
+    }
+}
+
+async fn idempotency_422_on_different_body(b: Backend) {
+    let a = app(b).await;
+    let k = key();
+    let body = |e: &str| json!({"email": e, "password": PASSWORD, "birth_date": "1990-01-01", "display_name": "I"});
+    assert_eq!(
+        a.call(
+            TestRequest::post("/api/v1/auth/register")
+                .idempotency_key(&k)
+                .json(body("a@example.com"))
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/register")
+                .idempotency_key(&k)
+                .json(body("b@example.com")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"], "idempotency_key_reused");
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/password-reset/request")
+                .idempotency_key(&k)
+                .json(json!({"email": "a@example.com"})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "another path is another request"
+    );
+}
+
+async fn idempotency_409_while_in_flight(b: Backend) {
+    let a = app(b).await;
+    let k = key();
+    let body = json!({"email": "f@example.com"});
+    let path = "/api/v1/auth/password-reset/request";
+    // Another request with this key is running (claimed, not finished).
+    let claim = idempotency::claim(
+        &a.state,
+        "anonymous",
+        &k,
+        "POST",
+        path,
+        body.to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(claim, idempotency::Claim::Proceed));
+    let r = a
+        .call(
+            TestRequest::post(path)
+                .idempotency_key(&k)
+                .json(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.body["error"], "idempotency_in_flight");
+    assert!(r.header("retry-after").is_some());
+    // A claim whose request died lapses after 30 s.
+    a.clock.advance_secs(30.0);
+    let r = a
+        .call(TestRequest::post(path).idempotency_key(&k).json(body))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+}
+
+async fn idempotency_expires_after_24_hours(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("x@example.com").await.unwrap();
+    let k = key();
+    let login = || {
+        a.call(
+            TestRequest::post("/api/v1/auth/login")
+                .idempotency_key(&k)
+                .json(json!({"email": "x@example.com", "password": PASSWORD})),
+        )
+    };
+    let first = login().await.body["access_token"].clone();
+    a.clock.advance_secs(DAY - 1.0);
+    let r = login().await;
+    assert_eq!(r.body["access_token"], first, "replayed just inside 24 h");
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    a.clock.advance_secs(1.0);
+    let r = login().await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_ne!(r.body["access_token"], first, "a new request after 24 h");
+    assert!(r.header("idempotent-replayed").is_none());
+    // The janitor removes what expired.
+    a.clock.advance_secs(DAY);
+    assert!(idempotency::purge(&a.state).await.unwrap() >= 1);
+}
+
+async fn idempotency_key_must_be_uuid_v4(b: Backend) {
+    let a = app(b).await;
+    for bad in ["abc", "6ba7b810-9dad-11d1-80b4-00c04fd430c8" /* v1 */] {
+        let r = a
+            .call(
+                TestRequest::post("/api/v1/auth/password-reset/request")
+                    .idempotency_key(bad)
+                    .json(json!({"email": "z@example.com"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(r.body["details"]["fields"]["X-Idempotency-Key"].is_array());
+    }
+    // GET ignores the header.
+    let r = a
+        .call(TestRequest::get("/healthcheck").idempotency_key("abc"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+async fn idempotency_keys_are_scoped_per_caller(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("k1@example.com").await.unwrap();
+    a.register_verified("k2@example.com").await.unwrap();
+    let t1 = a.token("k1@example.com").await.unwrap();
+    let t2 = a.token("k2@example.com").await.unwrap();
+    let k = key();
+    assert_eq!(
+        a.call(
+            TestRequest::post("/api/v1/auth/logout")
+                .token(&t1)
+                .idempotency_key(&k)
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/logout")
+                .token(&t2)
+                .idempotency_key(&k),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(
+        r.header("idempotent-replayed").is_none(),
+        "not someone else's response"
+    );
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&t2))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED,
+        "it really ran"
+    );
+}
+
+async fn rate_limit_per_address(b: Backend) {
+    let a = TestApp::with_config(b, |c| c.rate_limit_address = "3/60".parse().unwrap())
+        .await
+        .unwrap();
+    let get = |ip: [u8; 4]| a.call(TestRequest::get("/api/v1/me").from_ip(ip));
+    for _ in 0..3 {
+        assert_eq!(get([10, 0, 0, 1]).await.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = get([10, 0, 0, 1]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.body["error"], "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("20"));
+    assert_eq!(
+        get([10, 0, 0, 2]).await.status,
+        StatusCode::UNAUTHORIZED,
+        "another address"
+    );
+    assert_eq!(
+        a.call(TestRequest::get("/healthcheck").from_ip([10, 0, 0, 1]))
+            .await
+            .status,
+        StatusCode::OK,
+        "operations are not limited"
+    );
+    a.clock.advance_secs(20.0);
+    assert_eq!(get([10, 0, 0, 1]).await.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn rate_limit_per_account(b: Backend) {
+    let a = TestApp::with_config(b, |c| c.rate_limit_account = "4/60".parse().unwrap())
+        .await
+        .unwrap();
+    a.register_verified("rl@example.com").await.unwrap();
+    a.register_verified("rl2@example.com").await.unwrap();
+    let t = a.token("rl@example.com").await.unwrap(); // 1 sign-in attempt for this email
+    let t2 = a.token("rl2@example.com").await.unwrap();
+    for i in 0..4 {
+        let ip = [10, 1, 0, i as u8];
+        assert_eq!(
+            a.call(TestRequest::get("/api/v1/me").token(&t).from_ip(ip))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let r = a
+        .call(
+            TestRequest::get("/api/v1/me")
+                .token(&t)
+                .from_ip([10, 9, 9, 9]),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the account is limited whatever the address"
+    );
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&t2))
+            .await
+            .status,
+        StatusCode::OK,
+        "another account"
+    );
+    // Sign-in attempts count per email: 3 more allowed, then 429.
+    for _ in 0..3 {
+        assert_eq!(
+            a.login("rl@example.com", "wrong password!").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        a.login("rl@example.com", PASSWORD).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+async fn gdpr_export_and_delete(b: Backend) {
+    let a = app(b).await;
+    let id = a.register_verified("g@example.com").await.unwrap();
+    a.register_verified("keep@example.com").await.unwrap();
+    let t = a.token("g@example.com").await.unwrap();
+    a.clock.advance_secs(1.0);
+    let k = key();
+    a.call(
+        TestRequest::patch(&format!("/api/v1/users/{id}"))
+            .token(&t)
+            .idempotency_key(&k)
+            .json(json!({"display_name": "G", "version": 1})),
+    )
+    .await;
+    let ex = a
+        .call(TestRequest::get("/api/v1/me/export").token(&t))
+        .await;
+    assert_eq!(ex.status, StatusCode::OK);
+    assert_eq!(ex.body["profile"]["email"], "g@example.com");
+    assert_eq!(ex.body["sessions"].as_array().unwrap().len(), 1);
+    let kinds: Vec<&str> = ex.body["audit_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "user.registered",
+        "email.verified",
+        "login.succeeded",
+        "profile.updated",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    assert!(
+        !ex.body.to_string().contains("argon2"),
+        "no password hash in the export"
+    );
+    let log = a
+        .call(TestRequest::get("/api/v1/me/audit-log").token(&t))
+        .await;
+    assert_eq!(log.body[0]["kind"], "profile.updated", "newest first");
+
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/me/delete")
+                .token(&t)
+                .json(json!({"password": "not my password"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/me/delete")
+                .token(&t)
+                .json(json!({"password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.call(TestRequest::get("/api/v1/me").token(&t))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.login("g@example.com", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let pool = a.state.db.pool();
+    for (table, column) in [
+        ("users", "id"),
+        ("sessions", "user_id"),
+        ("email_tokens", "user_id"),
+        ("audit_events", "user_id"),
+        ("idempotency_records", "user_id"),
+    ] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE {column} = $1"
+        )))
+        .bind(&id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table} still holds the user's rows");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_records")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the PATCH's stored response went too");
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM outbox WHERE aggregate_id = $1")
+        .bind(&id)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(kinds, vec!["identity.account_deleted".to_string()]);
+    // The other account is untouched.
+    assert_eq!(
+        a.login("keep@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    // The email can register again.
+    assert_eq!(
+        a.register("g@example.com", PASSWORD, "1990-01-01")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+#[derive(Debug, Default)]
+struct Flaky {
+    calls: AtomicUsize,
+}
+
+impl Handler for Flaky {
+    fn name(&self) -> &str {
+        "test.flaky"
+    }
+    fn kinds(&self) -> Vec<String> {
+        vec!["identity.user_registered".into()]
+    }
+    fn handle<'a>(
+        &'a self,
+        _db: &'a Db,
+        _e: &'a Event,
+    ) -> BoxFuture<'a, fitedge_server::error::Result<()>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                Err(fitedge_server::Error::Task("first attempt fails".into()))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+async fn outbox_at_least_once_with_idempotent_handlers(b: Backend) {
+    let flaky = Arc::new(Flaky::default());
+    let a = TestApp::build(b, |_| {}, Handlers::new().with(flaky.clone()))
+        .await
+        .unwrap();
+    a.register("ob@example.com", PASSWORD, "1990-01-01").await;
+    let (pending, _, _) = outbox::lag(&a.state).await.unwrap();
+    assert_eq!(pending, 1, "written with the registration");
+    assert_eq!(
+        outbox::dispatch_once(&a.state).await.unwrap(),
+        0,
+        "first attempt failed"
+    );
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+    let (_, _, failing) = outbox::lag(&a.state).await.unwrap();
+    assert_eq!(failing, 1);
+    assert_eq!(
+        outbox::dispatch_once(&a.state).await.unwrap(),
+        0,
+        "backing off"
+    );
+    a.clock.advance_secs(1.0);
+    assert_eq!(outbox::dispatch_once(&a.state).await.unwrap(), 1, "retried");
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        outbox::dispatch_once(&a.state).await.unwrap(),
+        0,
+        "nothing left"
+    );
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        2,
+        "not handled twice once done"
+    );
+    // Redelivery (as after a crash before the dispatched mark): the processed record skips it.
+    sqlx::query("UPDATE outbox SET dispatched_at = NULL")
+        .execute(a.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(outbox::dispatch_once(&a.state).await.unwrap(), 1);
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        2,
+        "the handler saw it once"
+    );
+    let (pending, _, _) = outbox::lag(&a.state).await.unwrap();
+    assert_eq!(pending, 0);
+}
+
+async fn transactions_are_serializable_under_contention(b: Backend) {
+    let a = app(b).await;
+    let db = a.state.db.clone();
+    sqlx::query(
+        "INSERT INTO outbox_processed (handler, event_id, processed_at) VALUES ('counter', 'c', 0)",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let mut tasks = vec![];
+    for _ in 0..16 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            db.write(|tx| {
+                Box::pin(async move {
+                    // Read-modify-write: lost updates would show under weaker isolation.
+                    let v: i64 = sqlx::query_scalar(
+                        "SELECT processed_at FROM outbox_processed WHERE handler = 'counter'",
+                    )
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    tokio::task::yield_now().await;
+                    sqlx::query(
+                        "UPDATE outbox_processed SET processed_at = $1 WHERE handler = 'counter'",
+                    )
+                    .bind(v + 1)
+                    .execute(&mut **tx)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let v: i64 =
+        sqlx::query_scalar("SELECT processed_at FROM outbox_processed WHERE handler = 'counter'")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(v, 16);
+}
+
+async fn healthcheck_metrics_and_correlation_ids(b: Backend) {
+    let a = app(b).await;
+    let r = a.call(TestRequest::get("/healthcheck")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["database"], "ok");
+    assert_eq!(r.body["backend"], b.name());
+    let r = a
+        .call(TestRequest::get("/api/v1/me").header("x-correlation-id", "abc-123"))
+        .await;
+    assert_eq!(r.header("x-correlation-id"), Some("abc-123"));
+    assert_eq!(r.header("x-trace-id").map(str::len), Some(32));
+    let r = a
+        .call(TestRequest::get("/api/v1/me").header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ))
+        .await;
+    assert_eq!(
+        r.header("x-trace-id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert!(r.header("x-correlation-id").is_some(), "made when absent");
+    let m = a.call(TestRequest::get("/metrics")).await;
+    let text = m.body.as_str().unwrap();
+    assert!(
+        text.contains("http_requests_total{method=\"GET\",route=\"/api/v1/me\",status=\"401\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http_request_duration_seconds_bucket{method=\"GET\",route=\"/healthcheck\"")
+    );
+    assert!(text.contains("db_pool_max_connections"));
+    assert!(text.contains("outbox_lag_seconds"));
+}
+
+async fn errors_are_json_and_unknown_routes_404(b: Backend) {
+    let a = app(b).await;
+    let r = a.call(TestRequest::get("/api/v1/nothing-here")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error"], "not_found");
+    assert_eq!(r.body["code"], 404);
+    assert!(r.body["details"].is_object());
+    let r = a
+        .call(TestRequest::new(axum::http::Method::PUT, "/api/v1/me"))
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.body["error"], "method_not_allowed");
+    let r = a
+        .call(TestRequest::post("/api/v1/auth/login").json(json!({"email": "x@example.com"})))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"], "validation_failed");
+    assert!(
+        r.body["details"]["fields"]["body"][0]
+            .as_str()
+            .unwrap()
+            .contains("password"),
+        "{}",
+        r.body
+    );
+    let r = a
+        .call(TestRequest::post("/api/v1/auth/login").header("content-type", "application/json"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let doc = a.call(TestRequest::get("/api/v1/openapi.json")).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc.body["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/verify-email",
+        "/api/v1/auth/login",
+        "/api/v1/auth/logout",
+        "/api/v1/me",
+        "/api/v1/users/{id}",
+        "/api/v1/sessions/{id}",
+        "/healthcheck",
+        "/metrics",
+        "/api/v1/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+}
+
+async fn dev_mode_returns_tokens_only_in_dev(b: Backend) {
+    let prod = app(b).await;
+    let r = prod.register("n@example.com", PASSWORD, "1990-01-01").await;
+    assert!(r.body.get("dev_token").is_none());
+    let dev = TestApp::with_config(b, |c| c.dev = true).await.unwrap();
+    let r = dev.register("n@example.com", PASSWORD, "1990-01-01").await;
+    let t = r.body["dev_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        Some(t.clone()),
+        dev.mail.last_token("n@example.com", MailKind::VerifyEmail)
+    );
+    let v = dev
+        .call(TestRequest::post("/api/v1/auth/verify-email").json(json!({"token": t})))
+        .await;
+    assert_eq!(v.status, StatusCode::OK);
+    let r = dev
+        .call(
+            TestRequest::post("/api/v1/auth/password-reset/request")
+                .json(json!({"email": "n@example.com"})),
+        )
+        .await;
+    assert!(r.body["dev_token"].is_string());
+}
+
+async fn operator_commands_set_role_and_tier(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("op@example.com").await.unwrap();
+    assert!(
+        identity::set_tier(&a.state, "OP@example.com", fitedge_server::auth::Tier::Pro)
+            .await
+            .unwrap()
+    );
+    assert!(
+        identity::set_role(&a.state, "op@example.com", Role::Partner)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !identity::set_role(&a.state, "none@example.com", Role::Partner)
+            .await
+            .unwrap()
+    );
+    let t = a.token("op@example.com").await.unwrap();
+    let me = a.call(TestRequest::get("/api/v1/me").token(&t)).await;
+    assert_eq!(me.body["tier"], "pro");
+    assert_eq!(me.body["role"], "partner");
+}
+
+async fn migrations_are_idempotent(b: Backend) {
+    let a = app(b).await;
+    a.state.db.migrate().await.unwrap();
+    let again = Db::connect(&a.db.url).await.unwrap();
+    again.migrate().await.unwrap();
+    again.ping().await.unwrap();
+    again.pool().close().await;
+}
