@@ -1,3 +1,15 @@
-//! fitedge-ffi
+//! # fitedge-ffi
 //!
-//! Empty until its issue lands; see README.md.
+//! The FitEdge engine for apps: UniFFI wrappers over `fitedge-core` and `fitedge-devices`, from
+//! which the Swift, Kotlin and Python bindings are generated (`bindings/`). Only wrappers live
+//! here: each exported method delegates and maps errors to the small public [`FitEdgeError`].
+
+uniffi::setup_scaffolding!();
+
+mod engine;
+mod error;
+mod types;
+
+pub use engine::{Engine, EngineClock, LiveMetricsListener, Subscription};
+pub use error::FitEdgeError;
+pub use types::*;

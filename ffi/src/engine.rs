@@ -1,0 +1,586 @@
+//! The `Engine`: one object per app, wrapping the store, the live recording, the sensor hub and
+//! the live-metrics listeners. Every method delegates to `fitedge-core` or `fitedge-devices`
+//! and maps errors in one place ([`crate::error`]).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fitedge_core as core;
+use fitedge_core::recording::Recording;
+use fitedge_core::store::{Cursor, ListFilter, Period, Store};
+use fitedge_core::time::{Clock, SystemClock};
+use fitedge_devices::gatt::Characteristic;
+use fitedge_devices::{DeviceKind, DeviceRegistration, SensorHub, Source};
+
+use crate::error::FitEdgeError;
+use crate::types::*;
+
+/// The time source of an engine. Apps use the system clock (the default); tests and
+/// simulations pass their own.
+#[uniffi::export(with_foreign)]
+pub trait EngineClock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// Receives live metrics during a workout: at most once per second of recording time, and at
+/// every start, pause, resume and completion. Called on the thread that fed the sample.
+#[uniffi::export(with_foreign)]
+pub trait LiveMetricsListener: Send + Sync {
+    fn on_live_metrics(&self, metrics: LiveMetrics);
+}
+
+#[derive(Debug)]
+struct ForeignClock(Arc<dyn EngineClock>);
+
+impl Clock for ForeignClock {
+    fn now(&self) -> core::Timestamp {
+        core::Timestamp(self.0.now_ms())
+    }
+}
+
+impl std::fmt::Debug for dyn EngineClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineClock")
+    }
+}
+
+type Listeners = Arc<Mutex<Vec<(u64, Arc<dyn LiveMetricsListener>)>>>;
+
+struct State {
+    recording: Option<Recording>,
+    hub: SensorHub,
+    last_emit_ms: i64,
+}
+
+#[derive(uniffi::Object)]
+pub struct Engine {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    listeners: Listeners,
+    next_listener: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// A live-metrics subscription; cancel it (or drop it) to stop the calls.
+#[derive(uniffi::Object)]
+pub struct Subscription {
+    id: u64,
+    listeners: Listeners,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+#[uniffi::export]
+impl Subscription {
+    /// Stops the calls. Safe to call more than once.
+    pub fn cancel(&self) {
+        lock(&self.listeners).retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const EMIT_EVERY_MS: i64 = 1000;
+
+fn kind_of(c: Characteristic) -> DeviceKind {
+    match c {
+        Characteristic::HeartRateMeasurement | Characteristic::BodySensorLocation => {
+            DeviceKind::HeartRate
+        }
+        Characteristic::CyclingPowerMeasurement => DeviceKind::CyclingPower,
+        Characteristic::CscMeasurement => DeviceKind::SpeedCadence,
+        Characteristic::RscMeasurement => DeviceKind::RunningSpeedCadence,
+        Characteristic::TreadmillData | Characteristic::IndoorBikeData => {
+            DeviceKind::FitnessMachine
+        }
+        Characteristic::PlxSpotCheck | Characteristic::PlxContinuous => DeviceKind::PulseOximeter,
+        _ => DeviceKind::Other,
+    }
+}
+
+impl Engine {
+    fn open_inner(
+        database_path: String,
+        storage_key: Vec<u8>,
+        profile: Option<AthleteProfile>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, FitEdgeError> {
+        let key = core::crypto::StorageKey::new(&storage_key).map_err(|e| {
+            FitEdgeError::InvalidInput {
+                message: e.to_string(),
+            }
+        })?;
+        let store = Arc::new(Store::open(Path::new(&database_path), Some(key))?);
+        if let Some(p) = profile {
+            let (_, version) = store.profile()?;
+            store.update_profile(version, &p.to_core())?;
+        }
+        // An unfinished recording (the app was killed) is picked up again.
+        let recording = Recording::recover(store.clone(), clock.clone())?.pop();
+        Ok(Arc::new(Self {
+            store,
+            clock,
+            state: Mutex::new(State {
+                recording,
+                hub: SensorHub::default(),
+                last_emit_ms: i64::MIN,
+            }),
+            listeners: Arc::new(Mutex::new(vec![])),
+            next_listener: AtomicU64::new(1),
+        }))
+    }
+
+    fn emit(&self, st: &mut State, force: bool) {
+        let Some(rec) = st.recording.as_ref() else {
+            return;
+        };
+        let now = self.clock.now().0;
+        if !force && now - st.last_emit_ms < EMIT_EVERY_MS {
+            return;
+        }
+        st.last_emit_ms = now;
+        let Some(m) = rec.live() else { return };
+        let metrics = LiveMetrics::from_core(&rec.id().0, rec.state(), m);
+        let listeners: Vec<Arc<dyn LiveMetricsListener>> = lock(&self.listeners)
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
+        // Called without holding the listener list, so a listener may cancel itself.
+        for l in listeners {
+            l.on_live_metrics(metrics.clone());
+        }
+    }
+
+    fn with_recording<T>(
+        &self,
+        f: impl FnOnce(&mut Recording) -> Result<T, FitEdgeError>,
+    ) -> Result<T, FitEdgeError> {
+        let mut st = lock(&self.state);
+        let rec = st
+            .recording
+            .as_mut()
+            .ok_or_else(|| FitEdgeError::InvalidState {
+                message: "no workout is being recorded".into(),
+            })?;
+        let out = f(rec)?;
+        self.emit(&mut st, true);
+        Ok(out)
+    }
+
+    fn profile_core(&self) -> Result<core::Profile, FitEdgeError> {
+        Ok(self.store.profile()?.0.to_profile(self.clock.now()))
+    }
+}
+
+#[uniffi::export]
+impl Engine {
+    /// Opens (creating it if needed) the database at `database_path`. `storage_key` is the
+    /// 32-byte key that encrypts health data: keep it in the platform keystore. A given
+    /// `profile` replaces the stored one. An interrupted recording is recovered.
+    #[uniffi::constructor(default(profile = None))]
+    pub fn open(
+        database_path: String,
+        storage_key: Vec<u8>,
+        profile: Option<AthleteProfile>,
+    ) -> Result<Arc<Self>, FitEdgeError> {
+        Self::open_inner(database_path, storage_key, profile, Arc::new(SystemClock))
+    }
+
+    /// Like `open`, with another time source (tests, simulations, replays).
+    #[uniffi::constructor]
+    pub fn open_with_clock(
+        database_path: String,
+        storage_key: Vec<u8>,
+        profile: Option<AthleteProfile>,
+        clock: Arc<dyn EngineClock>,
+    ) -> Result<Arc<Self>, FitEdgeError> {
+        Self::open_inner(
+            database_path,
+            storage_key,
+            profile,
+            Arc::new(ForeignClock(clock)),
+        )
+    }
+
+    /// Starts recording a workout now. `sport` null: the engine detects it.
+    #[uniffi::method(default(sport = None))]
+    pub fn start_workout(&self, sport: Option<Sport>) -> Result<String, FitEdgeError> {
+        let mut st = lock(&self.state);
+        if let Some(r) = &st.recording {
+            if matches!(
+                r.state(),
+                core::WorkoutState::Active | core::WorkoutState::Paused { .. }
+            ) {
+                return Err(FitEdgeError::InvalidState {
+                    message: format!("workout {} is already being recorded", r.id()),
+                });
+            }
+        }
+        let sport = sport.map(core::Sport::from);
+        let profile = self.profile_core()?.resolve();
+        let rec = Recording::start(
+            self.store.clone(),
+            self.clock.clone(),
+            sport,
+            profile,
+            core::workout::WorkoutConfig::for_sport(sport),
+        )?;
+        let id = rec.id().0.clone();
+        st.recording = Some(rec);
+        self.emit(&mut st, true);
+        Ok(id)
+    }
+
+    pub fn pause_workout(&self) -> Result<(), FitEdgeError> {
+        self.with_recording(|r| Ok(r.pause()?))
+    }
+
+    pub fn resume_workout(&self) -> Result<(), FitEdgeError> {
+        self.with_recording(|r| Ok(r.resume()?))
+    }
+
+    pub fn lap(&self) -> Result<(), FitEdgeError> {
+        self.with_recording(|r| Ok(r.lap()?))
+    }
+
+    /// Completes and stores the workout. Refused (InvalidState) under one minute of timer.
+    pub fn complete_workout(&self) -> Result<WorkoutSummary, FitEdgeError> {
+        self.with_recording(|r| Ok(WorkoutSummary::from(&r.complete()?)))
+    }
+
+    /// Cancels the workout: nothing of it is kept.
+    pub fn cancel_workout(&self) -> Result<(), FitEdgeError> {
+        self.with_recording(|r| Ok(r.cancel()?))
+    }
+
+    /// The state of the current (or last) workout.
+    pub fn workout_state(&self) -> WorkoutState {
+        lock(&self.state)
+            .recording
+            .as_ref()
+            .map_or(WorkoutState::NotStarted, |r| r.state().into())
+    }
+
+    /// Feeds one sample to the workout being recorded.
+    pub fn record_sample(&self, sample: Sample) -> Result<SampleVerdict, FitEdgeError> {
+        let mut st = lock(&self.state);
+        let rec = st
+            .recording
+            .as_mut()
+            .ok_or_else(|| FitEdgeError::InvalidState {
+                message: "no workout is being recorded".into(),
+            })?;
+        let v = rec.record(sample.into())?;
+        self.emit(&mut st, false);
+        Ok(v.into())
+    }
+
+    /// Feeds many samples in one call: much cheaper per sample than `record_sample`.
+    pub fn record_samples(&self, samples: Vec<Sample>) -> Result<BatchResult, FitEdgeError> {
+        let mut st = lock(&self.state);
+        let rec = st
+            .recording
+            .as_mut()
+            .ok_or_else(|| FitEdgeError::InvalidState {
+                message: "no workout is being recorded".into(),
+            })?;
+        let mut out = BatchResult {
+            accepted: 0,
+            flagged: 0,
+            rejected: 0,
+        };
+        for s in samples {
+            match rec.record(s.into())? {
+                core::validation::Verdict::Accepted => out.accepted += 1,
+                core::validation::Verdict::Flagged(_) => out.flagged += 1,
+                core::validation::Verdict::Rejected(_) => out.rejected += 1,
+            }
+        }
+        self.emit(&mut st, false);
+        Ok(out)
+    }
+
+    /// A raw notification from the app's own Bluetooth stack. `characteristic_uuid` is "2A37"
+    /// or a full UUID; an unknown device is registered on its first notification.
+    pub fn feed_notification(
+        &self,
+        device_id: String,
+        service_uuid: String,
+        characteristic_uuid: String,
+        payload: Vec<u8>,
+        timestamp_ms: i64,
+    ) -> Result<(), FitEdgeError> {
+        let _ = service_uuid; // the characteristic identifies the decoder
+        let c = Characteristic::parse(&characteristic_uuid).ok_or_else(|| {
+            FitEdgeError::InvalidInput {
+                message: format!("unsupported characteristic {characteristic_uuid}"),
+            }
+        })?;
+        let mut st = lock(&self.state);
+        let State { recording, hub, .. } = &mut *st;
+        let rec = recording
+            .as_mut()
+            .ok_or_else(|| FitEdgeError::InvalidState {
+                message: "no workout is being recorded".into(),
+            })?;
+        let at = core::Timestamp(timestamp_ms);
+        if hub.device(&device_id).is_none() {
+            // A device the app's stack talks to is connected by definition.
+            hub.register(DeviceRegistration::new(device_id.clone(), kind_of(c), 1));
+            hub.connected(&device_id, at)
+                .map_err(|e| FitEdgeError::InvalidInput {
+                    message: e.to_string(),
+                })?;
+        }
+        hub.on_notification(&device_id, Source::Gatt(c), &payload, at, rec)
+            .map_err(|e| FitEdgeError::InvalidInput {
+                message: e.to_string(),
+            })?;
+        self.emit(&mut st, false);
+        Ok(())
+    }
+
+    /// The live figures of the workout being recorded, if any.
+    pub fn live_metrics(&self) -> Option<LiveMetrics> {
+        let st = lock(&self.state);
+        let rec = st.recording.as_ref()?;
+        rec.live()
+            .map(|m| LiveMetrics::from_core(&rec.id().0, rec.state(), m))
+    }
+
+    /// Calls `listener` with live metrics until the returned subscription is cancelled.
+    pub fn subscribe_live_metrics(
+        &self,
+        listener: Arc<dyn LiveMetricsListener>,
+    ) -> Arc<Subscription> {
+        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        lock(&self.listeners).push((id, listener));
+        Arc::new(Subscription {
+            id,
+            listeners: self.listeners.clone(),
+        })
+    }
+
+    /// History, newest first; pass the returned cursor to get the next page.
+    #[uniffi::method(default(sport = None, from_ms = None, to_ms = None, cursor = None))]
+    pub fn list_workouts(
+        &self,
+        limit: u32,
+        sport: Option<Sport>,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        cursor: Option<String>,
+    ) -> Result<WorkoutPage, FitEdgeError> {
+        let after = cursor
+            .map(|c| {
+                let (t, id) = c
+                    .split_once('/')
+                    .ok_or_else(|| FitEdgeError::InvalidInput {
+                        message: format!("bad cursor {c:?}"),
+                    })?;
+                let t = t.parse().map_err(|_| FitEdgeError::InvalidInput {
+                    message: format!("bad cursor {c:?}"),
+                })?;
+                Ok::<_, FitEdgeError>(Cursor {
+                    start_time: core::Timestamp(t),
+                    id: id.to_string(),
+                })
+            })
+            .transpose()?;
+        let filter = ListFilter {
+            sport: sport.map(Into::into),
+            from: from_ms.map(core::Timestamp),
+            to: to_ms.map(core::Timestamp),
+        };
+        let page = self.store.list(&filter, limit as usize, after.as_ref())?;
+        Ok(WorkoutPage {
+            items: page
+                .items
+                .into_iter()
+                .map(|i| WorkoutListItem {
+                    id: i.id,
+                    sport: i.sport.into(),
+                    start_time_ms: i.start_time.0,
+                    title: i.title,
+                    timer_s: i.timer_s,
+                    distance_m: i.distance_m,
+                    calories_kcal: i.calories_kcal,
+                })
+                .collect(),
+            next_cursor: page.next.map(|c| format!("{}/{}", c.start_time.0, c.id)),
+        })
+    }
+
+    pub fn workout_summary(&self, workout_id: String) -> Result<WorkoutSummary, FitEdgeError> {
+        Ok(WorkoutSummary::from(&self.store.summary(&workout_id)?))
+    }
+
+    pub fn delete_workout(&self, workout_id: String) -> Result<(), FitEdgeError> {
+        let id = self.store.resolve_id(&workout_id)?;
+        Ok(self.store.delete_workout(&id)?)
+    }
+
+    #[uniffi::method(default(sport = None))]
+    pub fn stats(
+        &self,
+        period: StatsPeriod,
+        sport: Option<Sport>,
+    ) -> Result<WorkoutStats, FitEdgeError> {
+        let p = match period {
+            StatsPeriod::Week => Period::Week,
+            StatsPeriod::Month => Period::Month,
+            StatsPeriod::Year => Period::Year,
+        };
+        Ok(match self.store.stats(p, sport.map(Into::into), 0)? {
+            core::store::WorkoutStats::NotEnoughData { workouts, needed } => {
+                WorkoutStats::NotEnoughData { workouts, needed }
+            }
+            core::store::WorkoutStats::Ok { workouts, periods } => WorkoutStats::Ready {
+                workouts,
+                periods: periods
+                    .into_iter()
+                    .map(|p| PeriodStats {
+                        period: p.period,
+                        workouts: p.workouts,
+                        distance_m: p.distance_m,
+                        timer_s: p.timer_s,
+                        calories_kcal: p.calories_kcal,
+                        ascent_m: p.ascent_m,
+                        avg_pace_s_per_km: p.avg_pace_s_per_km,
+                    })
+                    .collect(),
+            },
+        })
+    }
+
+    /// The route for a map, simplified to `tolerance_m` metres.
+    #[uniffi::method(default(tolerance_m = 5.0))]
+    pub fn route(&self, workout_id: String, tolerance_m: f64) -> Result<RouteMap, FitEdgeError> {
+        let r = self.store.route(&workout_id, tolerance_m)?;
+        Ok(RouteMap {
+            geojson: r.geojson.to_string(),
+            polyline: r.polyline,
+        })
+    }
+
+    pub fn profile(&self) -> Result<AthleteProfile, FitEdgeError> {
+        Ok(AthleteProfile::from_core(&self.store.profile()?.0))
+    }
+
+    pub fn update_profile(&self, profile: AthleteProfile) -> Result<(), FitEdgeError> {
+        let (_, version) = self.store.profile()?;
+        self.store.update_profile(version, &profile.to_core())?;
+        Ok(())
+    }
+
+    #[uniffi::method(default(service_life_km = None))]
+    pub fn add_gear(
+        &self,
+        kind: GearKind,
+        name: String,
+        service_life_km: Option<f64>,
+    ) -> Result<Gear, FitEdgeError> {
+        let k = match kind {
+            GearKind::Shoes => core::gear::GearKind::Shoes,
+            GearKind::Bike => core::gear::GearKind::Bike,
+            GearKind::Other => core::gear::GearKind::Other,
+        };
+        Ok(self
+            .store
+            .add_gear(k, &name, service_life_km, self.clock.now())?
+            .into())
+    }
+
+    pub fn gear(&self) -> Result<Vec<Gear>, FitEdgeError> {
+        Ok(self
+            .store
+            .list_gear(false)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Assigns a workout to gear (null: to none) and returns the gear's new wear.
+    pub fn assign_gear(
+        &self,
+        workout_id: String,
+        gear_id: Option<String>,
+    ) -> Result<Option<Gear>, FitEdgeError> {
+        self.store
+            .assign_gear(&workout_id, gear_id.as_deref(), self.clock.now())?;
+        gear_id.map(|g| Ok(self.store.gear(&g)?.into())).transpose()
+    }
+
+    /// Imports a FIT, GPX or TCX file (by extension); returns the workouts stored.
+    pub fn import_file(&self, path: String) -> Result<Vec<WorkoutSummary>, FitEdgeError> {
+        let bytes = std::fs::read(&path).map_err(|e| FitEdgeError::InvalidInput {
+            message: format!("{path}: {e}"),
+        })?;
+        let profile = self.profile_core()?;
+        let key = format!("{}:{}", path, bytes.len());
+        let ext = Path::new(&path)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let sessions = match ext.parse::<core::formats::Format>() {
+            Ok(f) => vec![core::formats::import(f, &bytes, profile, &key)?],
+            Err(_) => core::fit::import(&bytes, profile, &key)?.sessions,
+        };
+        let saved = self
+            .store
+            .save_import(&path, &key, &sessions, self.clock.now())?;
+        Ok(sessions
+            .iter()
+            .zip(saved)
+            .filter(|(_, s)| !matches!(s, core::store::Saved::NotRecorded))
+            .map(|(s, _)| WorkoutSummary::from(&s.summary))
+            .collect())
+    }
+
+    /// Writes a stored workout as GPX or TCX to `path`.
+    pub fn export_workout(
+        &self,
+        workout_id: String,
+        format: FileFormat,
+        path: String,
+    ) -> Result<(), FitEdgeError> {
+        let f = match format {
+            FileFormat::Gpx => core::formats::Format::Gpx,
+            FileFormat::Tcx => core::formats::Format::Tcx,
+            FileFormat::Fit => {
+                return Err(FitEdgeError::InvalidInput {
+                    message: "FIT export is not supported yet; use GPX or TCX".into(),
+                })
+            }
+        };
+        let summary = self.store.summary(&workout_id)?;
+        let samples = self.store.samples(&summary.id.0)?;
+        let text = core::formats::export(f, &summary, &samples)?;
+        std::fs::write(&path, text).map_err(|e| FitEdgeError::Storage {
+            message: format!("{path}: {e}"),
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! The public error of the bindings: the few cases an app branches on, each with a message
+//! a person can read. Every internal error is mapped here, in this one place; no internal type
+//! and no panic crosses the FFI.
+
+use fitedge_core::error::Error as CoreError;
+use fitedge_core::WorkoutError;
+
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum FitEdgeError {
+    /// The call does not fit the workout's state (e.g. completing a workout twice, pausing one
+    /// that is not running, a workout shorter than one minute).
+    #[error("invalid state: {message}")]
+    InvalidState { message: String },
+    /// An argument was refused (a bad key length, an impossible profile value, a malformed file).
+    #[error("invalid input: {message}")]
+    InvalidInput { message: String },
+    /// No workout, gear or recording with that id.
+    #[error("not found: {message}")]
+    NotFound { message: String },
+    /// The local database could not be read or written (disk full, corrupt file, wrong key).
+    #[error("storage: {message}")]
+    Storage { message: String },
+    /// Syncing with the server failed (reserved for the sync client).
+    #[error("network: {message}")]
+    Network { message: String },
+    /// The server refused the credentials (reserved for the sync client).
+    #[error("unauthorized: {message}")]
+    Unauthorized { message: String },
+}
+
+impl From<WorkoutError> for FitEdgeError {
+    fn from(e: WorkoutError) -> Self {
+        FitEdgeError::InvalidState {
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<CoreError> for FitEdgeError {
+    fn from(e: CoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            CoreError::Workout(w) => w.into(),
+            CoreError::NotFound(_) => FitEdgeError::NotFound { message },
+            CoreError::Invalid(_) | CoreError::Format(_) | CoreError::File { .. } => {
+                FitEdgeError::InvalidInput { message }
+            }
+            CoreError::Conflict(_) => FitEdgeError::InvalidState { message },
+            CoreError::Database(_)
+            | CoreError::Interrupted
+            | CoreError::SchemaTooNew { .. }
+            | CoreError::Corrupt(_)
+            | CoreError::Codec(_)
+            | CoreError::Crypto(_)
+            | CoreError::WrongKey
+            | CoreError::KeyRequired
+            | CoreError::Io(_) => FitEdgeError::Storage { message },
+        }
+    }
+}
+
+impl From<fitedge_core::fit::FitError> for FitEdgeError {
+    fn from(e: fitedge_core::fit::FitError) -> Self {
+        FitEdgeError::InvalidInput {
+            message: e.to_string(),
+        }
+    }
+}
