@@ -81,6 +81,8 @@ pub struct Caller {
     pub mfa_enrolled: bool,
     /// This session passed a TOTP check.
     pub mfa: bool,
+    /// The account as read with the session (one query serves both).
+    pub profile: crate::identity::store::Profile,
 }
 
 impl Caller {
@@ -145,7 +147,8 @@ impl FromRequestParts<AppState> for Caller {
         let token_hash = crypto::sha256_hex(token.as_bytes());
         let now = state.now();
         let row = sqlx::query(
-            "SELECT s.id AS session_id, s.user_id, s.mfa_at, u.role, u.tier, u.totp_secret
+            "SELECT s.id AS session_id, s.mfa_at, u.id, u.email, u.display_name, u.birth_date,
+                    u.role, u.tier, u.email_verified_at, u.totp_secret, u.created_at, u.version
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.ended_at IS NULL AND s.expires_at > $2",
         )
@@ -157,15 +160,16 @@ impl FromRequestParts<AppState> for Caller {
         .ok_or_else(|| ApiError::unauthorized("the token is invalid, ended or expired"))?;
         let get = || -> crate::error::Result<Caller> {
             let mfa_at: Option<i64> = col(&row, "mfa_at")?;
-            let totp: Option<String> = col(&row, "totp_secret")?;
+            let profile = crate::identity::store::profile_from_row(&row)?;
             Ok(Caller {
-                user_id: col(&row, "user_id")?,
+                user_id: profile.id.clone(),
                 session_id: col(&row, "session_id")?,
                 token_hash: token_hash.clone(),
-                role: crate::db::parse_col(&row, "role")?,
-                tier: crate::db::parse_col(&row, "tier")?,
-                mfa_enrolled: totp.is_some(),
+                role: profile.role,
+                tier: profile.tier,
+                mfa_enrolled: profile.mfa_enabled,
                 mfa: mfa_at.is_some(),
+                profile,
             })
         };
         let caller = get().map_err(ApiError::from)?;

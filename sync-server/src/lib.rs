@@ -49,8 +49,8 @@ pub fn app(state: AppState) -> Router {
     router
 }
 
-/// [`app`] and its OpenAPI document.
-pub fn app_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+/// [`app`] and its OpenAPI document (as served).
+pub fn app_and_openapi(state: AppState) -> (Router, serde_json::Value) {
     let api = OpenApiRouter::new()
         .merge(identity::router())
         .routes(routes!(openapi::openapi_json))
@@ -62,7 +62,9 @@ pub fn app_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(api)
         .merge(ops)
         .split_for_parts();
-    let json = doc.to_json().unwrap_or_else(|_| "{}".into());
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    openapi::add_convention_responses(&mut doc);
+    let json = doc.to_string();
     let router = router
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {

@@ -65,3 +65,56 @@ pub async fn openapi_json(
         doc.as_str().to_owned(),
     )
 }
+
+/// The responses the shared layers can give, added to every operation they wrap, so the
+/// document states them once instead of each handler repeating them: 429 (rate limits) on
+/// /api/v1; 401 where a bearer token is required; 400, 409 and 422 (idempotency key) on
+/// mutating methods; 400, 413 and 415 (JSON body) where there is a request body.
+pub fn add_convention_responses(doc: &mut serde_json::Value) {
+    let error = |description: &str| {
+        serde_json::json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}
+        })
+    };
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            let mutating = matches!(method.as_str(), "post" | "put" | "patch" | "delete");
+            let has_body = op.get("requestBody").is_some();
+            let secured = op.get("security").is_some();
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            let mut add = |code: &str, description: &str| {
+                responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| error(description));
+            };
+            if path.starts_with("/api/v1/") {
+                add("429", "rate_limited (Retry-After)");
+            }
+            if secured {
+                add(
+                    "401",
+                    "unauthorized: missing, invalid, ended or expired token",
+                );
+            }
+            if mutating && path.starts_with("/api/v1/") {
+                add("400", "validation_failed");
+                add("409", "idempotency_in_flight");
+                add("422", "idempotency_key_reused");
+            }
+            if has_body {
+                add("400", "validation_failed");
+                add("413", "payload_too_large");
+                add("415", "unsupported_media_type");
+            }
+        }
+    }
+}

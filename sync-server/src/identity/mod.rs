@@ -195,12 +195,15 @@ async fn send_mail(state: &AppState, mail: Mail) {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     /// At least 12 characters, including a special character.
+    #[schema(min_length = 12, max_length = 256)]
     pub password: String,
     /// `YYYY-MM-DD`; the user must be at least 13.
     #[schema(format = Date)]
     pub birth_date: String,
+    #[schema(min_length = 1, max_length = 64)]
     pub display_name: String,
 }
 
@@ -419,10 +422,12 @@ pub async fn verify_email(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
+    #[schema(format = Email)]
     pub email: String,
     pub password: String,
     /// The current TOTP code; required when the account has MFA enabled.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{6}$")]
     pub totp_code: Option<String>,
 }
 
@@ -776,6 +781,7 @@ pub async fn end_session(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ResetRequest {
+    #[schema(format = Email)]
     pub email: String,
 }
 
@@ -858,6 +864,7 @@ pub async fn request_password_reset(
 pub struct ResetConfirm {
     pub token: String,
     /// At least 12 characters, including a special character.
+    #[schema(min_length = 12, max_length = 256)]
     pub new_password: String,
 }
 
@@ -963,6 +970,7 @@ pub async fn totp_enroll(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CodeRequest {
     /// 6-digit TOTP code.
+    #[schema(pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 
@@ -1122,14 +1130,8 @@ pub async fn mfa_verify(
 /// The caller's own account.
 #[utoipa::path(get, path = "/api/v1/me", tag = "identity", security(("bearer" = [])),
     responses((status = 200, body = Profile), (status = 401, body = ApiError), (status = 429, body = ApiError)))]
-pub async fn me(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<axum::Json<Profile>, ApiError> {
-    load_profile(state.db.pool(), &caller.user_id)
-        .await?
-        .map(axum::Json)
-        .ok_or_else(ApiError::not_found)
+pub async fn me(caller: Caller) -> axum::Json<Profile> {
+    axum::Json(caller.profile)
 }
 
 /// A user's account: the owner's own (profiles are private by default), or any for an
@@ -1154,6 +1156,7 @@ pub async fn get_user(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ProfileUpdate {
+    #[schema(min_length = 1, max_length = 64)]
     pub display_name: Option<String>,
     /// The version last read; a stale one gives 409 `version_conflict`.
     pub version: i64,
