@@ -50,7 +50,8 @@ pub enum HashCost {
 }
 
 /// Server configuration. `fitedge-server` and `fitedge serve` both take exactly these flags.
-#[derive(Debug, Clone, clap::Args)]
+/// Its `Debug` hides the secret key and the database password.
+#[derive(Clone, clap::Args)]
 pub struct Config {
     /// Database URL: `sqlite://PATH` (created and migrated on start) or `postgres://...`.
     #[arg(
@@ -118,6 +119,29 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &crate::db::redact_url(&self.database_url))
+            .field("bind", &self.bind)
+            .field("dev", &self.dev)
+            .field("rate_limit_address", &self.rate_limit_address)
+            .field("rate_limit_account", &self.rate_limit_account)
+            .field("lockout_threshold", &self.lockout_threshold)
+            .field("lockout_secs", &self.lockout_secs)
+            .field("max_sessions", &self.max_sessions)
+            .field("session_ttl_secs", &self.session_ttl_secs)
+            .field("idempotency_ttl_secs", &self.idempotency_ttl_secs)
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("hash_cost", &self.hash_cost)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Json,
@@ -169,6 +193,14 @@ mod tests {
             .c;
         let d = Config::with_database("sqlite://fitedge-server.db");
         assert_eq!(format!("{parsed:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut c = Config::with_database("postgres://u:hunter2@h/db");
+        c.secret_key = Some("ab".repeat(32));
+        let d = format!("{c:?}");
+        assert!(!d.contains("hunter2") && !d.contains("abab"), "{d}");
     }
 
     #[test]

@@ -19,7 +19,6 @@ use crate::ratelimit::RateLimiter;
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Inner>);
 
-#[derive(Debug)]
 pub struct Inner {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
@@ -35,6 +34,19 @@ pub struct Inner {
     /// Woken after a transaction that wrote to the outbox commits.
     pub outbox_notify: Notify,
     pub outbox_handlers: Handlers,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The server key never appears in logs or panics.
+        f.debug_struct("Inner")
+            .field("db", &self.db)
+            .field("clock", &self.clock)
+            .field("config", &self.config)
+            .field("secret", &"<redacted>")
+            .field("secret_id", &self.secret_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Deref for AppState {
