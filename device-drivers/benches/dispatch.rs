@@ -38,8 +38,14 @@ fn bench(c: &mut Criterion) {
     c.bench_function("decode + hub dispatch 0x2A37 (HR + 2 RR)", |b| {
         b.iter(|| {
             t += 1000;
-            hub.on_notification("strap", Source::Gatt(Characteristic::HeartRateMeasurement), black_box(&hr), Timestamp(t), &mut sink)
-                .unwrap()
+            hub.on_notification(
+                "strap",
+                Source::Gatt(Characteristic::HeartRateMeasurement),
+                black_box(&hr),
+                Timestamp(t),
+                &mut sink,
+            )
+            .unwrap()
         })
     });
     // Cycling power with crank data: derives cadence across notifications.
@@ -52,8 +58,14 @@ fn bench(c: &mut Criterion) {
             let mut p = [0x20u8, 0, 250, 0, 0, 0, 0, 0];
             p[4..6].copy_from_slice(&n.to_le_bytes());
             p[6..8].copy_from_slice(&ticks.to_le_bytes());
-            hub.on_notification("pm", Source::Gatt(Characteristic::CyclingPowerMeasurement), black_box(&p), Timestamp(t), &mut sink)
-                .unwrap()
+            hub.on_notification(
+                "pm",
+                Source::Gatt(Characteristic::CyclingPowerMeasurement),
+                black_box(&p),
+                Timestamp(t),
+                &mut sink,
+            )
+            .unwrap()
         })
     });
 }
