@@ -33,6 +33,10 @@ use crate::workout::{
 pub const FLUSH_EVERY_MS: i64 = 1_000;
 /// A buffer this full is flushed at once (bounds memory when samples arrive very fast).
 pub const MAX_BUFFERED: usize = 65_536;
+/// Look at the clock when sample time has moved this much since the last look...
+pub const CHECK_EVERY_MS: i64 = 250;
+/// ...or after this many samples (a burst of samples from the past).
+pub const CHECK_EVERY_SAMPLES: u32 = 256;
 /// Merge the small chunks of the last stretch after this many flushes.
 pub const COMPACT_EVERY: u32 = 60;
 
@@ -58,6 +62,10 @@ pub struct Recording {
     compact_from: Vec<i64>,
     flushes_since_compaction: u32,
     last_flush: Timestamp,
+    /// Sample time at the last look at the clock, and samples since: the clock (which may be
+    /// the host app's, behind an FFI call) is read only when a flush could be due.
+    last_check_t: i64,
+    since_check: u32,
     journal_seq: i64,
     events: Vec<DomainEvent>,
 }
@@ -114,6 +122,8 @@ impl Recording {
             compact_from: vec![0; n],
             flushes_since_compaction: 0,
             last_flush: now,
+            last_check_t: now.0,
+            since_check: 0,
             journal_seq: 0,
             events: vec![],
         }
@@ -191,8 +201,48 @@ impl Recording {
             self.buffers[s.channel().index()].push(s);
             self.buffered += 1;
         }
-        self.maybe_flush()?;
+        // Live samples carry the time they were taken, so a flush can only be due when sample
+        // time has moved on, or after a burst: look at the clock then, not on every sample.
+        self.since_check += 1;
+        if sample.t.0 - self.last_check_t >= CHECK_EVERY_MS
+            || self.since_check >= CHECK_EVERY_SAMPLES
+            || self.buffered >= MAX_BUFFERED
+        {
+            self.last_check_t = sample.t.0;
+            self.since_check = 0;
+            self.maybe_flush()?;
+        }
         Ok(verdict)
+    }
+
+    /// Takes a batch of samples (an app that buffers its sensors, a replay) and looks at the
+    /// clock once for the whole batch. Returns each sample's verdict, in order.
+    pub fn record_batch(
+        &mut self,
+        samples: impl IntoIterator<Item = Sample>,
+    ) -> Result<Vec<Verdict>> {
+        let mut out = Vec::new();
+        for sample in samples {
+            let verdict = match self.workout.record(sample) {
+                Ok(v) => v,
+                Err(WorkoutError::TimeLimitReached) => {
+                    self.finish_completed()?;
+                    return Err(WorkoutError::TimeLimitReached.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for s in self.workout.take_samples() {
+                self.buffers[s.channel().index()].push(s);
+                self.buffered += 1;
+            }
+            if self.buffered >= MAX_BUFFERED {
+                self.flush()?;
+            }
+            out.push(verdict);
+        }
+        self.since_check = 0;
+        self.maybe_flush()?;
+        Ok(out)
     }
 
     pub fn record_now(&mut self, reading: Reading) -> Result<Verdict> {

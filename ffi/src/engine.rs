@@ -51,6 +51,9 @@ type Listeners = Arc<Mutex<Vec<(u64, Arc<dyn LiveMetricsListener>)>>>;
 struct State {
     recording: Option<Recording>,
     hub: SensorHub,
+    /// Sample time of the last live-metrics call: the listener is called once per second of
+    /// recording, judged by the samples, so feeding a sample never calls back into the app's
+    /// clock.
     last_emit_ms: i64,
 }
 
@@ -127,11 +130,8 @@ impl Engine {
         profile: Option<AthleteProfile>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, FitEdgeError> {
-        let key = core::crypto::StorageKey::new(&storage_key).map_err(|e| {
-            FitEdgeError::InvalidInput {
-                message: e.to_string(),
-            }
-        })?;
+        let key = core::crypto::StorageKey::new(&storage_key)
+            .map_err(|e| FitEdgeError::InvalidInput(e.to_string()))?;
         let store = Arc::new(Store::open(Path::new(&database_path), Some(key))?);
         if let Some(p) = profile {
             let (_, version) = store.profile()?;
@@ -152,15 +152,22 @@ impl Engine {
         }))
     }
 
-    fn emit(&self, st: &mut State, force: bool) {
+    /// Calls the listeners now (`force`), or when `sample_t` is a second past the last call.
+    fn emit(&self, st: &mut State, force: bool, sample_t: Option<i64>) {
         let Some(rec) = st.recording.as_ref() else {
             return;
         };
-        let now = self.clock.now().0;
-        if !force && now - st.last_emit_ms < EMIT_EVERY_MS {
+        if !force {
+            match sample_t {
+                Some(t) if t.saturating_sub(st.last_emit_ms) >= EMIT_EVERY_MS => {
+                    st.last_emit_ms = t
+                }
+                _ => return,
+            }
+        }
+        if lock(&self.listeners).is_empty() {
             return;
         }
-        st.last_emit_ms = now;
         let Some(m) = rec.live() else { return };
         let metrics = LiveMetrics::from_core(&rec.id().0, rec.state(), m);
         let listeners: Vec<Arc<dyn LiveMetricsListener>> = lock(&self.listeners)
@@ -181,11 +188,9 @@ impl Engine {
         let rec = st
             .recording
             .as_mut()
-            .ok_or_else(|| FitEdgeError::InvalidState {
-                message: "no workout is being recorded".into(),
-            })?;
+            .ok_or_else(|| FitEdgeError::InvalidState("no workout is being recorded".into()))?;
         let out = f(rec)?;
-        self.emit(&mut st, true);
+        self.emit(&mut st, true, None);
         Ok(out)
     }
 
@@ -233,9 +238,10 @@ impl Engine {
                 r.state(),
                 core::WorkoutState::Active | core::WorkoutState::Paused { .. }
             ) {
-                return Err(FitEdgeError::InvalidState {
-                    message: format!("workout {} is already being recorded", r.id()),
-                });
+                return Err(FitEdgeError::InvalidState(format!(
+                    "workout {} is already being recorded",
+                    r.id()
+                )));
             }
         }
         let sport = sport.map(core::Sport::from);
@@ -249,7 +255,8 @@ impl Engine {
         )?;
         let id = rec.id().0.clone();
         st.recording = Some(rec);
-        self.emit(&mut st, true);
+        st.last_emit_ms = i64::MIN;
+        self.emit(&mut st, true, None);
         Ok(id)
     }
 
@@ -289,11 +296,9 @@ impl Engine {
         let rec = st
             .recording
             .as_mut()
-            .ok_or_else(|| FitEdgeError::InvalidState {
-                message: "no workout is being recorded".into(),
-            })?;
+            .ok_or_else(|| FitEdgeError::InvalidState("no workout is being recorded".into()))?;
         let v = rec.record(sample.into())?;
-        self.emit(&mut st, false);
+        self.emit(&mut st, false, Some(sample.timestamp_ms));
         Ok(v.into())
     }
 
@@ -303,22 +308,21 @@ impl Engine {
         let rec = st
             .recording
             .as_mut()
-            .ok_or_else(|| FitEdgeError::InvalidState {
-                message: "no workout is being recorded".into(),
-            })?;
+            .ok_or_else(|| FitEdgeError::InvalidState("no workout is being recorded".into()))?;
         let mut out = BatchResult {
             accepted: 0,
             flagged: 0,
             rejected: 0,
         };
-        for s in samples {
-            match rec.record(s.into())? {
+        let last_t = samples.iter().map(|s| s.timestamp_ms).max();
+        for v in rec.record_batch(samples.into_iter().map(Into::into))? {
+            match v {
                 core::validation::Verdict::Accepted => out.accepted += 1,
                 core::validation::Verdict::Flagged(_) => out.flagged += 1,
                 core::validation::Verdict::Rejected(_) => out.rejected += 1,
             }
         }
-        self.emit(&mut st, false);
+        self.emit(&mut st, false, last_t);
         Ok(out)
     }
 
@@ -334,31 +338,23 @@ impl Engine {
     ) -> Result<(), FitEdgeError> {
         let _ = service_uuid; // the characteristic identifies the decoder
         let c = Characteristic::parse(&characteristic_uuid).ok_or_else(|| {
-            FitEdgeError::InvalidInput {
-                message: format!("unsupported characteristic {characteristic_uuid}"),
-            }
+            FitEdgeError::InvalidInput(format!("unsupported characteristic {characteristic_uuid}"))
         })?;
         let mut st = lock(&self.state);
         let State { recording, hub, .. } = &mut *st;
         let rec = recording
             .as_mut()
-            .ok_or_else(|| FitEdgeError::InvalidState {
-                message: "no workout is being recorded".into(),
-            })?;
+            .ok_or_else(|| FitEdgeError::InvalidState("no workout is being recorded".into()))?;
         let at = core::Timestamp(timestamp_ms);
         if hub.device(&device_id).is_none() {
             // A device the app's stack talks to is connected by definition.
             hub.register(DeviceRegistration::new(device_id.clone(), kind_of(c), 1));
             hub.connected(&device_id, at)
-                .map_err(|e| FitEdgeError::InvalidInput {
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| FitEdgeError::InvalidInput(e.to_string()))?;
         }
         hub.on_notification(&device_id, Source::Gatt(c), &payload, at, rec)
-            .map_err(|e| FitEdgeError::InvalidInput {
-                message: e.to_string(),
-            })?;
-        self.emit(&mut st, false);
+            .map_err(|e| FitEdgeError::InvalidInput(e.to_string()))?;
+        self.emit(&mut st, false, Some(timestamp_ms));
         Ok(())
     }
 
@@ -397,12 +393,10 @@ impl Engine {
             .map(|c| {
                 let (t, id) = c
                     .split_once('/')
-                    .ok_or_else(|| FitEdgeError::InvalidInput {
-                        message: format!("bad cursor {c:?}"),
-                    })?;
-                let t = t.parse().map_err(|_| FitEdgeError::InvalidInput {
-                    message: format!("bad cursor {c:?}"),
-                })?;
+                    .ok_or_else(|| FitEdgeError::InvalidInput(format!("bad cursor {c:?}")))?;
+                let t = t
+                    .parse()
+                    .map_err(|_| FitEdgeError::InvalidInput(format!("bad cursor {c:?}")))?;
                 Ok::<_, FitEdgeError>(Cursor {
                     start_time: core::Timestamp(t),
                     id: id.to_string(),
@@ -535,9 +529,8 @@ impl Engine {
 
     /// Imports a FIT, GPX or TCX file (by extension); returns the workouts stored.
     pub fn import_file(&self, path: String) -> Result<Vec<WorkoutSummary>, FitEdgeError> {
-        let bytes = std::fs::read(&path).map_err(|e| FitEdgeError::InvalidInput {
-            message: format!("{path}: {e}"),
-        })?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| FitEdgeError::InvalidInput(format!("{path}: {e}")))?;
         let profile = self.profile_core()?;
         let key = format!("{}:{}", path, bytes.len());
         let ext = Path::new(&path)
@@ -571,16 +564,14 @@ impl Engine {
             FileFormat::Gpx => core::formats::Format::Gpx,
             FileFormat::Tcx => core::formats::Format::Tcx,
             FileFormat::Fit => {
-                return Err(FitEdgeError::InvalidInput {
-                    message: "FIT export is not supported yet; use GPX or TCX".into(),
-                })
+                return Err(FitEdgeError::InvalidInput(
+                    "FIT export is not supported yet; use GPX or TCX".into(),
+                ))
             }
         };
         let summary = self.store.summary(&workout_id)?;
         let samples = self.store.samples(&summary.id.0)?;
         let text = core::formats::export(f, &summary, &samples)?;
-        std::fs::write(&path, text).map_err(|e| FitEdgeError::Storage {
-            message: format!("{path}: {e}"),
-        })
+        std::fs::write(&path, text).map_err(|e| FitEdgeError::Storage(format!("{path}: {e}")))
     }
 }

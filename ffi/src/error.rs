@@ -5,34 +5,35 @@
 use fitedge_core::error::Error as CoreError;
 use fitedge_core::WorkoutError;
 
+/// A flat error: each variant carries its human-readable message, which becomes the exception's
+/// message in Kotlin, Swift and Python.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
+#[uniffi(flat_error)]
 pub enum FitEdgeError {
     /// The call does not fit the workout's state (e.g. completing a workout twice, pausing one
     /// that is not running, a workout shorter than one minute).
-    #[error("invalid state: {message}")]
-    InvalidState { message: String },
+    #[error("invalid state: {0}")]
+    InvalidState(String),
     /// An argument was refused (a bad key length, an impossible profile value, a malformed file).
-    #[error("invalid input: {message}")]
-    InvalidInput { message: String },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// No workout, gear or recording with that id.
-    #[error("not found: {message}")]
-    NotFound { message: String },
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The local database could not be read or written (disk full, corrupt file, wrong key).
-    #[error("storage: {message}")]
-    Storage { message: String },
+    #[error("storage: {0}")]
+    Storage(String),
     /// Syncing with the server failed (reserved for the sync client).
-    #[error("network: {message}")]
-    Network { message: String },
+    #[error("network: {0}")]
+    Network(String),
     /// The server refused the credentials (reserved for the sync client).
-    #[error("unauthorized: {message}")]
-    Unauthorized { message: String },
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
 }
 
 impl From<WorkoutError> for FitEdgeError {
     fn from(e: WorkoutError) -> Self {
-        FitEdgeError::InvalidState {
-            message: e.to_string(),
-        }
+        FitEdgeError::InvalidState(e.to_string())
     }
 }
 
@@ -41,11 +42,11 @@ impl From<CoreError> for FitEdgeError {
         let message = e.to_string();
         match e {
             CoreError::Workout(w) => w.into(),
-            CoreError::NotFound(_) => FitEdgeError::NotFound { message },
+            CoreError::NotFound(_) => FitEdgeError::NotFound(message),
             CoreError::Invalid(_) | CoreError::Format(_) | CoreError::File { .. } => {
-                FitEdgeError::InvalidInput { message }
+                FitEdgeError::InvalidInput(message)
             }
-            CoreError::Conflict(_) => FitEdgeError::InvalidState { message },
+            CoreError::Conflict(_) => FitEdgeError::InvalidState(message),
             CoreError::Database(_)
             | CoreError::Interrupted
             | CoreError::SchemaTooNew { .. }
@@ -54,15 +55,13 @@ impl From<CoreError> for FitEdgeError {
             | CoreError::Crypto(_)
             | CoreError::WrongKey
             | CoreError::KeyRequired
-            | CoreError::Io(_) => FitEdgeError::Storage { message },
+            | CoreError::Io(_) => FitEdgeError::Storage(message),
         }
     }
 }
 
 impl From<fitedge_core::fit::FitError> for FitEdgeError {
     fn from(e: fitedge_core::fit::FitError) -> Self {
-        FitEdgeError::InvalidInput {
-            message: e.to_string(),
-        }
+        FitEdgeError::InvalidInput(e.to_string())
     }
 }

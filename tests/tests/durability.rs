@@ -93,7 +93,7 @@ fn sigkill_at_random_moments_loses_at_most_the_last_second() {
         assert_eq!(ts.len(), n, "round {round}: duplicate samples");
     }
     assert!(
-        total_lines > KILLS as u64 * 10,
+        total_lines > u64::from(KILLS) * 10,
         "the recorder made too little progress to mean anything"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_record_sim"))

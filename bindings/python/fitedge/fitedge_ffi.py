@@ -2830,96 +2830,62 @@ class _UniffiFfiConverterTypeFileFormat(_UniffiConverterRustBuffer):
 # __dict__.  All of this happens in dummy class to avoid polluting the module
 # namespace.
 class FitEdgeError(Exception):
+    """
+    A flat error: each variant carries its human-readable message, which becomes the exception's
+    message in Kotlin, Swift and Python.
+"""
     pass
 
 _UniffiTempFitEdgeError = FitEdgeError
 
 class FitEdgeError:  # type: ignore
+    """
+    A flat error: each variant carries its human-readable message, which becomes the exception's
+    message in Kotlin, Swift and Python.
+"""
     
     class InvalidState(_UniffiTempFitEdgeError):
         """
         The call does not fit the workout's state (e.g. completing a workout twice, pausing one
         that is not running, a workout shorter than one minute).
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
         def __repr__(self):
-            return "FitEdgeError.InvalidState({})".format(str(self))
+            return "FitEdgeError.InvalidState({})".format(repr(str(self)))
     _UniffiTempFitEdgeError.InvalidState = InvalidState # type: ignore
     class InvalidInput(_UniffiTempFitEdgeError):
         """
         An argument was refused (a bad key length, an impossible profile value, a malformed file).
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
         def __repr__(self):
-            return "FitEdgeError.InvalidInput({})".format(str(self))
+            return "FitEdgeError.InvalidInput({})".format(repr(str(self)))
     _UniffiTempFitEdgeError.InvalidInput = InvalidInput # type: ignore
     class NotFound(_UniffiTempFitEdgeError):
         """
         No workout, gear or recording with that id.
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
         def __repr__(self):
-            return "FitEdgeError.NotFound({})".format(str(self))
+            return "FitEdgeError.NotFound({})".format(repr(str(self)))
     _UniffiTempFitEdgeError.NotFound = NotFound # type: ignore
     class Storage(_UniffiTempFitEdgeError):
         """
         The local database could not be read or written (disk full, corrupt file, wrong key).
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
         def __repr__(self):
-            return "FitEdgeError.Storage({})".format(str(self))
+            return "FitEdgeError.Storage({})".format(repr(str(self)))
     _UniffiTempFitEdgeError.Storage = Storage # type: ignore
     class Network(_UniffiTempFitEdgeError):
         """
         Syncing with the server failed (reserved for the sync client).
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
         def __repr__(self):
-            return "FitEdgeError.Network({})".format(str(self))
+            return "FitEdgeError.Network({})".format(repr(str(self)))
     _UniffiTempFitEdgeError.Network = Network # type: ignore
     class Unauthorized(_UniffiTempFitEdgeError):
         """
         The server refused the credentials (reserved for the sync client).
 """
-        
-        def __init__(self, message):
-            super().__init__(", ".join([
-                "message={!r}".format(message),
-            ]))
-            self.message = message
-
         def __repr__(self):
-            return "FitEdgeError.Unauthorized({})".format(str(self))
+            return "FitEdgeError.Unauthorized({})".format(repr(str(self)))
     _UniffiTempFitEdgeError.Unauthorized = Unauthorized # type: ignore
 
 FitEdgeError = _UniffiTempFitEdgeError # type: ignore
@@ -2959,44 +2925,32 @@ class _UniffiFfiConverterTypeFitEdgeError(_UniffiConverterRustBuffer):
     @staticmethod
     def check_lower(value):
         if isinstance(value, FitEdgeError.InvalidState):
-            _UniffiFfiConverterString.check_lower(value.message)
             return
         if isinstance(value, FitEdgeError.InvalidInput):
-            _UniffiFfiConverterString.check_lower(value.message)
             return
         if isinstance(value, FitEdgeError.NotFound):
-            _UniffiFfiConverterString.check_lower(value.message)
             return
         if isinstance(value, FitEdgeError.Storage):
-            _UniffiFfiConverterString.check_lower(value.message)
             return
         if isinstance(value, FitEdgeError.Network):
-            _UniffiFfiConverterString.check_lower(value.message)
             return
         if isinstance(value, FitEdgeError.Unauthorized):
-            _UniffiFfiConverterString.check_lower(value.message)
             return
 
     @staticmethod
     def write(value, buf):
         if isinstance(value, FitEdgeError.InvalidState):
             buf.write_i32(1)
-            _UniffiFfiConverterString.write(value.message, buf)
         if isinstance(value, FitEdgeError.InvalidInput):
             buf.write_i32(2)
-            _UniffiFfiConverterString.write(value.message, buf)
         if isinstance(value, FitEdgeError.NotFound):
             buf.write_i32(3)
-            _UniffiFfiConverterString.write(value.message, buf)
         if isinstance(value, FitEdgeError.Storage):
             buf.write_i32(4)
-            _UniffiFfiConverterString.write(value.message, buf)
         if isinstance(value, FitEdgeError.Network):
             buf.write_i32(5)
-            _UniffiFfiConverterString.write(value.message, buf)
         if isinstance(value, FitEdgeError.Unauthorized):
             buf.write_i32(6)
-            _UniffiFfiConverterString.write(value.message, buf)
 
 
 

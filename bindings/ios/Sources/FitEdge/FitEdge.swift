@@ -2683,6 +2683,10 @@ public func FfiConverterTypeFileFormat_lower(_ value: FileFormat) -> RustBuffer 
 
 
 
+/**
+ * A flat error: each variant carries its human-readable message, which becomes the exception's
+ * message in Kotlin, Swift and Python.
+ */
 public 
 enum FitEdgeError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
 
@@ -2692,33 +2696,33 @@ enum FitEdgeError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
      * The call does not fit the workout's state (e.g. completing a workout twice, pausing one
      * that is not running, a workout shorter than one minute).
      */
-    case InvalidState(message: String
-    )
+    case InvalidState(message: String)
+    
     /**
      * An argument was refused (a bad key length, an impossible profile value, a malformed file).
      */
-    case InvalidInput(message: String
-    )
+    case InvalidInput(message: String)
+    
     /**
      * No workout, gear or recording with that id.
      */
-    case NotFound(message: String
-    )
+    case NotFound(message: String)
+    
     /**
      * The local database could not be read or written (disk full, corrupt file, wrong key).
      */
-    case Storage(message: String
-    )
+    case Storage(message: String)
+    
     /**
      * Syncing with the server failed (reserved for the sync client).
      */
-    case Network(message: String
-    )
+    case Network(message: String)
+    
     /**
      * The server refused the credentials (reserved for the sync client).
      */
-    case Unauthorized(message: String
-    )
+    case Unauthorized(message: String)
+    
 
     
 
@@ -2750,24 +2754,30 @@ public struct FfiConverterTypeFitEdgeError: FfiConverterRustBuffer {
         
         case 1: return .InvalidState(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 2: return .InvalidInput(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 3: return .NotFound(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 4: return .Storage(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 5: return .Network(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
         case 6: return .Unauthorized(
             message: try FfiConverterString.read(from: &buf)
-            )
+        )
+        
 
-         default: throw UniffiInternalError.unexpectedEnumCase
+        default: throw UniffiInternalError.unexpectedEnumCase
         }
     }
 
@@ -2777,36 +2787,20 @@ public struct FfiConverterTypeFitEdgeError: FfiConverterRustBuffer {
         
 
         
-        
-        case let .InvalidState(message):
+        case .InvalidState(_ /* message is ignored*/):
             writeInt(&buf, Int32(1))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .InvalidInput(message):
+        case .InvalidInput(_ /* message is ignored*/):
             writeInt(&buf, Int32(2))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .NotFound(message):
+        case .NotFound(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Storage(message):
+        case .Storage(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Network(message):
+        case .Network(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-            FfiConverterString.write(message, into: &buf)
-            
-        
-        case let .Unauthorized(message):
+        case .Unauthorized(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-            FfiConverterString.write(message, into: &buf)
-            
+
+        
         }
     }
 }

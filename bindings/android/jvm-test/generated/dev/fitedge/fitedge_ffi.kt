@@ -4000,84 +4000,47 @@ public object FfiConverterTypeFileFormat: FfiConverterRustBuffer<FileFormat> {
 
 
 
-sealed class FitEdgeException: kotlin.Exception() {
-    
+/**
+ * A flat error: each variant carries its human-readable message, which becomes the exception's
+ * message in Kotlin, Swift and Python.
+ */
+sealed class FitEdgeException(message: String): kotlin.Exception(message) {
+        
     /**
      * The call does not fit the workout's state (e.g. completing a workout twice, pausing one
      * that is not running, a workout shorter than one minute).
      */
-    class InvalidState(
+        class InvalidState(message: String) : FitEdgeException(message)
         
-        val `message`: kotlin.String
-        ) : FitEdgeException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * An argument was refused (a bad key length, an impossible profile value, a malformed file).
      */
-    class InvalidInput(
+        class InvalidInput(message: String) : FitEdgeException(message)
         
-        val `message`: kotlin.String
-        ) : FitEdgeException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * No workout, gear or recording with that id.
      */
-    class NotFound(
+        class NotFound(message: String) : FitEdgeException(message)
         
-        val `message`: kotlin.String
-        ) : FitEdgeException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * The local database could not be read or written (disk full, corrupt file, wrong key).
      */
-    class Storage(
+        class Storage(message: String) : FitEdgeException(message)
         
-        val `message`: kotlin.String
-        ) : FitEdgeException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * Syncing with the server failed (reserved for the sync client).
      */
-    class Network(
+        class Network(message: String) : FitEdgeException(message)
         
-        val `message`: kotlin.String
-        ) : FitEdgeException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
     /**
      * The server refused the credentials (reserved for the sync client).
      */
-    class Unauthorized(
+        class Unauthorized(message: String) : FitEdgeException(message)
         
-        val `message`: kotlin.String
-        ) : FitEdgeException() {
-        override val message
-            get() = "message=${ `message` }"
-    }
-    
-
-    
-
 
     companion object ErrorHandler : UniffiRustCallStatusErrorHandler<FitEdgeException> {
         override fun lift(error_buf: RustBuffer.ByValue): FitEdgeException = FfiConverterTypeFitEdgeError.lift(error_buf)
     }
-
-    
 }
 
 /**
@@ -4086,95 +4049,46 @@ sealed class FitEdgeException: kotlin.Exception() {
 public object FfiConverterTypeFitEdgeError : FfiConverterRustBuffer<FitEdgeException> {
     override fun read(buf: ByteBuffer): FitEdgeException {
         
-
-        return when(buf.getInt()) {
-            1 -> FitEdgeException.InvalidState(
-                FfiConverterString.read(buf),
-                )
-            2 -> FitEdgeException.InvalidInput(
-                FfiConverterString.read(buf),
-                )
-            3 -> FitEdgeException.NotFound(
-                FfiConverterString.read(buf),
-                )
-            4 -> FitEdgeException.Storage(
-                FfiConverterString.read(buf),
-                )
-            5 -> FitEdgeException.Network(
-                FfiConverterString.read(buf),
-                )
-            6 -> FitEdgeException.Unauthorized(
-                FfiConverterString.read(buf),
-                )
+            return when(buf.getInt()) {
+            1 -> FitEdgeException.InvalidState(FfiConverterString.read(buf))
+            2 -> FitEdgeException.InvalidInput(FfiConverterString.read(buf))
+            3 -> FitEdgeException.NotFound(FfiConverterString.read(buf))
+            4 -> FitEdgeException.Storage(FfiConverterString.read(buf))
+            5 -> FitEdgeException.Network(FfiConverterString.read(buf))
+            6 -> FitEdgeException.Unauthorized(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
+        
     }
 
     override fun allocationSize(value: FitEdgeException): ULong {
-        return when(value) {
-            is FitEdgeException.InvalidState -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is FitEdgeException.InvalidInput -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is FitEdgeException.NotFound -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is FitEdgeException.Storage -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is FitEdgeException.Network -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-            is FitEdgeException.Unauthorized -> (
-                // Add the size for the Int that specifies the variant plus the size needed for all fields
-                4UL
-                + FfiConverterString.allocationSize(value.`message`)
-            )
-        }
+        return 4UL
     }
 
     override fun write(value: FitEdgeException, buf: ByteBuffer) {
         when(value) {
             is FitEdgeException.InvalidState -> {
                 buf.putInt(1)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is FitEdgeException.InvalidInput -> {
                 buf.putInt(2)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is FitEdgeException.NotFound -> {
                 buf.putInt(3)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is FitEdgeException.Storage -> {
                 buf.putInt(4)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is FitEdgeException.Network -> {
                 buf.putInt(5)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
             is FitEdgeException.Unauthorized -> {
                 buf.putInt(6)
-                FfiConverterString.write(value.`message`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }

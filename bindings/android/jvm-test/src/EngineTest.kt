@@ -1,0 +1,139 @@
+// The FitEdge engine driven from Kotlin on the JVM, through the generated bindings and JNA.
+// Built and run by scripts/test-bindings; mirrors the usage example in bindings/android/README.md.
+package dev.fitedge.test
+
+import dev.fitedge.*
+import java.io.File
+import java.nio.file.Files
+
+const val T0 = 1_763_700_000_000L
+val KEY = ByteArray(32) { it.toByte() }
+
+class ManualClock(var t: Long) : EngineClock {
+    override fun nowMs(): Long = t
+}
+
+class Collect : LiveMetricsListener {
+    val seen = mutableListOf<LiveMetrics>()
+    override fun onLiveMetrics(metrics: LiveMetrics) { seen += metrics }
+}
+
+fun check(cond: Boolean, msg: () -> String) { if (!cond) throw AssertionError(msg()) }
+
+inline fun <reified E : Throwable> expect(block: () -> Unit): E {
+    try { block() } catch (e: Throwable) {
+        if (e is E) return e
+        throw AssertionError("expected ${E::class.simpleName}, got $e")
+    }
+    throw AssertionError("expected ${E::class.simpleName}, nothing was thrown")
+}
+
+fun sharedFit(name: String): String {
+    val shared = System.getenv("FITEDGE_SHARED_DIR") ?: "../shared"
+    val f = File(shared, "data/fit/$name")
+    check(f.exists()) { "shared recordings missing at ${f.path} (set FITEDGE_SHARED_DIR)" }
+    return f.path
+}
+
+class Fixture {
+    val dir: File = Files.createTempDirectory("fitedge").toFile()
+    val db = File(dir, "fitedge.db").path
+    val clock = ManualClock(T0)
+    val profile = AthleteProfile(weightKg = 72.0, sex = Sex.MALE, birthYear = 1985,
+        hrMaxBpm = 188u, hrRestBpm = 50u, ftpW = 250u)
+    var engine = Engine.openWithClock(db, KEY, profile, clock)
+
+    fun ride(seconds: Int) {
+        engine.startWorkout(Sport.CYCLING)
+        for (s in 0 until seconds) {
+            clock.t = T0 + s * 1000L
+            val batch = listOf(
+                Sample(clock.t, Reading.Power(watts = 200.0 + s % 50)),
+                Sample(clock.t, Reading.Speed(metresPerSecond = 8.0)),
+            )
+            if (s % 2 == 0) engine.recordSamples(batch) else batch.forEach { engine.recordSample(it) }
+            // Heart rate from a chest strap as the raw 0x2A37 notification of the app's own stack.
+            engine.feedNotification("strap-1", "180D", "2A37", byteArrayOf(0x00, (130 + s % 20).toByte()), clock.t)
+        }
+        clock.t = T0 + seconds * 1000L
+    }
+
+    fun close() { engine.close(); dir.deleteRecursively() }
+}
+
+fun aWholeWorkoutWithLiveMetricsAndHistory() {
+    val f = Fixture()
+    val listener = Collect()
+    val sub = f.engine.subscribeLiveMetrics(listener)
+    f.ride(300)
+    check(listener.seen.size > 250) { "live metrics calls: ${listener.seen.size}" }
+    val live = listener.seen.last()
+    check(live.state == WorkoutState.ACTIVE) { "state ${live.state}" }
+    check(live.distanceM > 2000) { "distance ${live.distanceM}" }
+    check(live.heartRateBpm != null) { "no heart rate from the notifications" }
+    sub.cancel()
+    val n = listener.seen.size
+    val summary = f.engine.completeWorkout()
+    check(listener.seen.size == n) { "a cancelled subscription was called" }
+    check(summary.sport == Sport.CYCLING) { "sport" }
+    check(Math.abs(summary.timerS - 300.0) <= 1.0) { "timer ${summary.timerS}" }
+    check(Math.abs(summary.distanceM!! - 2400.0) <= 30.0) { "distance ${summary.distanceM}" }
+    check(summary.avgHeartRateBpm!! > 130) { "avg HR ${summary.avgHeartRateBpm}" }
+    check(summary.trainingStressScore != null) { "TSS" }
+    val page = f.engine.listWorkouts(10u)
+    check(page.items.map { it.id } == listOf(summary.id)) { "history ${page.items}" }
+    check(f.engine.workoutSummary(summary.id.take(8)).id == summary.id) { "summary by prefix" }
+    f.close()
+}
+
+fun importADeviceRecording() {
+    val f = Fixture()
+    val stored = f.engine.importFile(sharedFit("Edge810-Vector-2013-08-16-15-35-10.fit"))
+    check(stored.size == 1) { "stored ${stored.size}" }
+    check(Math.abs(stored[0].distanceM!! - 41339) <= 420) { "distance ${stored[0].distanceM}" }
+    check(f.engine.route(stored[0].id).geojson.contains("MultiLineString")) { "route" }
+    f.close()
+}
+
+fun everyPublicErrorIsAKotlinException() {
+    val f = Fixture()
+    expect<FitEdgeException.InvalidState> { f.engine.completeWorkout() }
+    f.engine.startWorkout(null)
+    val tooShort = expect<FitEdgeException.InvalidState> { f.engine.completeWorkout() }
+    check(tooShort.message!!.contains("1 minute")) { tooShort.message!! }
+    f.clock.t += 120_000
+    f.engine.completeWorkout()
+    expect<FitEdgeException.InvalidState> { f.engine.completeWorkout() }
+    expect<FitEdgeException.InvalidInput> { Engine.open(File(f.dir, "o.db").path, ByteArray(5)) }
+    expect<FitEdgeException.NotFound> { f.engine.workoutSummary("ffffffff") }
+    expect<FitEdgeException.Storage> { Engine.open(f.db, ByteArray(32)) }
+    f.close()
+}
+
+fun anInterruptedRecordingIsRecoveredOnOpen() {
+    val f = Fixture()
+    f.ride(90)
+    val id = f.engine.liveMetrics()!!.workoutId
+    f.engine.close() // the app is killed without completing
+    f.engine = Engine.openWithClock(f.db, KEY, null, f.clock)
+    check(f.engine.workoutState() == WorkoutState.ACTIVE) { "state ${f.engine.workoutState()}" }
+    check(f.engine.completeWorkout().id == id) { "a different workout was completed" }
+    f.close()
+}
+
+fun main() {
+    val tests = listOf(
+        "a whole workout with live metrics and history" to ::aWholeWorkoutWithLiveMetricsAndHistory,
+        "import a device recording" to ::importADeviceRecording,
+        "every public error is a Kotlin exception" to ::everyPublicErrorIsAKotlinException,
+        "an interrupted recording is recovered on open" to ::anInterruptedRecordingIsRecoveredOnOpen,
+    )
+    var failed = 0
+    for ((name, t) in tests) {
+        try { t(); println("test $name ... ok") } catch (e: Throwable) {
+            failed++; println("test $name ... FAILED: $e")
+        }
+    }
+    println("kotlin: ${tests.size - failed} passed, $failed failed")
+    if (failed > 0) kotlin.system.exitProcess(1)
+}
