@@ -19,6 +19,7 @@ pub mod records;
 pub mod route;
 pub mod sample;
 pub mod sport;
+pub mod sync;
 pub mod store;
 pub mod time;
 pub mod validation;
