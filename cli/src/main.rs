@@ -85,6 +85,8 @@ enum Command {
     /// Shoes, bikes and other gear, and their wear.
     #[command(subcommand)]
     Gear(history::GearCommand),
+    /// Run the FitEdge server (the same flags as `fitedge-server serve`).
+    Serve(fitedge_server::Config),
     /// Decode raw sensor payloads (a GATT characteristic or ANT+ pages), for people who build
     /// or debug sensors.
     Decode(decode::DecodeArgs),
@@ -188,6 +190,13 @@ fn main() -> ExitCode {
             done(history::export(&db, id, *format, output.as_ref()))
         }
         Command::Gear(cmd) => done(history::gear(&db, cmd)),
+        Command::Serve(config) => match fitedge_server::run(config.clone()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("fitedge serve: {e:#}");
+                1
+            }
+        },
         Command::Decode(a) => decode::run(a),
         Command::Replay(a) => replay::run(a),
     };

@@ -2,7 +2,7 @@
 //! and the one way to run a write transaction.
 //!
 //! Queries are written once, in the SQL subset both backends share (see
-//! `docs/adr/0001-one-sql-subset-over-sqlx-any.md`): `$n` placeholders, `BIGINT`/`TEXT`/binary
+//! `docs/adr/0006-server-one-sql-subset-over-sqlx-any.md`): `$n` placeholders, `BIGINT`/`TEXT`/binary
 //! columns only, times as integer milliseconds, ids as text, `ON CONFLICT` and `RETURNING`.
 //! What differs between the backends lives in this file: connection setup, the migration
 //! directories, how a serializable transaction begins, and which error codes mean "retry".
