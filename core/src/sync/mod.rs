@@ -15,3 +15,4 @@
 
 pub mod docs;
 
+pub mod protocol;
