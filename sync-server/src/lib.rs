@@ -5,6 +5,7 @@
 //! blocking `main` (the `fitedge-server` binary and `fitedge serve`). See README.md.
 
 pub mod auth;
+pub mod booking;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
 pub fn app_and_openapi(state: AppState) -> (Router, serde_json::Value) {
     let api = OpenApiRouter::new()
         .merge(identity::router())
+        .merge(booking::router())
         .routes(routes!(openapi::openapi_json))
         .route_layer(from_fn(observability::record_route))
         .layer(from_fn_with_state(state.clone(), idempotency::layer))
@@ -88,7 +90,13 @@ pub async fn build_state(
 ) -> Result<AppState, Error> {
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
-    AppState::new(db, config, clock, mail, outbox::Handlers::new())
+    AppState::new(
+        db,
+        config,
+        clock,
+        mail,
+        booking::register(outbox::Handlers::new()),
+    )
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
@@ -129,6 +137,7 @@ pub async fn serve_on(
 ) -> Result<(), Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(outbox::run_dispatcher(state.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(booking::run_sweeper(state.clone(), stop_rx.clone()));
     let janitor = tokio::spawn(janitor(state.clone(), stop_rx));
     let app = app(state.clone());
     axum::serve(
@@ -140,6 +149,7 @@ pub async fn serve_on(
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
     let _ = janitor.await;
+    let _ = sweeper.await;
     state.db.pool().close().await;
     tracing::info!("stopped");
     Ok(())

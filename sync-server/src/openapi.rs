@@ -48,6 +48,7 @@ impl Modify for BearerAuth {
         (name = "identity", description = "accounts, sessions, MFA, GDPR"),
         (name = "administration", description = "administrator-only reads (MFA required)"),
         (name = "health", description = "health-data scope (MFA required)"),
+        (name = "booking", description = "events, seats, waitlist, refunds"),
         (name = "operations", description = "health check, metrics, this document")
     )
 )]
