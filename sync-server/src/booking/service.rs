@@ -122,6 +122,9 @@ pub async fn create_event(state: &AppState, caller: &Caller, f: EventFields) -> 
     Ok(ev)
 }
 
+/// Computes the new fields of an event from its current row (validation included).
+pub type ApplyUpdate = Arc<dyn Fn(&EventRow) -> Result<EventFields, ApiError> + Send + Sync>;
+
 /// Applies `apply` to the current fields under the version check; promotes from the waitlist
 /// when capacity grew.
 pub async fn update_event(
@@ -129,7 +132,7 @@ pub async fn update_event(
     caller: &Caller,
     id: &str,
     version: i64,
-    apply: Arc<dyn Fn(&EventRow) -> Result<EventFields, ApiError> + Send + Sync>,
+    apply: ApplyUpdate,
 ) -> Result<EventRow> {
     let now = state.now().as_millis();
     let backend = state.db.backend();
@@ -297,7 +300,7 @@ pub async fn cancel_event(state: &AppState, caller: &Caller, id: &str) -> Result
 /// What a booking request ended as.
 #[derive(Debug, Clone)]
 pub enum BookOutcome {
-    Held(BookingRow),
+    Held(Box<BookingRow>),
     Waitlisted { id: String, position: i64 },
 }
 
@@ -359,7 +362,7 @@ pub async fn book(state: &AppState, caller: &Caller, event_id: &str) -> Result<B
                 repo::expire_due(tx, now, Some(&event_id), s.hold_ttl_ms, s.daily_limit).await?;
                 if repo::take_seat(tx, &event_id, now).await? {
                     let b = repo::insert_hold(tx, now, &ev, &user, s.hold_ttl_ms, false).await?;
-                    return Ok(BookOutcome::Held(b));
+                    return Ok(BookOutcome::Held(Box::new(b)));
                 }
                 let priority = match tier {
                     Tier::Premium | Tier::Pro => 0,
@@ -426,8 +429,8 @@ pub enum PayOutcome {
 }
 
 enum PayCheck {
-    Charge(BookingRow, String),
-    AlreadyConfirmed(BookingRow),
+    Charge(Box<BookingRow>, String),
+    AlreadyConfirmed(Box<BookingRow>),
     Expired,
 }
 
@@ -452,7 +455,7 @@ pub async fn pay(
                     repo::lock(tx, backend).await?;
                     let b = owned_booking(tx, &id, &user).await?;
                     if b.status == "confirmed" {
-                        return Ok(PayCheck::AlreadyConfirmed(b));
+                        return Ok(PayCheck::AlreadyConfirmed(Box::new(b)));
                     }
                     if b.status != "held" {
                         return Err(not_held(&b).into());
@@ -467,18 +470,18 @@ pub async fn pay(
                             .bind(&b.event_id)
                             .fetch_one(&mut **tx)
                             .await?;
-                    Ok(PayCheck::Charge(b, currency))
+                    Ok(PayCheck::Charge(Box::new(b), currency))
                 })
             })
             .await?
     };
     let (b, currency) = match check {
-        PayCheck::AlreadyConfirmed(b) => return Ok(PayOutcome::Confirmed(b)),
+        PayCheck::AlreadyConfirmed(b) => return Ok(PayOutcome::Confirmed(*b)),
         PayCheck::Expired => {
             notify_outbox(state);
             return Err(hold_expired().into());
         }
-        PayCheck::Charge(b, c) => (b, c),
+        PayCheck::Charge(b, c) => (*b, c),
     };
     let payment_ref = if b.amount_cents == 0 {
         "free".to_string()
