@@ -1,7 +1,7 @@
 //! Event management and booking (RULES.md, issue 8): organizers publish events; users hold a
 //! seat (two-phase: check and hold, then pay and confirm), join a waitlist when the event is
 //! full, cancel with a refund by the event's policy. Seats are never oversold: see `repo.rs`
-//! (the guarded increment) and sync-server/docs/adr/0010-booking-consistency-and-policies.md.
+//! (the guarded increment) and docs/adr/0008-booking-consistency-and-policies.md.
 //!
 //! Layout: `mod.rs` (routes and their JSON), `service.rs` (use cases, one transaction each),
 //! `repo.rs` (rows and transactional steps), `payment.rs` (provider trait and the simulated

@@ -1,7 +1,7 @@
 //! Refund policy: the share of the price refunded depends on how long before the event's start a
 //! user cancels a paid booking.
 //!
-//! Default (documented in sync-server/docs/adr/0010-booking-consistency-and-policies.md):
+//! Default (documented in docs/adr/0008-booking-consistency-and-policies.md):
 //! - 7 days (168 h) or more before the start: 100 %;
 //! - 24 hours or more (and less than 7 days): 50 %;
 //! - less than 24 hours, or after the start: nothing.
