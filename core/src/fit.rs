@@ -660,14 +660,7 @@ fn replay(
             }
         }
     }
-    let (summary, not_recorded) = match w.complete(end) {
-        Ok(s) => (s.clone(), None),
-        Err(e) => {
-            let preview = w.preview(end)?;
-            let _ = w.cancel(end);
-            (preview, Some(e))
-        }
-    };
+    let (summary, not_recorded) = w.complete_or_preview(end)?;
     samples.append(&mut w.take_samples());
     Some(ImportedSession {
         index,

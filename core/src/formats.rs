@@ -361,14 +361,9 @@ pub fn import(
         let _ = w.record(*s);
         samples.append(&mut w.take_samples());
     }
-    let (summary, not_recorded) = match w.complete(last) {
-        Ok(s) => (s.clone(), None),
-        Err(e) => {
-            let preview = w.preview(last).ok_or_else(|| bad("empty workout"))?;
-            let _ = w.cancel(last);
-            (preview, Some(e))
-        }
-    };
+    let (summary, not_recorded) = w
+        .complete_or_preview(last)
+        .ok_or_else(|| bad("empty workout"))?;
     samples.append(&mut w.take_samples());
     Ok(ImportedSession {
         index: 0,

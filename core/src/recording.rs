@@ -22,7 +22,7 @@ use crate::metrics::LiveMetrics;
 use crate::profile::ResolvedProfile;
 use crate::sample::{Channel, Reading, Sample};
 use crate::sport::Sport;
-use crate::store::{get_samples, insert_workout_row, put_chunk, Store};
+use crate::store::{get_samples, insert_workout_row, put_chunk, to_json, Store};
 use crate::time::{Clock, Timestamp};
 use crate::validation::Verdict;
 use crate::workout::{
@@ -493,8 +493,4 @@ fn get_range(
     to: i64,
 ) -> Result<Vec<Sample>> {
     crate::store::get_chunk_range(tx, key, id, ch, from, to)
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| Error::Corrupt(e.to_string()))
 }

@@ -322,7 +322,7 @@ pub(crate) mod v1 {
 
 // --- workouts ----------------------------------------------------------------------------------
 
-fn to_json<T: Serialize>(v: &T) -> Result<String> {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::Corrupt(e.to_string()))
 }
 

@@ -615,6 +615,23 @@ impl Workout {
         self.last_change = Some(at);
     }
 
+    /// Completes an imported workout at `at`; one the rules do not record (under a minute) is
+    /// cancelled instead, and its figures are still returned with the reason. `None` only for a
+    /// workout that never started.
+    pub fn complete_or_preview(
+        &mut self,
+        at: Timestamp,
+    ) -> Option<(WorkoutSummary, Option<WorkoutError>)> {
+        match self.complete(at) {
+            Ok(s) => Some((s.clone(), None)),
+            Err(e) => {
+                let preview = self.preview(at)?;
+                let _ = self.cancel(at);
+                Some((preview, Some(e)))
+            }
+        }
+    }
+
     /// What completing at `at` would produce, without completing: used to show the figures of a
     /// workout that is too short to be recorded.
     pub fn preview(&self, at: Timestamp) -> Option<WorkoutSummary> {
