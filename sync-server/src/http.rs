@@ -2,7 +2,8 @@
 //! per-address rate limit, and the operational routes (/healthcheck, /metrics).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -33,6 +34,26 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ValidJson(v)),
             Err(rej) => Err(json_rejection(rej)),
+        }
+    }
+}
+
+/// `Query<T>` whose rejections are [`ApiError`]s: a query string that does not parse gives
+/// 400 `validation_failed` as JSON, like a bad body (never axum's plain-text rejection).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ValidQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ValidQuery(v)),
+            Err(rej) => Err(ApiError::field("query", rej.body_text())),
         }
     }
 }

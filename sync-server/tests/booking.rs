@@ -39,7 +39,26 @@ conformance!(
     organizer_cancellation_refunds_and_notifies_everyone,
     booking_is_idempotent_and_notifications_recorded_once,
     booking_routes_are_in_the_openapi_document,
+    a_malformed_query_is_a_json_validation_error,
 );
+
+/// Found by schemathesis: a query string that does not parse must give the JSON error of
+/// every other validation failure, not a plain-text rejection.
+async fn a_malformed_query_is_a_json_validation_error(b: Backend) {
+    let a = app(b).await;
+    let r = a
+        .call(TestRequest::get(
+            "/api/v1/events?radius_km=null&radius_km=null",
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error"], "validation_failed", "{}", r.body);
+    assert!(
+        r.body["details"]["fields"]["query"][0].is_string(),
+        "{}",
+        r.body
+    );
+}
 
 fn key() -> String {
     uuid::Uuid::new_v4().to_string()

@@ -16,7 +16,9 @@ pub mod settings;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use crate::http::ValidQuery;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fitedge_core::time::Timestamp;
@@ -490,7 +492,7 @@ pub async fn create_event(
         (status = 400, body = ApiError, description = "validation_failed")))]
 pub async fn list_events(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ValidQuery(q): ValidQuery<ListQuery>,
 ) -> Result<axum::Json<Vec<EventView>>, ApiError> {
     let mut fe = FieldErrors::new();
     let from = q
