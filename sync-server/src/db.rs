@@ -60,6 +60,7 @@ impl Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    tx_timeout: Duration,
 }
 
 /// The URL with any password replaced, for logs.
@@ -122,7 +123,18 @@ impl Db {
                 })
             });
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            tx_timeout: TX_TIMEOUT,
+        })
+    }
+
+    /// The same pool with another limit for [`Db::write`] (tests: a stalled transaction is rolled
+    /// back without waiting 30 real seconds).
+    pub fn with_tx_timeout(mut self, limit: Duration) -> Self {
+        self.tx_timeout = limit;
+        self
     }
 
     /// Brings the schema up to date; run at every start.
@@ -168,7 +180,7 @@ impl Db {
 
     /// Runs `f` in a serializable write transaction and commits; retries the whole closure when
     /// the database reports a serialization failure or a deadlock, rolls back after
-    /// [`TX_TIMEOUT`]. `f` must therefore do nothing outside the transaction that cannot be
+    /// [`TX_TIMEOUT`] (or the limit given to [`Db::with_tx_timeout`]). `f` must therefore do nothing outside the transaction that cannot be
     /// repeated.
     pub async fn write<T, F>(&self, mut f: F) -> Result<T>
     where
@@ -197,7 +209,7 @@ impl Db {
                 }
             }
         };
-        match tokio::time::timeout(TX_TIMEOUT, attempt).await {
+        match tokio::time::timeout(self.tx_timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout),
         }
@@ -237,6 +249,28 @@ where
     use sqlx::Row;
     row.try_get(name)
         .map_err(|e| Error::Corrupt(format!("column {name}: {e}")))
+}
+
+/// A row as a JSON object (for exports): integers, reals and text as they are, bytes as hex,
+/// NULL as null, column names as keys.
+pub fn row_to_json(row: &AnyRow) -> serde_json::Value {
+    use sqlx::{Column, Row};
+    let mut m = serde_json::Map::new();
+    for (i, c) in row.columns().iter().enumerate() {
+        let v = if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+            v.map(serde_json::Value::from)
+        } else if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+            v.map(serde_json::Value::from)
+        } else if let Ok(v) = row.try_get::<Option<String>, _>(i) {
+            v.map(serde_json::Value::from)
+        } else if let Ok(v) = row.try_get::<Option<Vec<u8>>, _>(i) {
+            v.map(|b| serde_json::Value::from(hex::encode(b)))
+        } else {
+            None
+        };
+        m.insert(c.name().to_string(), v.unwrap_or(serde_json::Value::Null));
+    }
+    serde_json::Value::Object(m)
 }
 
 /// Parses a stored enum-like text column.

@@ -40,6 +40,8 @@ conformance!(
     booking_is_idempotent_and_notifications_recorded_once,
     booking_routes_are_in_the_openapi_document,
     a_malformed_query_is_a_json_validation_error,
+    deleting_an_account_frees_its_seats_and_forgets_its_bookings,
+    a_transaction_running_past_30_seconds_is_rolled_back,
 );
 
 /// Found by schemathesis: a query string that does not parse must give the JSON error of
@@ -736,4 +738,180 @@ async fn booking_routes_are_in_the_openapi_document(b: Backend) {
             "{m} {p} missing"
         );
     }
+}
+
+/// GDPR: the deleted user's paid seat is cancelled, refunded by the policy and goes to the first
+/// in line; their waiting entry ends; nothing left in the booking tables names them; the export
+/// before deletion held their booking data; a redelivery of the event changes nothing.
+async fn deleting_an_account_frees_its_seats_and_forgets_its_bookings(b: Backend) {
+    let a = app(b).await;
+    let (_, org) = user(&a, "org", "partner", "free").await;
+    let (gone_id, gone) = user(&a, "gone", "user", "free").await;
+    let (_, next) = user(&a, "next", "user", "free").await;
+    let (_, other) = user(&a, "other", "user", "free").await;
+    let e1 = create(&a, &org, event_body(1, 10.0 * DAY, -HOUR)).await;
+    let e2 = create(&a, &org, event_body(1, 10.0 * DAY, -HOUR)).await;
+    let (e1, e2) = (e1["id"].as_str().unwrap(), e2["id"].as_str().unwrap());
+    let (s, r) = book(&a, &gone, e1).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let gone_booking = r["booking"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        pay(&a, &gone, &gone_booking, "sim_success").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        book(&a, &next, e1).await.0,
+        StatusCode::ACCEPTED,
+        "waitlisted"
+    );
+    assert_eq!(book(&a, &other, e2).await.0, StatusCode::CREATED);
+    assert_eq!(
+        book(&a, &gone, e2).await.0,
+        StatusCode::ACCEPTED,
+        "waitlisted"
+    );
+    drain_outbox(&a).await;
+    assert!(!notifications(&a, &gone).await.is_empty());
+
+    let r = a
+        .call(TestRequest::get("/api/v1/me/export").token(&gone))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.body["booking"]["bookings"][0]["id"],
+        gone_booking.as_str(),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.body["booking"]["waitlist"].as_array().unwrap().len(), 1);
+    assert!(!r.body["booking"]["notifications"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/me/delete")
+                .token(&gone)
+                .json(json!({"password": fitedge_server::testing::PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    drain_outbox(&a).await;
+
+    let pool = a.state.db.pool();
+    for table in ["bookings", "booking_waitlist", "booking_notifications"] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {table} WHERE user_id = $1"
+        )))
+        .bind(&gone_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "{table} still names the deleted user");
+    }
+    let (status, reason, refund): (String, String, i64) =
+        sqlx::query_as("SELECT status, cancel_reason, refund_cents FROM bookings WHERE id = $1")
+            .bind(&gone_booking)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("cancelled", "account_deleted")
+    );
+    assert!(refund > 0, "paid 10 days ahead: refunded");
+    assert_eq!(payment::simulated().refunded(&gone_booking), Some(refund));
+    // The seat went to the first in line.
+    assert_eq!(detail(&a, e1).await["seats_taken"], 1);
+    let r = a
+        .call(TestRequest::get("/api/v1/bookings").token(&next))
+        .await;
+    assert_eq!(r.body[0]["status"], "held", "{}", r.body);
+    assert!(notifications(&a, &next)
+        .await
+        .iter()
+        .any(|n| n["kind"] == "booking.waitlist_promoted"));
+    // e2's line is empty now: other keeps the seat, nobody is promoted behind them.
+    assert_eq!(detail(&a, e2).await["seats_taken"], 1);
+
+    // Redelivery (as after a crash): nothing more is cancelled or promoted.
+    sqlx::query("UPDATE outbox SET dispatched_at = NULL")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM outbox_processed")
+        .execute(pool)
+        .await
+        .unwrap();
+    drain_outbox(&a).await;
+    let r = a
+        .call(TestRequest::get("/api/v1/bookings").token(&next))
+        .await;
+    assert_eq!(r.body[0]["status"], "held");
+    assert_eq!(detail(&a, e1).await["seats_taken"], 1);
+}
+
+/// RULES: a booking transaction running longer than 30 seconds is rolled back. The limit is
+/// injected (300 ms here, so the test does not wait 30 real seconds): the transaction writes,
+/// then stalls past the limit; the caller gets a timeout, the write is gone, and the database
+/// serves the next transaction. The production limit is checked to be the rule's 30 s.
+async fn a_transaction_running_past_30_seconds_is_rolled_back(b: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    assert_eq!(fitedge_server::db::TX_TIMEOUT, Duration::from_secs(30));
+    let a = app(b).await;
+    let limit = Duration::from_millis(300);
+    let db = a.state.db.clone().with_tx_timeout(limit);
+    let wrote = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = wrote.clone();
+    let r = db
+        .write(move |tx| {
+            let flag = flag.clone();
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO booking_notifications
+                       (outbox_event_id, user_id, kind, event_id, message, created_at)
+                     VALUES ('stalled', 'u', 'k', 'e', 'm', 0)",
+                )
+                .execute(&mut **tx)
+                .await?;
+                flag.store(true, Ordering::SeqCst);
+                tokio::time::sleep(limit * 4).await;
+                Ok(())
+            })
+        })
+        .await;
+    assert!(
+        wrote.load(Ordering::SeqCst),
+        "the write ran before the stall"
+    );
+    assert!(
+        matches!(r, Err(fitedge_server::Error::Timeout)),
+        "expected a timeout, got {r:?}"
+    );
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM booking_notifications WHERE outbox_event_id = 'stalled'",
+    )
+    .fetch_one(a.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "the stalled transaction's write was rolled back");
+    // Within the limit the same write commits.
+    db.write(|tx| {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO booking_notifications
+                   (outbox_event_id, user_id, kind, event_id, message, created_at)
+                 VALUES ('quick', 'u', 'k', 'e', 'm', 0)",
+            )
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    let (_, org) = user(&a, "org", "partner", "free").await;
+    create(&a, &org, event_body(1, 10.0 * DAY, -HOUR)).await;
 }

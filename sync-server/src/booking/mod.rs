@@ -865,3 +865,44 @@ pub async fn my_notifications(
     }
     Ok(axum::Json(out))
 }
+
+/// The booking part of a user's GDPR export: every booking, waitlist entry and notification
+/// row of the user, and the events they organize, unpaged.
+pub async fn export_of(db: &crate::db::Db, user_id: &str) -> Result<serde_json::Value, Error> {
+    let mut out = serde_json::Map::new();
+    for (key, sql) in [
+        (
+            "bookings",
+            format!(
+                "SELECT {} FROM bookings WHERE user_id = $1 ORDER BY held_at, id",
+                repo::BOOKING_COLUMNS
+            ),
+        ),
+        (
+            "waitlist",
+            "SELECT id, event_id, status, booking_id, joined_at, left_at FROM booking_waitlist
+             WHERE user_id = $1 ORDER BY joined_at, id"
+                .to_string(),
+        ),
+        (
+            "notifications",
+            "SELECT kind, event_id, booking_id, message, created_at FROM booking_notifications
+             WHERE user_id = $1 ORDER BY created_at, outbox_event_id"
+                .to_string(),
+        ),
+        (
+            "events_organized",
+            "SELECT id, title, status, starts_at FROM booking_events WHERE organizer_id = $1
+             ORDER BY starts_at, id"
+                .to_string(),
+        ),
+    ] {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .fetch_all(db.pool())
+            .await?;
+        let list: Vec<serde_json::Value> = rows.iter().map(crate::db::row_to_json).collect();
+        out.insert(key.to_string(), serde_json::Value::Array(list));
+    }
+    Ok(serde_json::Value::Object(out))
+}

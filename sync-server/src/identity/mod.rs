@@ -1291,6 +1291,9 @@ pub struct ExportDocument {
     /// Email tokens issued (purpose and times; the tokens themselves are not kept).
     #[schema(value_type = Vec<Object>)]
     pub email_tokens: Vec<serde_json::Value>,
+    /// Bookings, waitlist entries, booking notifications and events organized.
+    #[schema(value_type = Object)]
+    pub booking: serde_json::Value,
 }
 
 /// Export all of the caller's data as one JSON document (GDPR).
@@ -1345,6 +1348,7 @@ pub async fn export_me(
         sessions,
         audit_events: audit_events_of(&state, &caller.user_id, i64::MAX).await?,
         email_tokens,
+        booking: crate::booking::export_of(&state.db, &caller.user_id).await?,
     }))
 }
 
