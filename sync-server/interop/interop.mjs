@@ -175,8 +175,8 @@ async function cross(opts, tokens) {
       FITEDGE_INTEROP_PEER_VALUE: peerValue,
     }, opts["total-timeout-ms"]))
   await step("A sees the peer's change", async () => {
-    const d = await waitForDoc(handle, d => d.peer === peerValue, T, "A: the peer's change")
-    return { peer: d.peer }
+    const d = await waitForDoc(handle, d => d.peer !== undefined && String(d.peer) === peerValue, T, "A: the peer's change")
+    return { peer: String(d.peer) }
   })
 }
 
