@@ -107,7 +107,13 @@ async function basic(opts, tokens) {
   await step("B connects (join/peer)", () => whenPeered(b.repo, T, "B: no peer message from the server", b.adapter))
   let bh
   await step("B finds the document by URL", async () => {
-    const { handle: h, attempts } = await findWithRetry(b.repo, docUrl, T, "B: find")
+    // A retry needs a fresh Repo (automerge-repo remembers "unavailable"): B again, new state.
+    const fresh = async (attempt, left) => {
+      const c = client(`B (attempt ${attempt})`, opts.url, tokens.b, opts.trace)
+      await whenPeered(c.repo, left, `B attempt ${attempt}: no peer message`, c.adapter)
+      return c.repo
+    }
+    const { handle: h, attempts } = await findWithRetry(b.repo, fresh, docUrl, T, "B: find")
     bh = h
     return { attempts }
   })

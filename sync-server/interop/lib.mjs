@@ -61,19 +61,23 @@ export function waitForDoc(handle, pred, ms, what) {
 
 /**
  * Finds a document, retrying while the server answers `doc-unavailable` (the creator's sync may
- * still be in flight) until `ms` has passed. Each attempt uses a fresh find, bounded itself.
+ * still be in flight) until `ms` has passed. automerge-repo caches an unavailable answer for the
+ * life of a Repo, so each retry asks `nextRepo(attempt)` for a fresh client. Returns the handle,
+ * the Repo that holds it and the number of attempts.
  */
-export async function findWithRetry(repo, url, ms, what) {
+export async function findWithRetry(firstRepo, nextRepo, url, ms, what) {
   const deadline = Date.now() + ms
   let last
+  let repo = firstRepo
   for (let attempt = 1; ; attempt++) {
     const left = deadline - Date.now()
     if (left <= 0) {
       throw new HarnessError(`timed out after ${ms} ms: ${what} (${attempt - 1} attempts; last: ${last})`)
     }
     try {
+      if (attempt > 1) repo = await nextRepo(attempt, left)
       const handle = await withTimeout(repo.find(url), Math.min(left, 10_000), `find ${url}`)
-      return { handle, attempts: attempt }
+      return { handle, repo, attempts: attempt }
     } catch (e) {
       last = e?.message ?? String(e)
       await sleep(Math.min(200, Math.max(0, deadline - Date.now())))
