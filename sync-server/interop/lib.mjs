@@ -1,7 +1,7 @@
 // Shared by interop.mjs and bench.mjs: argument parsing, dev-mode registration through the REST
 // API, a Repo per client (in-memory, no storage) over a WebSocket adapter that counts what it
 // sends and receives, and bounded waits.
-import { Repo, cbor } from "@automerge/automerge-repo"
+import { Repo, cbor, generateAutomergeUrl } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 
 export class HarnessError extends Error {}
@@ -151,6 +151,7 @@ export class CountingAdapter extends WebSocketClientAdapter {
     s.send = (data, ...rest) => {
       this.bytesSent += data.byteLength
       this.framesSent++
+      if (this.onSent) this.onSent(data)
       if (this.trace) this.trace({ dir: "sent", bytes: data.byteLength, frame: describeFrame(data) })
       return send(data, ...rest)
     }
@@ -229,4 +230,108 @@ export async function login(base, email) {
   const r = await postJson(base, "/api/v1/auth/login", { email, password: PASSWORD })
   if (!r.access_token) throw new HarnessError("login answered without access_token")
   return r.access_token
+}
+
+// ---------- a bare protocol-v1 client, for verifying many documents cheaply ----------
+
+/**
+ * Speaks the wire protocol directly (join/peer, request/sync, doc-unavailable) with
+ * @automerge/automerge's sync functions and no Repo: fetching thousands of documents through a
+ * Repo costs the client far more CPU than the server, which would make the benchmark measure
+ * the client. Each `fetch` starts from an empty document, as a new device would.
+ */
+export class RawClient {
+  constructor(wsUrl, token) {
+    this.url = clientUrl(wsUrl, token)
+    this.peerId = `raw-${Math.random().toString(36).slice(2, 10)}`
+    this.pending = new Map()
+    this.errors = []
+  }
+
+  async connect(ms) {
+    const { default: WebSocket } = await import("ws")
+    this.A = await import("@automerge/automerge")
+    await withTimeout(new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url)
+      ws.binaryType = "nodebuffer"
+      this.ws = ws
+      ws.on("error", e => { this.errors.push(e.message); reject(new HarnessError(`raw client: ${e.message}`)) })
+      ws.on("open", () => this.send({ type: "join", senderId: this.peerId, peerMetadata: { isEphemeral: true }, supportedProtocolVersions: ["1"] }))
+      ws.on("close", () => {
+        for (const p of this.pending.values()) p.reject(new HarnessError("raw client: socket closed"))
+        this.pending.clear()
+      })
+      ws.on("message", data => {
+        let m
+        try { m = cbor.decode(new Uint8Array(data)) } catch (e) { this.errors.push(`undecodable frame: ${e}`); return }
+        if (m.type === "peer") { this.remote = m.senderId; resolve() }
+        else if (m.type === "error") { this.errors.push(`error message: ${m.message}`); reject(new HarnessError(`server sent error: ${m.message}`)) }
+        else this.onMessage(m)
+      })
+    }), ms, "raw client: no peer message")
+  }
+
+  send(m) {
+    this.ws.send(cbor.encode(m))
+  }
+
+  onMessage(m) {
+    const p = this.pending.get(m.documentId)
+    if (!p) return
+    if (m.type === "doc-unavailable") {
+      this.pending.delete(m.documentId)
+      p.resolve({ available: false })
+      return
+    }
+    if (m.type !== "sync" && m.type !== "request") return
+    const A = this.A
+    ;[p.doc, p.state] = A.receiveSyncMessage(p.doc, p.state, m.data)
+    if (p.done(p.doc, m.data)) {
+      this.pending.delete(m.documentId)
+      p.resolve({ available: true, doc: p.doc })
+      return
+    }
+    const [state, reply] = A.generateSyncMessage(p.doc, p.state)
+    p.state = state
+    if (reply) this.send({ type: "sync", senderId: this.peerId, targetId: this.remote, documentId: m.documentId, data: reply })
+  }
+
+  /** Resolves `{available, doc}` once `done(doc)` holds, or `{available: false}` on doc-unavailable. */
+  fetch(url, done, ms) {
+    const documentId = url.replace(/^automerge:/, "")
+    const A = this.A
+    let doc = A.init()
+    let [state, msg] = A.generateSyncMessage(doc, A.initSyncState())
+    const p = new Promise((resolve, reject) => {
+      this.pending.set(documentId, { doc, state, done, resolve, reject })
+    })
+    this.send({ type: "request", senderId: this.peerId, targetId: this.remote, documentId, data: msg })
+    return withTimeout(p, ms, `raw fetch ${url}`).finally(() => this.pending.delete(documentId))
+  }
+
+  /**
+   * Sends a document this client made (as a Repo does for a new document: `sync`, not `request`)
+   * and resolves when the server's reply carries our heads, i.e. the server holds it.
+   */
+  push(doc, ms) {
+    const A = this.A
+    const documentId = generateAutomergeUrl().replace(/^automerge:/, "")
+    const heads = A.getHeads(doc).slice().sort().join(",")
+    const [state, msg] = A.generateSyncMessage(doc, A.initSyncState())
+    const p = new Promise((resolve, reject) => {
+      const done = (_d, data) => A.decodeSyncMessage(data).heads.slice().sort().join(",") === heads
+      this.pending.set(documentId, { doc, state, done, resolve, reject })
+    })
+    this.send({ type: "sync", senderId: this.peerId, targetId: this.remote, documentId, data: msg })
+    return withTimeout(p, ms, `raw push ${documentId}`)
+      .then(r => {
+        if (!r.available) throw new HarnessError(`server answered doc-unavailable to our own new document ${documentId}`)
+        return `automerge:${documentId}`
+      })
+      .finally(() => this.pending.delete(documentId))
+  }
+
+  close() {
+    try { this.ws?.close() } catch { /* closing anyway */ }
+  }
 }
