@@ -257,8 +257,10 @@ export class RawClient {
       this.ws = ws
       ws.on("error", e => { this.errors.push(e.message); reject(new HarnessError(`raw client: ${e.message}`)) })
       ws.on("open", () => this.send({ type: "join", senderId: this.peerId, peerMetadata: { isEphemeral: true }, supportedProtocolVersions: ["1"] }))
-      ws.on("close", () => {
-        for (const p of this.pending.values()) p.reject(new HarnessError("raw client: socket closed"))
+      ws.on("close", (code, reason) => {
+        const why = `raw client: socket closed (code ${code}${reason?.length ? `, ${reason}` : ""})`
+        this.errors.push(why)
+        for (const p of this.pending.values()) p.reject(new HarnessError(why))
         this.pending.clear()
       })
       ws.on("message", data => {
