@@ -40,6 +40,7 @@ const spec = {
   only: { default: "a,b,c,d" },
   json: {},
   label: { default: "" },
+  "strip-undefined-metadata": { flag: true },
 }
 
 let opts
@@ -56,7 +57,7 @@ const all = []
 const log = msg => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`)
 
 function client(token) {
-  const c = makeClient(opts.url, token, { retryMs: 2000 })
+  const c = makeClient(opts.url, token, { retryMs: 2000, stripUndefinedMetadata: !!opts["strip-undefined-metadata"] })
   all.push(c)
   return c
 }
@@ -143,6 +144,7 @@ function percentile(sorted, p) {
 }
 
 const results = { url: redact(clientUrl(opts.url, tokens[0])), label: opts.label, startedAt: new Date().toISOString() }
+if (opts["strip-undefined-metadata"]) results.diagnostic = "JS clients' join sent without undefined peerMetadata keys"
 
 async function memory() {
   const pid = opts["server-pid"]
@@ -263,6 +265,7 @@ async function throughputRaw() {
   log(`throughput: ${nc} bare clients connected; sending ${nc * nd} documents (${Math.min(opts["in-flight"], nd)} in flight per client)`)
   const t0 = performance.now()
   const byToken = new Map()
+  let acked = 0
   await Promise.all(cs.map(async (c, ci) => {
     const token = tokens[ci % tokens.length]
     if (!byToken.has(token)) byToken.set(token, [])
@@ -273,7 +276,12 @@ async function throughputRaw() {
     const worker = async () => {
       while (next < made[ci].length) {
         const m = made[ci][next++]
-        list.push({ url: await c.push(m.doc, T), expect: m.v })
+        try {
+          list.push({ url: await c.push(m.doc, T), expect: m.v })
+        } catch (e) {
+          throw new HarnessError(`client ${ci}: ${e.message} (${acked} of ${nc * nd} documents acknowledged by then, after ${Math.round(performance.now() - t0)} ms)`)
+        }
+        if (++acked % 1000 === 0) log(`throughput: ${acked} acknowledged after ${Math.round(performance.now() - t0)} ms`)
       }
     }
     await Promise.all(Array.from({ length: Math.min(opts["in-flight"], nd) }, worker))

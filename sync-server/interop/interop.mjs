@@ -33,11 +33,13 @@ const spec = {
   "total-timeout-ms": { number: true, default: 120_000 },
   "unavailable-ms": { number: true, default: 5_000 },
   trace: { flag: true },
+  "strip-undefined-metadata": { flag: true },
 }
 
 const result = { scenario: null, url: null, ok: false, steps: [] }
 const clients = []
 let finished = false
+let STRIP = false
 
 function finish(code, error) {
   if (finished) return
@@ -86,7 +88,7 @@ async function step(name, fn) {
 
 function client(name, url, token, trace) {
   const traceFn = trace ? ev => process.stderr.write(JSON.stringify({ client: name, ...ev }) + "\n") : null
-  const c = { name, ...makeClient(url, token, { trace: traceFn }) }
+  const c = { name, ...makeClient(url, token, { trace: traceFn, stripUndefinedMetadata: STRIP }) }
   clients.push(c)
   return c
 }
@@ -197,6 +199,8 @@ async function main() {
     process.exit(2)
   }
   result.scenario = opts.scenario
+  STRIP = !!opts["strip-undefined-metadata"]
+  if (STRIP) result.diagnostic = "strip-undefined-metadata: join sent without undefined peerMetadata keys (not the stock client)"
   result.url = redact(clientUrl(opts.url, opts["token-a"]))
   const hard = setTimeout(() => finish(1, `total timeout ${opts["total-timeout-ms"]} ms`), opts["total-timeout-ms"])
   hard.unref()

@@ -118,8 +118,9 @@ export function describeFrame(bytes) {
  * throws them out of an event handler, which would kill the process without a report).
  */
 export class CountingAdapter extends WebSocketClientAdapter {
-  constructor(url, { retryMs = 1000, trace = null } = {}) {
+  constructor(url, { retryMs = 1000, trace = null, stripUndefinedMetadata = false } = {}) {
     super(url, retryMs)
+    this.stripUndefinedMetadata = stripUndefinedMetadata
     this.bytesSent = 0
     this.framesSent = 0
     this.bytesReceived = 0
@@ -142,6 +143,12 @@ export class CountingAdapter extends WebSocketClientAdapter {
   }
 
   connect(peerId, peerMetadata) {
+    // Diagnostic only (--strip-undefined-metadata): a storage-less Repo sends
+    // `peerMetadata: {storageId: undefined, ...}`, CBOR simple value 23 (0xf7); this drops such
+    // keys to see what a server that rejects them does next. Never on in interop.sh.
+    if (this.stripUndefinedMetadata && peerMetadata) {
+      peerMetadata = Object.fromEntries(Object.entries(peerMetadata).filter(([, v]) => v !== undefined))
+    }
     super.connect(peerId, peerMetadata)
     const s = this.socket
     if (!s || s.__counted) return

@@ -113,10 +113,12 @@ PASSED=0 FAILED=0 FAILED_NAMES=()
 run() {
   local name="$1"; shift
   echo "== scenario $name" >&2
-  if "$@" > "$OUT/$name.out" 2> "$OUT/$name.err"; then
+  local rc=0
+  "$@" > "$OUT/$name.out" 2> "$OUT/$name.err" || rc=$?
+  if [ "$rc" -eq 0 ]; then
     PASSED=$((PASSED + 1)); echo "   PASS $name" >&2
   else
-    FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name"); echo "   FAIL $name (exit $?)" >&2
+    FAILED=$((FAILED + 1)); FAILED_NAMES+=("$name"); echo "   FAIL $name (exit $rc)" >&2
     echo "---- $name stdout ----" >&2; tail -c 6000 "$OUT/$name.out" >&2 || true
     echo "---- $name stderr ----" >&2; tail -c 6000 "$OUT/$name.err" >&2 || true
   fi

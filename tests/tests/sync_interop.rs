@@ -153,32 +153,37 @@ impl Client {
             .connection_id()
             .ok_or_else(|| format!("{name}: no connection"))
     }
+}
 
-    /// Finds a document, retrying while the server answers doc-unavailable (the creator's sync
-    /// may still be in flight), within the wait bound.
-    async fn find_with_retry(&self, name: &str, id: &DocumentId) -> Res<DocHandle> {
-        let bound = wait_bound();
-        let start = Instant::now();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let left = bound.saturating_sub(start.elapsed());
-            match tokio::time::timeout(left, self.repo.find(id.clone())).await {
-                Ok(Ok(Some(handle))) => return Ok(handle),
-                Ok(Ok(None)) => {}
-                Ok(Err(_)) => return Err(format!("{name}: repo stopped")),
-                Err(_) => break,
-            }
-            if start.elapsed() + Duration::from_millis(200) >= bound {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+/// Connects a new client and finds a document, retrying while the server answers doc-unavailable
+/// (the creator's sync may still be in flight), within the wait bound. Each retry is a new Repo:
+/// a Repo that was told "unavailable" may keep that answer for the peer.
+async fn find_as_new_client(
+    name: &str,
+    url: &str,
+    token: Option<String>,
+    id: &DocumentId,
+) -> Res<(Client, DocHandle)> {
+    let bound = wait_bound();
+    let start = Instant::now();
+    let mut attempts = 0;
+    while start.elapsed() < bound {
+        attempts += 1;
+        let client = Client::connect(name, url, token.clone()).await?;
+        let left = bound.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, client.repo.find(id.clone())).await {
+            Ok(Ok(Some(handle))) => return Ok((client, handle)),
+            Ok(Ok(None)) => {}
+            Ok(Err(_)) => return Err(format!("{name}: repo stopped")),
+            Err(_) => break,
         }
-        Err(format!(
-            "{name}: document {id} still unavailable after {} ms ({attempts} attempts)",
-            bound.as_millis()
-        ))
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.repo.stop()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Err(format!(
+        "{name}: document {id} still unavailable after {} ms ({attempts} attempts)",
+        bound.as_millis()
+    ))
 }
 
 /// A string field whether written as text (the JavaScript default) or as a scalar string.
@@ -251,7 +256,6 @@ async fn basic() -> Res<()> {
     let token_a = env("FITEDGE_INTEROP_TOKEN");
     let token_b = env("FITEDGE_INTEROP_TOKEN_B").or_else(|| token_a.clone());
     let a = Client::connect("A", &url, token_a).await?;
-    let b = Client::connect("B", &url, token_b).await?;
 
     let value_a = format!("a-{}", nonce());
     let value_b = format!("b-{}", nonce());
@@ -264,7 +268,7 @@ async fn basic() -> Res<()> {
     write_string(&ha, "a", &value_a)?;
     flushed(&a, &ha, "A").await?;
 
-    let hb = b.find_with_retry("B", ha.document_id()).await?;
+    let (b, hb) = find_as_new_client("B", &url, token_b, ha.document_id()).await?;
     wait_for(&hb, "B", "a", &value_a).await?;
     write_string(&hb, "b", &value_b)?;
     wait_for(&ha, "A", "b", &value_b).await?;
@@ -294,10 +298,13 @@ async fn cross_peer() -> Res<()> {
     let doc_url: AutomergeUrl = doc_url
         .parse()
         .map_err(|e| format!("FITEDGE_INTEROP_DOC_URL {doc_url}: {e:?}"))?;
-    let peer = Client::connect("samod peer", &url, env("FITEDGE_INTEROP_TOKEN")).await?;
-    let handle = peer
-        .find_with_retry("samod peer", doc_url.document_id())
-        .await?;
+    let (peer, handle) = find_as_new_client(
+        "samod peer",
+        &url,
+        env("FITEDGE_INTEROP_TOKEN"),
+        doc_url.document_id(),
+    )
+    .await?;
     wait_for(&handle, "samod peer", "expect", &expect).await?;
     write_string(&handle, "peer", &value)?;
     flushed(&peer, &handle, "samod peer").await?;
