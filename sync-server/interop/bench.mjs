@@ -34,7 +34,7 @@ const spec = {
   "quiet-ms": { number: true, default: 1000 },
   "fetch-concurrency": { number: true, default: 100 },
   creator: { default: "raw" },
-  "in-flight": { number: true, default: 10 },
+  "in-flight": { number: true, default: 1 },
   "timeout-ms": { number: true, default: 60_000 },
   "total-timeout-ms": { number: true, default: 900_000 },
   only: { default: "a,b,c,d" },
