@@ -51,7 +51,7 @@ function finish(code, error) {
     result.clients[c.name] = {
       framesSent: c.adapter.framesSent, bytesSent: c.adapter.bytesSent,
       framesReceived: c.adapter.framesReceived, bytesReceived: c.adapter.bytesReceived,
-      socketErrors: [...new Set(c.adapter.errors)],
+      errors: [...new Set(c.adapter.errors)],
     }
   }
   let text

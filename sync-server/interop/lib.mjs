@@ -166,6 +166,13 @@ export class CountingAdapter extends WebSocketClientAdapter {
       const n = ev.data?.byteLength ?? 0
       this.bytesReceived += n
       this.framesReceived++
+      // Surface the server's `error` messages in failure reports (the stock adapter only logs them).
+      if (n > 0 && n < 2048) {
+        try {
+          const m = cbor.decode(new Uint8Array(ev.data))
+          if (m?.type === "error") this.errors.push(`server sent error: ${m.message}`)
+        } catch { /* not ours to judge here */ }
+      }
       if (this.trace) this.trace({ dir: "received", bytes: n, frame: describeFrame(ev.data) })
     })
   }
@@ -194,7 +201,7 @@ export function whenPeered(repo, ms, what, adapter) {
     repo.networkSubsystem.once("peer", () => resolve())
   })
   return withTimeout(p, ms, what).catch(e => {
-    const errs = adapter?.errors?.length ? `; socket errors: ${[...new Set(adapter.errors)].join(" | ")}` : ""
+    const errs = adapter?.errors?.length ? `; socket errors and server error messages: ${[...new Set(adapter.errors)].join(" | ")}` : ""
     throw new HarnessError(`${e.message}${errs}`)
   })
 }
