@@ -517,3 +517,40 @@ fn a_clean_link_converges_both_ways_and_then_stays_quiet() {
     );
     assert_eq!(clean_exchange(&mut conns, &mut docs), 0);
 }
+
+/// Found by the interop harness: automerge-repo 2.5.6 (Node, no storage adapter) sends
+/// `peerMetadata.storageId` as CBOR `undefined` (0xf7). The join must be accepted with the
+/// storage id absent; this is the client's frame as it was captured on the socket.
+#[test]
+fn a_join_with_an_undefined_storage_id_is_accepted() {
+    let hex = "b900046474797065646a6f696e6873656e64657249646e706565722d61327036307769666e6c706565724d65746164617461b900026973746f726167654964f76b6973457068656d6572616cf57819737570706f7274656450726f746f636f6c56657273696f6e73816131";
+    let frame: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(frame.len(), 107);
+    match Message::decode(&frame).unwrap() {
+        Message::Join {
+            sender_id,
+            supported_protocol_versions,
+            metadata,
+        } => {
+            assert_eq!(sender_id, PeerId::from("peer-a2p60wifn"));
+            assert_eq!(supported_protocol_versions, vec!["1".to_string()]);
+            let m = metadata.unwrap();
+            assert_eq!(m.storage_id, None);
+            assert!(m.is_ephemeral);
+        }
+        other => panic!("expected a join, got {other:?}"),
+    }
+    // A null metadata map is absent metadata, not an error.
+    let mut null_meta = frame.clone();
+    let meta_start = 50; // the inner map after the "peerMetadata" key
+    assert_eq!(&null_meta[meta_start..meta_start + 3], &[0xb9, 0x00, 0x02]);
+    let meta_len = 3 + 10 + 1 + 12 + 1; // header, "storageId", f7, "isEphemeral", f5
+    null_meta.splice(meta_start..meta_start + meta_len, [0xf6]);
+    match Message::decode(&null_meta).unwrap() {
+        Message::Join { metadata, .. } => assert!(metadata.is_none()),
+        other => panic!("expected a join, got {other:?}"),
+    }
+}

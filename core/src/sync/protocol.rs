@@ -361,13 +361,32 @@ fn for_each<'b>(
     Ok(())
 }
 
+/// Skips a CBOR `null` or `undefined` and says so: an optional field sent that way is absent.
+/// automerge-repo 2.x writes `storageId: undefined` when the client has no storage (browsers,
+/// Node without a storage adapter), so refusing it would refuse every such client.
+fn nullish(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
+    if matches!(d.datatype()?, Type::Null | Type::Undefined) {
+        d.skip()?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 fn decode_metadata(d: &mut Decoder<'_>) -> Result<PeerMetadata, DecodeError> {
     let mut m = PeerMetadata::default();
     let len = d.map()?;
     for_each(d, len, |d| {
         match d.str()? {
-            "storageId" => m.storage_id = Some(d.str()?.to_string()),
-            "isEphemeral" => m.is_ephemeral = d.bool()?,
+            "storageId" => {
+                if !nullish(d)? {
+                    m.storage_id = Some(d.str()?.to_string());
+                }
+            }
+            "isEphemeral" => {
+                if !nullish(d)? {
+                    m.is_ephemeral = d.bool()?;
+                }
+            }
             _ => d.skip()?,
         }
         Ok(())
@@ -432,8 +451,12 @@ impl Message {
                 }
                 "selectedProtocolVersion" => set(&mut f.selected, d.str()?.to_string(), key),
                 "peerMetadata" | "metadata" => {
-                    let m = decode_metadata(d)?;
-                    set(&mut f.metadata, m, key)
+                    if nullish(d)? {
+                        Ok(())
+                    } else {
+                        let m = decode_metadata(d)?;
+                        set(&mut f.metadata, m, key)
+                    }
                 }
                 "message" => set(&mut f.message, d.str()?.to_string(), key),
                 "sessionId" => set(&mut f.session_id, d.str()?.to_string(), key),
