@@ -1291,6 +1291,10 @@ pub struct ExportDocument {
     /// Email tokens issued (purpose and times; the tokens themselves are not kept).
     #[schema(value_type = Vec<Object>)]
     pub email_tokens: Vec<serde_json::Value>,
+    /// Sync: documents owned (automerge bytes in hex), shares granted and received, blobs
+    /// uploaded.
+    #[schema(value_type = Object)]
+    pub sync: serde_json::Value,
 }
 
 /// Export all of the caller's data as one JSON document (GDPR).
@@ -1345,6 +1349,7 @@ pub async fn export_me(
         sessions,
         audit_events: audit_events_of(&state, &caller.user_id, i64::MAX).await?,
         email_tokens,
+        sync: crate::sync::store::export_user(&state, &caller.user_id).await?,
     }))
 }
 
@@ -1379,11 +1384,13 @@ pub async fn delete_me(
         ));
     }
     let now = state.now();
+    let owned_docs = crate::sync::store::owned_ids(&state, &caller.user_id).await?;
     state
         .db
         .write(|tx| {
             let uid = caller.user_id.clone();
             Box::pin(async move {
+                crate::sync::store::delete_user(tx, &uid).await?;
                 for sql in [
                     "DELETE FROM idempotency_records WHERE user_id = $1
                        OR scope IN (SELECT token_hash FROM sessions WHERE user_id = $1)",
@@ -1421,6 +1428,8 @@ pub async fn delete_me(
         })
         .await?;
     state.outbox_notify.notify_one();
+    let owned: Vec<_> = owned_docs.iter().filter_map(|d| d.parse().ok()).collect();
+    state.sync.forget_user(&caller.user_id, &owned);
     state
         .account_limiter
         .forget(&format!("user:{}", caller.user_id));
