@@ -59,6 +59,7 @@ both!(
     blobs_hash_size_and_ownership,
     gdpr_export_and_delete_cover_sync,
     sync_state_is_kept_per_peer_and_compaction_keeps_the_document,
+    completed_workout_summary_is_checked_against_its_chunks,
 );
 
 // ------------------------------------------------------------------------------------ harness
@@ -864,6 +865,119 @@ async fn sync_state_is_kept_per_peer_and_compaction_keeps_the_document(b: Backen
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A completed 30-minute run whose distance chunk says 5400 m; the summary claims `claimed_m`.
+fn completed_run(start: Timestamp, chunk: &[u8], claimed_m: f64) -> Automerge {
+    let mut ac = docs::new_workout(None, uuid::Uuid::new_v4(), Sport::Running, start).unwrap();
+    docs::push_chunk(
+        &mut ac,
+        &docs::ChunkRef {
+            sha256: sha(chunk),
+            channel: fitedge_core::sample::Channel::Distance,
+            start_time: start,
+            end_time: Timestamp(start.as_millis() + 1_800_000),
+            count: 181,
+        },
+    )
+    .unwrap();
+    let summary = docs::DocSummary {
+        elapsed_s: 1800.0,
+        timer_s: 1800.0,
+        moving_s: 1800.0,
+        calories_kcal: 350.0,
+        distance_m: Some(claimed_m),
+        avg_speed_mps: Some(claimed_m / 1800.0),
+        ..Default::default()
+    };
+    docs::complete_workout(
+        &mut ac,
+        Timestamp(start.as_millis() + 1_800_000),
+        &summary,
+        docs::DocValidationCounts::default(),
+    )
+    .unwrap();
+    Automerge::load(&ac.save()).unwrap()
+}
+
+fn distance_chunk(start: Timestamp, offset_ms: i64) -> Vec<u8> {
+    use fitedge_core::sample::{Channel, Reading, Sample};
+    let samples: Vec<Sample> = (0..=180)
+        .map(|i| {
+            let t = i64::from(i) * 10_000;
+            Sample::new(
+                Timestamp(start.as_millis() + t + offset_ms),
+                Reading::Distance {
+                    m: 3.0 * (t as f64) / 1000.0,
+                },
+            )
+        })
+        .collect();
+    fitedge_core::codec::encode(Channel::Distance, &samples)
+}
+
+async fn mismatch_flag(s: &Server, id: &DocumentId) -> Option<i64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT summary_mismatch FROM sync_docs WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_one(s.app.state.db.pool())
+                .await
+                .unwrap();
+        if v.is_some() || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn completed_workout_summary_is_checked_against_its_chunks(b: Backend) {
+    let s = server(b).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let start = Timestamp(T0.as_millis() - 7_200_000);
+    let mut a = s.client(&ann).await;
+
+    // Chunk first, then the honest document: no mismatch.
+    let chunk = distance_chunk(start, 0);
+    assert_eq!(
+        put_blob(&s, &ann, &sha(&chunk), chunk.clone()).await.0,
+        StatusCode::CREATED
+    );
+    let honest = DocumentId::random();
+    a.docs.insert(honest, completed_run(start, &chunk, 5400.0));
+    a.push(&honest).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(mismatch_flag(&s, &honest).await, Some(0));
+
+    // The inflated document first, its chunk afterwards: flagged once the chunk arrives.
+    let chunk2 = distance_chunk(start, 1);
+    let inflated = DocumentId::random();
+    a.docs
+        .insert(inflated, completed_run(start, &chunk2, 9000.0));
+    a.push(&inflated).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pending: Option<i64> =
+        sqlx::query_scalar("SELECT summary_mismatch FROM sync_docs WHERE id = $1")
+            .bind(inflated.to_string())
+            .fetch_one(s.app.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(pending, None, "not checked while a chunk is missing");
+    assert_eq!(
+        put_blob(&s, &ann, &sha(&chunk2), chunk2).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(mismatch_flag(&s, &inflated).await, Some(1));
+    let o = fitedge_server::sync::summary::check(&s.app.state, &inflated)
+        .await
+        .unwrap()
+        .unwrap();
+    let d = o.recomputed_distance_m.unwrap();
+    assert!((d - 5400.0).abs() < 50.0, "recomputed {d}");
 }
 
 // ------------------------------------------------------------------------ two nodes, PostgreSQL

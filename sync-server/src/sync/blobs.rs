@@ -102,6 +102,12 @@ pub async fn put_blob(
             })
         })
         .await?;
+    if created {
+        // A completed workout may have been waiting for this chunk.
+        if let Err(e) = super::summary::after_blob(&state, &sha256).await {
+            tracing::warn!(error = %e, "sync: summary check not started");
+        }
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
