@@ -365,6 +365,13 @@ async fn upgrade_needs_a_valid_token(b: Backend) {
     // The same through the in-memory router (no upgrade headers needed to see the 401).
     let r = s.app.call(TestRequest::get("/api/v1/sync")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Signed in but not a WebSocket request: a JSON 426, like every other error.
+    let r = s
+        .app
+        .call(TestRequest::get("/api/v1/sync").token(&token))
+        .await;
+    assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{}", r.body);
+    assert_eq!(r.body["error"], "upgrade_required");
     // The browser form: access_token in the query.
     let req = format!("{}?access_token={token}", url(s.addr));
     let (mut ws, resp) = tokio_tungstenite::connect_async(req)

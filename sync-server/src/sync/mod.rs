@@ -121,10 +121,8 @@ pub async fn put_share(
         ShareAccess::Read => Access::Read,
         ShareAccess::Write => Access::Write,
     };
+    // Access is looked up on every incoming message, so a downgrade to read applies at once.
     store::put_share(&state, &id, &target, access).await?;
-    if access == Access::Read {
-        // A downgrade takes effect on the next message; nothing to drop.
-    }
     Ok(axum::Json(store::list_shares(&state, &id).await?))
 }
 

@@ -5,11 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::{sync, Automerge};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use fitedge_core::sync::docs::{
     validate_update, Validated, ValidationContext, PROFILE_TYPE, WORKOUT_TYPE,
 };
@@ -57,12 +58,27 @@ impl FromRequestParts<AppState> for SyncCaller {
 #[utoipa::path(get, path = "/api/v1/sync", tag = "sync", security(("bearer" = [])),
     params(("access_token" = Option<String>, Query, description = "bearer token, for clients that cannot set the Authorization header")),
     responses((status = 101, description = "switching to the automerge-repo WebSocket protocol"),
-        (status = 401, body = ApiError), (status = 429, body = ApiError)))]
+        (status = 401, body = ApiError), (status = 426, body = ApiError, description = "not a WebSocket upgrade"),
+        (status = 429, body = ApiError)))]
 pub async fn sync_ws(
     State(state): State<AppState>,
     SyncCaller(caller): SyncCaller,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rej) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                format!(
+                    "this route is a WebSocket (automerge-repo sync): {}",
+                    rej.body_text()
+                ),
+            )
+            .into_response()
+        }
+    };
     // Tungstenite refuses frames above twice the limit; between the limit and that we answer
     // with a protocol `error` ourselves.
     let limit = state.config.sync_max_frame_bytes.max(1024);
