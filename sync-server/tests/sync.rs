@@ -467,8 +467,26 @@ async fn sharing_read_vs_write(b: Backend) {
     a.pump().await;
     assert_eq!(a.get_str(&id, "title").as_deref(), Some("ann's"));
 
-    // Write access: accepted, stored, and Ann sees it.
-    assert_eq!(share(&s, &ann, &id, &bob_id, "write").await, StatusCode::OK);
+    // Write access (granted by email this time): accepted, stored, and Ann sees it.
+    let r = s
+        .app
+        .call(
+            TestRequest::new(
+                axum::http::Method::PUT,
+                &format!("/api/v1/sync/docs/{id}/shares"),
+            )
+            .token(&ann)
+            .json(json!({ "email": "bob@example.com", "access": "write" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body.as_array().unwrap().len(),
+        1,
+        "replaced, not added: {}",
+        r.body
+    );
+    assert_eq!(r.body[0]["access"], "write");
     let mut bc = s.client(&bob).await;
     bc.request(&id).await;
     bc.change(&id, put("title", "bob was here")).await;
@@ -609,6 +627,8 @@ async fn malformed_frames_close_only_their_connection(b: Backend) {
         Ws::Binary(vec![0xff, 0x00, 0x13, 0x37, 0xde, 0xad].into()),
         Ws::Text("hello".into()),
         Ws::Binary(vec![0xa0; 100 * 1024].into()),
+        // Beyond what the WebSocket library itself accepts (twice the limit).
+        Ws::Binary(vec![0xa0; 300 * 1024].into()),
         // Valid CBOR, not a message.
         Ws::Binary(vec![0x01].into()),
     ];
