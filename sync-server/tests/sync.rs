@@ -106,6 +106,7 @@ struct Client {
     docs: HashMap<DocumentId, Automerge>,
     unavailable: HashSet<DocumentId>,
     errors: Vec<String>,
+    ephemeral: Vec<Vec<u8>>,
     closed: bool,
 }
 
@@ -140,6 +141,7 @@ impl Client {
             docs: HashMap::new(),
             unavailable: HashSet::new(),
             errors: vec![],
+            ephemeral: vec![],
             closed: false,
         };
         c.ws.send(Ws::Binary(join.encode().into())).await.unwrap();
@@ -192,6 +194,7 @@ impl Client {
             Ok(Event::RemoteError { message }) => {
                 self.errors.push(message);
             }
+            Ok(Event::Ephemeral { data, .. }) => self.ephemeral.push(data),
             Ok(_) => {}
             Err(e) => panic!("client could not read a server frame: {e}"),
         }
@@ -214,6 +217,19 @@ impl Client {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             self.pump_once(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends an ephemeral message about `id`.
+    async fn broadcast(&mut self, id: &DocumentId, data: &[u8]) {
+        let m = Message::Ephemeral {
+            sender_id: self.conn.local_peer().clone(),
+            target_id: self.conn.remote_peer().unwrap().clone(),
+            count: 1,
+            session_id: "session-1".into(),
+            document_id: *id,
+            data: data.to_vec(),
+        };
+        self.send(&m).await;
     }
 
     /// Makes a change to a (possibly new) document and syncs it.
@@ -416,6 +432,14 @@ async fn two_clients_of_one_user_converge(b: Backend) {
         laptop.docs[&id].get_heads(),
         "converged"
     );
+    // Ephemeral messages (presence) reach the other subscriber, not the sender.
+    phone.broadcast(&id, b"cursor at 3").await;
+    laptop
+        .pump_until("the ephemeral message", |c| !c.ephemeral.is_empty())
+        .await;
+    assert_eq!(laptop.ephemeral[0], b"cursor at 3".to_vec());
+    phone.pump().await;
+    assert!(phone.ephemeral.is_empty());
     let doc = stored(&s, &id).await.expect("stored");
     assert_eq!(str_of(&doc, "notes").as_deref(), Some("from the laptop"));
     assert_eq!(doc.get_heads(), phone.docs[&id].get_heads());
@@ -529,6 +553,11 @@ async fn strangers_and_missing_ids_get_the_same_doc_unavailable(b: Backend) {
     assert!(e.unavailable.contains(&id));
     assert!(e.unavailable.contains(&missing));
     assert!(e.errors.is_empty());
+
+    // Eve's ephemeral messages about Ann's document go nowhere.
+    e.broadcast(&id, b"eve was here").await;
+    a.pump().await;
+    assert!(a.ephemeral.is_empty());
 
     // Eve pushing changes to Ann's id (a `sync`, as if she had it) is refused; nothing stored.
     let mut e = s.client(&eve).await;

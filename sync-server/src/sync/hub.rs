@@ -27,6 +27,13 @@ pub enum Outbound {
     Unsubscribe(DocumentId),
     /// Close the connection (the account was deleted).
     Close(String),
+    /// Relay an ephemeral message (presence, cursors) another peer sent about the document.
+    Ephemeral {
+        document_id: DocumentId,
+        session_id: String,
+        count: u64,
+        data: Vec<u8>,
+    },
 }
 
 /// A loaded document.
@@ -184,6 +191,32 @@ impl Hub {
         for s in subs.into_iter().filter(|s| Some(*s) != except) {
             if let Some(c) = conns.get(&s) {
                 let _ = c.tx.send(Outbound::Changed(*id));
+            }
+        }
+    }
+
+    /// Relays an ephemeral message to every subscriber of `id` except `except`.
+    pub fn ephemeral(
+        &self,
+        id: &DocumentId,
+        except: u64,
+        session_id: &str,
+        count: u64,
+        data: &[u8],
+    ) {
+        let subs: Vec<u64> = match lock(&self.docs).get(id) {
+            Some(e) => lock(&e.subscribers).iter().copied().collect(),
+            None => return,
+        };
+        let conns = lock(&self.conns);
+        for s in subs.into_iter().filter(|s| *s != except) {
+            if let Some(c) = conns.get(&s) {
+                let _ = c.tx.send(Outbound::Ephemeral {
+                    document_id: *id,
+                    session_id: session_id.to_string(),
+                    count,
+                    data: data.to_vec(),
+                });
             }
         }
     }

@@ -180,6 +180,11 @@ async fn run(state: AppState, user_id: String, mut socket: WebSocket) {
                     }
                 }
                 Some(Outbound::Unsubscribe(id)) => s.forget(&id),
+                Some(Outbound::Ephemeral { document_id, session_id, count, data }) => {
+                    if let Some(m) = s.relay(document_id, session_id, count, data) {
+                        if !send(&mut socket, &m).await { break; }
+                    }
+                }
                 Some(Outbound::Close(why)) => {
                     refuse(&mut socket, &mut s.conn, why).await;
                     break;
@@ -236,8 +241,26 @@ impl Session {
                 Outcome::Quit
             }
             Event::Left => Outcome::Quit,
-            // Ephemeral messages are not relayed (yet); doc-unavailable and unknown types need
-            // nothing from us.
+            // Relayed to the document's other subscribers on this node, only from a peer that
+            // syncs the document (so it may read it); never stored.
+            Event::Ephemeral {
+                document_id,
+                session_id,
+                count,
+                data,
+            } => {
+                if self.entries.contains_key(&document_id) {
+                    self.state.sync.ephemeral(
+                        &document_id,
+                        self.conn_id,
+                        &session_id,
+                        count,
+                        &data,
+                    );
+                }
+                Outcome::Send(vec![])
+            }
+            // doc-unavailable and unknown types need nothing from us.
             _ => Outcome::Send(vec![]),
         }
     }
@@ -394,6 +417,27 @@ impl Session {
         let entry = self.entries.get(id)?.clone();
         let st = entry.state.lock().await;
         self.conn.generate(id, &st.doc).ok().flatten()
+    }
+
+    /// An ephemeral message from another peer, re-addressed from us to this peer.
+    fn relay(
+        &self,
+        document_id: DocumentId,
+        session_id: String,
+        count: u64,
+        data: Vec<u8>,
+    ) -> Option<Message> {
+        if !self.entries.contains_key(&document_id) {
+            return None;
+        }
+        Some(Message::Ephemeral {
+            sender_id: self.conn.local_peer().clone(),
+            target_id: self.conn.remote_peer()?.clone(),
+            count,
+            session_id,
+            document_id,
+            data,
+        })
     }
 
     fn forget(&mut self, id: &DocumentId) {
