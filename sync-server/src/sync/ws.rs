@@ -79,8 +79,8 @@ pub async fn sync_ws(
             .into_response()
         }
     };
-    // Tungstenite refuses frames above twice the limit; between the limit and that we answer
-    // with a protocol `error` ourselves.
+    // Up to twice the limit a message is read and refused here; beyond that the WebSocket
+    // library stops reading it. Both answer a protocol `error` and close (tested).
     let limit = state.config.sync_max_frame_bytes.max(1024);
     ws.max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
