@@ -117,6 +117,26 @@ pub struct Config {
     /// Log format: JSON lines (default) or human-readable text.
     #[arg(long, env = "FITEDGE_LOG_FORMAT", default_value = "json")]
     pub log_format: LogFormat,
+
+    /// Sync: largest stored size of an untyped (non-FitEdge) document, in bytes.
+    #[arg(long, env = "FITEDGE_SYNC_MAX_UNTYPED_BYTES", default_value_t = 1 << 20)]
+    pub sync_max_untyped_bytes: u64,
+
+    /// Sync: largest WebSocket message accepted, in bytes (bigger: `error` and close).
+    #[arg(long, env = "FITEDGE_SYNC_MAX_FRAME_BYTES", default_value_t = 8 << 20)]
+    pub sync_max_frame_bytes: usize,
+
+    /// Sync: incremental chunks a document collects before they are compacted into a snapshot.
+    #[arg(long, env = "FITEDGE_SYNC_COMPACT_AFTER", default_value_t = 64)]
+    pub sync_compact_after: u32,
+
+    /// Sync: a loaded document with no subscriber for this many seconds leaves memory.
+    #[arg(long, env = "FITEDGE_SYNC_IDLE_SECS", default_value_t = 300)]
+    pub sync_idle_secs: u64,
+
+    /// Blobs (sample chunks): largest upload, in bytes.
+    #[arg(long, env = "FITEDGE_BLOB_MAX_BYTES", default_value_t = 16 << 20)]
+    pub blob_max_bytes: usize,
 }
 
 impl fmt::Debug for Config {
@@ -138,6 +158,11 @@ impl fmt::Debug for Config {
             )
             .field("hash_cost", &self.hash_cost)
             .field("log_format", &self.log_format)
+            .field("sync_max_untyped_bytes", &self.sync_max_untyped_bytes)
+            .field("sync_max_frame_bytes", &self.sync_max_frame_bytes)
+            .field("sync_compact_after", &self.sync_compact_after)
+            .field("sync_idle_secs", &self.sync_idle_secs)
+            .field("blob_max_bytes", &self.blob_max_bytes)
             .finish()
     }
 }
@@ -171,6 +196,11 @@ impl Config {
             secret_key: None,
             hash_cost: HashCost::Standard,
             log_format: LogFormat::Json,
+            sync_max_untyped_bytes: 1 << 20,
+            sync_max_frame_bytes: 8 << 20,
+            sync_compact_after: 64,
+            sync_idle_secs: 300,
+            blob_max_bytes: 16 << 20,
         }
     }
 }

@@ -37,6 +37,10 @@ pub enum Error {
     Timeout,
     #[error("background task: {0}")]
     Task(String),
+    /// The sync protocol state machine refused an operation (a bug on our side when it
+    /// reaches a handler: the peer's own mistakes are answered before this).
+    #[error("sync protocol: {0}")]
+    Protocol(#[from] fitedge_core::sync::protocol::ProtocolError),
     /// A client-facing outcome raised deep inside a transaction; passes through unchanged.
     #[error("{0:?}")]
     Api(Box<ApiError>),

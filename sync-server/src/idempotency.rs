@@ -248,7 +248,8 @@ fn is_mutating(m: &Method) -> bool {
 
 /// The middleware.
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_mutating(req.method()) {
+    // Blob uploads are idempotent by content address and may be far larger than MAX_BODY.
+    if !is_mutating(req.method()) || req.uri().path().starts_with("/api/v1/blobs/") {
         return next.run(req).await;
     }
     let Some(raw) = req.headers().get(HEADER) else {

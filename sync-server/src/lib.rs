@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod ratelimit;
 pub mod state;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -55,6 +56,7 @@ pub fn app_and_openapi(state: AppState) -> (Router, serde_json::Value) {
     let api = OpenApiRouter::new()
         .merge(identity::router())
         .merge(booking::router())
+        .merge(sync::router())
         .routes(routes!(openapi::openapi_json))
         .route_layer(from_fn(observability::record_route))
         .layer(from_fn_with_state(state.clone(), idempotency::layer))
@@ -138,6 +140,7 @@ pub async fn serve_on(
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatcher = tokio::spawn(outbox::run_dispatcher(state.clone(), stop_rx.clone()));
     let sweeper = tokio::spawn(booking::run_sweeper(state.clone(), stop_rx.clone()));
+    let sync_tasks = tokio::spawn(sync::run_background(state.clone(), stop_rx.clone()));
     let janitor = tokio::spawn(janitor(state.clone(), stop_rx));
     let app = app(state.clone());
     axum::serve(
@@ -150,6 +153,7 @@ pub async fn serve_on(
     let _ = dispatcher.await;
     let _ = janitor.await;
     let _ = sweeper.await;
+    let _ = sync_tasks.await;
     state.db.pool().close().await;
     tracing::info!("stopped");
     Ok(())

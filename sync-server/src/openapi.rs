@@ -49,6 +49,7 @@ impl Modify for BearerAuth {
         (name = "administration", description = "administrator-only reads (MFA required)"),
         (name = "health", description = "health-data scope (MFA required)"),
         (name = "booking", description = "events, seats, waitlist, refunds"),
+        (name = "sync", description = "automerge-repo WebSocket sync, document shares, blobs"),
         (name = "operations", description = "health check, metrics, this document")
     )
 )]

@@ -34,6 +34,8 @@ pub struct Inner {
     /// Woken after a transaction that wrote to the outbox commits.
     pub outbox_notify: Notify,
     pub outbox_handlers: Handlers,
+    /// Sync: documents loaded on this node and the connections listening to them.
+    pub sync: crate::sync::Hub,
 }
 
 impl std::fmt::Debug for Inner {
@@ -93,6 +95,7 @@ impl AppState {
             secret_id,
             outbox_notify: Notify::new(),
             outbox_handlers,
+            sync: crate::sync::Hub::new(hex::encode(crypto::random_bytes(6)?)),
         })))
     }
 

@@ -1294,6 +1294,10 @@ pub struct ExportDocument {
     /// Bookings, waitlist entries, booking notifications and events organized.
     #[schema(value_type = Object)]
     pub booking: serde_json::Value,
+    /// Sync: documents owned (automerge bytes in hex), shares granted and received, blobs
+    /// uploaded.
+    #[schema(value_type = Object)]
+    pub sync: serde_json::Value,
 }
 
 /// Export all of the caller's data as one JSON document (GDPR).
@@ -1349,6 +1353,7 @@ pub async fn export_me(
         audit_events: audit_events_of(&state, &caller.user_id, i64::MAX).await?,
         email_tokens,
         booking: crate::booking::export_of(&state.db, &caller.user_id).await?,
+        sync: crate::sync::store::export_user(&state, &caller.user_id).await?,
     }))
 }
 
@@ -1383,11 +1388,13 @@ pub async fn delete_me(
         ));
     }
     let now = state.now();
+    let owned_docs = crate::sync::store::owned_ids(&state, &caller.user_id).await?;
     state
         .db
         .write(|tx| {
             let uid = caller.user_id.clone();
             Box::pin(async move {
+                crate::sync::store::delete_user(tx, &uid).await?;
                 for sql in [
                     "DELETE FROM idempotency_records WHERE user_id = $1
                        OR scope IN (SELECT token_hash FROM sessions WHERE user_id = $1)",
@@ -1425,6 +1432,8 @@ pub async fn delete_me(
         })
         .await?;
     state.outbox_notify.notify_one();
+    let owned: Vec<_> = owned_docs.iter().filter_map(|d| d.parse().ok()).collect();
+    state.sync.forget_user(&caller.user_id, &owned);
     state
         .account_limiter
         .forget(&format!("user:{}", caller.user_id));

@@ -1,0 +1,219 @@
+//! Sync context (issue 7): the automerge-repo WebSocket endpoint, document storage and access
+//! lists, blobs. See README.md ("Sync") and ADR 0009.
+//!
+//! - [`ws`]: `GET /api/v1/sync`, one task per connection, the server as responder.
+//! - [`hub`]: loaded documents with their subscribers, eviction, fan-out on this node.
+//! - [`store`]: chunks, compaction, shares, sync states, `NOTIFY` (PostgreSQL).
+//! - [`blobs`]: `PUT`/`GET /api/v1/blobs/{sha256}`.
+//! - The share routes below: `GET|PUT /api/v1/sync/docs/{document_id}/shares`,
+//!   `DELETE /api/v1/sync/docs/{document_id}/shares/{user_id}` (owner only; 404 for anyone else).
+
+pub mod blobs;
+pub mod hub;
+pub mod store;
+pub mod summary;
+pub mod ws;
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use fitedge_core::sync::protocol::DocumentId;
+use serde::Deserialize;
+use tokio::sync::watch;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use hub::Hub;
+use store::{Access, Share};
+
+use crate::auth::Caller;
+use crate::db::Backend;
+use crate::error::{ApiError, Error};
+use crate::http::ValidJson;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ws::sync_ws))
+        .routes(routes!(list_shares, put_share))
+        .routes(routes!(delete_share))
+        .routes(routes!(blobs::put_blob, blobs::get_blob))
+}
+
+fn parse_doc_id(s: &str) -> Result<DocumentId, ApiError> {
+    s.parse::<DocumentId>()
+        .map_err(|e| ApiError::field("document_id", format!("not an automerge document id: {e}")))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareAccess {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    /// The user to share with (or `email`).
+    pub user_id: Option<String>,
+    /// The user's email (or `user_id`).
+    pub email: Option<String>,
+    pub access: ShareAccess,
+}
+
+/// The shares of a document you own.
+#[utoipa::path(get, path = "/api/v1/sync/docs/{document_id}/shares", tag = "sync", security(("bearer" = [])),
+    params(("document_id" = String, Path)),
+    responses((status = 200, body = Vec<Share>), (status = 400, body = ApiError),
+        (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 429, body = ApiError)))]
+pub async fn list_shares(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(document_id): Path<String>,
+) -> Result<axum::Json<Vec<Share>>, ApiError> {
+    let id = parse_doc_id(&document_id)?.to_string();
+    store::require_owner(&state, &id, &caller.user_id).await?;
+    Ok(axum::Json(store::list_shares(&state, &id).await?))
+}
+
+/// Share a document you own with another user, for reading or writing (replaces an earlier
+/// share with that user).
+#[utoipa::path(put, path = "/api/v1/sync/docs/{document_id}/shares", tag = "sync", security(("bearer" = [])),
+    params(("document_id" = String, Path), crate::openapi::IdempotencyKey),
+    request_body = ShareRequest,
+    responses((status = 200, body = Vec<Share>), (status = 400, body = ApiError),
+        (status = 401, body = ApiError), (status = 404, body = ApiError), (status = 429, body = ApiError)))]
+pub async fn put_share(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(document_id): Path<String>,
+    ValidJson(req): ValidJson<ShareRequest>,
+) -> Result<axum::Json<Vec<Share>>, ApiError> {
+    let id = parse_doc_id(&document_id)?.to_string();
+    store::require_owner(&state, &id, &caller.user_id).await?;
+    let target: Option<String> = match (&req.user_id, &req.email) {
+        (Some(u), None) => sqlx::query_scalar("SELECT id FROM users WHERE id = $1")
+            .bind(u)
+            .fetch_optional(state.db.pool())
+            .await
+            .map_err(Error::from)?,
+        (None, Some(e)) => sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+            .bind(e.trim().to_lowercase())
+            .fetch_optional(state.db.pool())
+            .await
+            .map_err(Error::from)?,
+        _ => {
+            return Err(ApiError::field(
+                "user_id",
+                "give exactly one of user_id and email",
+            ))
+        }
+    };
+    let target = target
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user"))?;
+    if target == caller.user_id {
+        return Err(ApiError::field("user_id", "you own this document already"));
+    }
+    let access = match req.access {
+        ShareAccess::Read => Access::Read,
+        ShareAccess::Write => Access::Write,
+    };
+    // Access is looked up on every incoming message, so a downgrade to read applies at once.
+    store::put_share(&state, &id, &target, access).await?;
+    Ok(axum::Json(store::list_shares(&state, &id).await?))
+}
+
+/// Revoke a share of a document you own. The user's open connections stop receiving it.
+#[utoipa::path(delete, path = "/api/v1/sync/docs/{document_id}/shares/{user_id}", tag = "sync", security(("bearer" = [])),
+    params(("document_id" = String, Path), ("user_id" = String, Path), crate::openapi::IdempotencyKey),
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 404, body = ApiError), (status = 429, body = ApiError)))]
+pub async fn delete_share(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((document_id, user_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let doc = parse_doc_id(&document_id)?;
+    let id = doc.to_string();
+    store::require_owner(&state, &id, &caller.user_id).await?;
+    if !store::delete_share(&state, &id, &user_id).await? {
+        return Err(ApiError::not_found());
+    }
+    state.sync.revoke(&doc, &user_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Background work of the sync context until `stop`: evicting idle documents, and on
+/// PostgreSQL listening for other nodes' changes.
+pub async fn run_background(state: AppState, stop: watch::Receiver<bool>) {
+    let evictor = tokio::spawn(run_evictor(state.clone(), stop.clone()));
+    if state.db.backend() == Backend::Postgres {
+        run_listener(state, stop).await;
+    }
+    let _ = evictor.await;
+}
+
+async fn run_evictor(state: AppState, mut stop: watch::Receiver<bool>) {
+    let idle_ms =
+        i64::try_from(state.config.sync_idle_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    loop {
+        let n = state.sync.evict_idle(state.now().as_millis(), idle_ms);
+        if n > 0 {
+            tracing::debug!(evicted = n, "sync: idle documents left memory");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// `LISTEN fitedge_sync` on a connection of its own (the pool is `Any`); each notification
+/// names a document another node (or this one) committed: reload it if it is loaded here.
+async fn run_listener(state: AppState, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut listener =
+            match sqlx::postgres::PgListener::connect(&state.config.database_url).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "sync: cannot LISTEN; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+        if let Err(e) = listener.listen(store::NOTIFY_CHANNEL).await {
+            tracing::error!(error = %e, "sync: LISTEN failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        // Anything missed while not listening.
+        state.sync.reload_all(&state).await;
+        loop {
+            tokio::select! {
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => {
+                        if let Ok(id) = n.payload().parse::<DocumentId>() {
+                            if let Err(e) = state.sync.reload(&state, &id).await {
+                                tracing::warn!(document_id = %id, error = %e, "sync: reload failed");
+                            }
+                        }
+                    }
+                    // The connection was lost; the listener reconnects on the next call.
+                    Ok(None) => state.sync.reload_all(&state).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "sync: listener failed; reconnecting");
+                        break;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! SQL storage of sync documents: chunks (a snapshot plus incremental changes, compacted after
+//! `sync_compact_after` incrementals), the access list, per-peer sync states. Written in the SQL
+//! subset both backends share (ADR 0006); see ADR 0009 for the choices.
+
+use automerge::Automerge;
+use fitedge_core::sync::protocol::DocumentId;
+
+use crate::db::{col, Backend, Tx};
+use crate::error::{ApiError, Error, Result};
+use crate::state::AppState;
+
+/// The PostgreSQL channel nodes tell each other about committed changes on.
+pub const NOTIFY_CHANNEL: &str = "fitedge_sync";
+
+/// What a user may do with a document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Write,
+    Owner,
+}
+
+impl Access {
+    pub fn can_write(self) -> bool {
+        self >= Access::Write
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Owner => "owner",
+        }
+    }
+}
+
+/// A document as loaded from SQL.
+#[derive(Debug)]
+pub struct Loaded {
+    pub doc: Automerge,
+    pub owner_id: String,
+    pub kind: String,
+    pub size_bytes: i64,
+    /// Highest chunk sequence number read; a reload reads only what came after.
+    pub max_seq: i64,
+}
+
+/// The caller's access to `id`; `None` both when the document does not exist and when the user
+/// may not see it (the two must look the same from outside).
+pub async fn access(state: &AppState, id: &DocumentId, user_id: &str) -> Result<Option<Access>> {
+    let id = id.to_string();
+    let row = sqlx::query(
+        "SELECT d.owner_id, a.access FROM sync_docs d
+         LEFT JOIN sync_acl a ON a.doc_id = d.id AND a.user_id = $2
+         WHERE d.id = $1",
+    )
+    .bind(&id)
+    .bind(user_id)
+    .fetch_optional(state.db.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let owner: String = col(&row, "owner_id")?;
+    if owner == user_id {
+        return Ok(Some(Access::Owner));
+    }
+    let a: Option<String> = col(&row, "access")?;
+    Ok(match a.as_deref() {
+        Some("write") => Some(Access::Write),
+        Some("read") => Some(Access::Read),
+        _ => None,
+    })
+}
+
+/// The owner of `id`, if the document exists.
+pub async fn owner_of(state: &AppState, id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT owner_id FROM sync_docs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(state.db.pool())
+            .await?,
+    )
+}
+
+fn apply_chunks(doc: &mut Automerge, chunks: &[(i64, Vec<u8>)]) -> Result<i64> {
+    let mut max = 0;
+    for (seq, data) in chunks {
+        doc.load_incremental(data)
+            .map_err(|e| Error::Corrupt(format!("sync chunk {seq}: {e}")))?;
+        max = max.max(*seq);
+    }
+    Ok(max)
+}
+
+async fn chunks_after<'e, E>(exec: E, id: &str, after: i64) -> Result<Vec<(i64, Vec<u8>)>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT seq, data FROM sync_chunks WHERE doc_id = $1 AND seq > $2 ORDER BY seq",
+    )
+    .bind(id)
+    .bind(after)
+    .fetch_all(exec)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((col::<i64>(r, "seq")?, col::<Vec<u8>>(r, "data")?)))
+        .collect()
+}
+
+/// Loads a document from its chunks.
+pub async fn load(state: &AppState, id: &DocumentId) -> Result<Option<Loaded>> {
+    let sid = id.to_string();
+    let row = sqlx::query("SELECT owner_id, kind, size_bytes FROM sync_docs WHERE id = $1")
+        .bind(&sid)
+        .fetch_optional(state.db.pool())
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let chunks = chunks_after(state.db.pool(), &sid, 0).await?;
+    let mut doc = Automerge::new();
+    let max_seq = apply_chunks(&mut doc, &chunks)?;
+    Ok(Some(Loaded {
+        doc,
+        owner_id: col(&row, "owner_id")?,
+        kind: col(&row, "kind")?,
+        size_bytes: col(&row, "size_bytes")?,
+        max_seq,
+    }))
+}
+
+/// Merges the chunks stored after `after` into `doc` (another node's changes); the new highest
+/// sequence number.
+pub async fn refresh(
+    state: &AppState,
+    id: &DocumentId,
+    doc: &mut Automerge,
+    after: i64,
+) -> Result<i64> {
+    let chunks = chunks_after(state.db.pool(), &id.to_string(), after).await?;
+    let max = apply_chunks(doc, &chunks)?;
+    Ok(max.max(after))
+}
+
+/// One accepted change to commit.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub id: DocumentId,
+    /// `Some(user)`: the document is new and `user` owns it (refused if the id is taken).
+    pub create_owner: Option<String>,
+    /// `doc.save_after(old heads)`.
+    pub incremental: Vec<u8>,
+    pub kind: String,
+    /// For workouts: the blob hashes the document references now.
+    pub blob_refs: Option<Vec<String>>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    /// The incremental chunk's sequence number.
+    pub first_seq: i64,
+    /// The highest sequence number now stored (the snapshot's after a compaction).
+    pub seq: i64,
+    pub size_bytes: i64,
+    pub compacted: bool,
+}
+
+/// Stores one change in a serializable transaction: the chunk, compaction when due, the blob
+/// references, and (PostgreSQL) a `NOTIFY` delivered at commit. A new document whose id is
+/// already taken gives `Ok(None)`.
+pub async fn commit(state: &AppState, c: Commit) -> Result<Option<Committed>> {
+    let now = state.now().as_millis();
+    let compact_after = i64::from(state.config.sync_compact_after.max(1));
+    let backend = state.db.backend();
+    state
+        .db
+        .write(move |tx: &mut Tx| {
+            let c = c.clone();
+            Box::pin(async move { commit_in(tx, &c, now, compact_after, backend).await })
+        })
+        .await
+}
+
+async fn commit_in(
+    tx: &mut Tx,
+    c: &Commit,
+    now: i64,
+    compact_after: i64,
+    backend: Backend,
+) -> Result<Option<Committed>> {
+    let id = c.id.to_string();
+    let inc_len = i64::try_from(c.incremental.len()).unwrap_or(i64::MAX);
+    let row = match &c.create_owner {
+        Some(owner) => {
+            sqlx::query(
+                "INSERT INTO sync_docs (id, owner_id, kind, size_bytes, incremental_count,
+                                        created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 1, $5, $5)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING incremental_count, size_bytes",
+            )
+            .bind(&id)
+            .bind(owner)
+            .bind(&c.kind)
+            .bind(inc_len)
+            .bind(now)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "UPDATE sync_docs SET kind = $2, size_bytes = size_bytes + $3,
+                        incremental_count = incremental_count + 1, updated_at = $4
+                 WHERE id = $1 RETURNING incremental_count, size_bytes",
+            )
+            .bind(&id)
+            .bind(&c.kind)
+            .bind(inc_len)
+            .bind(now)
+            .fetch_optional(&mut **tx)
+            .await?
+        }
+    };
+    let Some(row) = row else { return Ok(None) };
+    let incrementals: i64 = col(&row, "incremental_count")?;
+    let mut size: i64 = col(&row, "size_bytes")?;
+    let next: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM sync_chunks WHERE doc_id = $1")
+            .bind(&id)
+            .fetch_one(&mut **tx)
+            .await?;
+    sqlx::query(
+        "INSERT INTO sync_chunks (doc_id, seq, kind, data, created_at)
+         VALUES ($1, $2, 'incremental', $3, $4)",
+    )
+    .bind(&id)
+    .bind(next)
+    .bind(c.incremental.clone())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let mut seq = next;
+    let compacted = incrementals >= compact_after;
+    if compacted {
+        // Built from what SQL holds (not from this node's memory), so changes another node
+        // committed in between are kept.
+        let chunks = chunks_after(&mut **tx, &id, 0).await?;
+        let mut doc = Automerge::new();
+        apply_chunks(&mut doc, &chunks)?;
+        let snapshot = doc.save();
+        size = i64::try_from(snapshot.len()).unwrap_or(i64::MAX);
+        seq = next + 1;
+        sqlx::query("DELETE FROM sync_chunks WHERE doc_id = $1 AND seq <= $2")
+            .bind(&id)
+            .bind(next)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sync_chunks (doc_id, seq, kind, data, created_at)
+             VALUES ($1, $2, 'snapshot', $3, $4)",
+        )
+        .bind(&id)
+        .bind(seq)
+        .bind(snapshot)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE sync_docs SET incremental_count = 0, size_bytes = $2 WHERE id = $1")
+            .bind(&id)
+            .bind(size)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if let Some(refs) = &c.blob_refs {
+        sqlx::query("DELETE FROM sync_doc_blobs WHERE doc_id = $1")
+            .bind(&id)
+            .execute(&mut **tx)
+            .await?;
+        for h in refs {
+            sqlx::query(
+                "INSERT INTO sync_doc_blobs (doc_id, sha256) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&id)
+            .bind(h)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    if backend == Backend::Postgres {
+        // Delivered when the transaction commits, never for a rolled-back one. pg_notify returns
+        // void, which the Any driver cannot decode: select a constant instead.
+        sqlx::query("SELECT 1 AS sent FROM (SELECT pg_notify($1, $2)) AS n")
+            .bind(NOTIFY_CHANNEL)
+            .bind(&id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(Some(Committed {
+        first_seq: next,
+        seq,
+        size_bytes: size,
+        compacted,
+    }))
+}
+
+/// The kept sync state of (user, peer, document).
+pub async fn sync_state(
+    state: &AppState,
+    user_id: &str,
+    peer_key: &str,
+    id: &DocumentId,
+) -> Result<Option<Vec<u8>>> {
+    Ok(sqlx::query_scalar(
+        "SELECT state FROM sync_states WHERE user_id = $1 AND peer_key = $2 AND doc_id = $3",
+    )
+    .bind(user_id)
+    .bind(peer_key)
+    .bind(id.to_string())
+    .fetch_optional(state.db.pool())
+    .await?)
+}
+
+/// Keeps the sync states of a link that ends.
+pub async fn save_sync_states(
+    state: &AppState,
+    user_id: &str,
+    peer_key: &str,
+    states: Vec<(DocumentId, Vec<u8>)>,
+) -> Result<()> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let now = state.now().as_millis();
+    let (user_id, peer_key) = (user_id.to_string(), peer_key.to_string());
+    state
+        .db
+        .write(move |tx: &mut Tx| {
+            let (states, user_id, peer_key) = (states.clone(), user_id.clone(), peer_key.clone());
+            Box::pin(async move {
+                for (id, s) in states {
+                    sqlx::query(
+                        "INSERT INTO sync_states (user_id, peer_key, doc_id, state, updated_at)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (user_id, peer_key, doc_id)
+                         DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                    )
+                    .bind(&user_id)
+                    .bind(&peer_key)
+                    .bind(id.to_string())
+                    .bind(s)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .await
+}
+
+/// Shares `id` with `user_id` (`read` or `write`); the caller checked ownership.
+pub async fn put_share(state: &AppState, id: &str, user_id: &str, access: Access) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_acl (doc_id, user_id, access, granted_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (doc_id, user_id) DO UPDATE SET access = excluded.access,
+                                                    granted_at = excluded.granted_at",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(access.as_str())
+    .bind(state.now().as_millis())
+    .execute(state.db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Revokes a share; whether there was one.
+pub async fn delete_share(state: &AppState, id: &str, user_id: &str) -> Result<bool> {
+    let r = sqlx::query("DELETE FROM sync_acl WHERE doc_id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user_id)
+        .execute(state.db.pool())
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// One share of a document.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Share {
+    pub user_id: String,
+    pub email: Option<String>,
+    /// `read` or `write`.
+    pub access: String,
+    pub granted_at: String,
+}
+
+pub async fn list_shares(state: &AppState, id: &str) -> Result<Vec<Share>> {
+    let rows = sqlx::query(
+        "SELECT a.user_id, u.email, a.access, a.granted_at FROM sync_acl a
+         LEFT JOIN users u ON u.id = a.user_id WHERE a.doc_id = $1 ORDER BY a.granted_at, a.user_id",
+    )
+    .bind(id)
+    .fetch_all(state.db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Share {
+                user_id: col(r, "user_id")?,
+                email: col(r, "email")?,
+                access: col(r, "access")?,
+                granted_at: fitedge_core::time::Timestamp(col(r, "granted_at")?).to_rfc3339(),
+            })
+        })
+        .collect()
+}
+
+/// The GDPR export of a user's sync data: documents owned (with their automerge bytes, hex),
+/// shares granted and received, blobs uploaded.
+pub async fn export_user(state: &AppState, user_id: &str) -> Result<serde_json::Value> {
+    let pool = state.db.pool();
+    let docs = sqlx::query(
+        "SELECT id, kind, size_bytes, summary_mismatch, created_at, updated_at FROM sync_docs
+         WHERE owner_id = $1 ORDER BY created_at, id",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?;
+    let mut documents = Vec::new();
+    for r in &docs {
+        let id: String = col(r, "id")?;
+        let chunks = chunks_after(pool, &id, 0).await?;
+        let mut doc = Automerge::new();
+        apply_chunks(&mut doc, &chunks)?;
+        let mismatch: Option<i64> = col(r, "summary_mismatch")?;
+        documents.push(serde_json::json!({
+            "id": id,
+            "kind": col::<String>(r, "kind")?,
+            "size_bytes": col::<i64>(r, "size_bytes")?,
+            "summary_mismatch": mismatch.map(|m| m != 0),
+            "created_at": fitedge_core::time::Timestamp(col(r, "created_at")?).to_rfc3339(),
+            "updated_at": fitedge_core::time::Timestamp(col(r, "updated_at")?).to_rfc3339(),
+            "automerge_hex": hex::encode(doc.save()),
+        }));
+    }
+    let granted = sqlx::query(
+        "SELECT a.doc_id, a.user_id, a.access FROM sync_acl a JOIN sync_docs d ON d.id = a.doc_id
+         WHERE d.owner_id = $1 ORDER BY a.doc_id, a.user_id",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(serde_json::json!({
+            "document_id": col::<String>(r, "doc_id")?,
+            "user_id": col::<String>(r, "user_id")?,
+            "access": col::<String>(r, "access")?,
+        }))
+    })
+    .collect::<Result<Vec<_>>>()?;
+    let received =
+        sqlx::query("SELECT doc_id, access FROM sync_acl WHERE user_id = $1 ORDER BY doc_id")
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(serde_json::json!({
+                    "document_id": col::<String>(r, "doc_id")?,
+                    "access": col::<String>(r, "access")?,
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+    let blobs = sqlx::query(
+        "SELECT u.sha256, b.size_bytes, u.uploaded_at FROM blob_uploaders u
+         JOIN blobs b ON b.sha256 = u.sha256 WHERE u.user_id = $1 ORDER BY u.uploaded_at, u.sha256",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        let sha: String = col(r, "sha256")?;
+        Ok(serde_json::json!({
+            "download": format!("/api/v1/blobs/{sha}"),
+            "sha256": sha,
+            "size_bytes": col::<i64>(r, "size_bytes")?,
+            "uploaded_at": fitedge_core::time::Timestamp(col(r, "uploaded_at")?).to_rfc3339(),
+        }))
+    })
+    .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::json!({
+        "documents": documents,
+        "shares_granted": granted,
+        "shares_received": received,
+        "blobs": blobs,
+    }))
+}
+
+/// Removes a user's sync data inside the account-deletion transaction: documents they own (with
+/// chunks, shares, sync states, blob references), shares they received, their sync states, their
+/// blob uploads, and blobs nobody else uploaded.
+pub async fn delete_user(tx: &mut Tx, user_id: &str) -> Result<()> {
+    for sql in [
+        "DELETE FROM sync_chunks WHERE doc_id IN (SELECT id FROM sync_docs WHERE owner_id = $1)",
+        "DELETE FROM sync_acl WHERE doc_id IN (SELECT id FROM sync_docs WHERE owner_id = $1)",
+        "DELETE FROM sync_states WHERE doc_id IN (SELECT id FROM sync_docs WHERE owner_id = $1)",
+        "DELETE FROM sync_doc_blobs WHERE doc_id IN (SELECT id FROM sync_docs WHERE owner_id = $1)",
+        "DELETE FROM sync_docs WHERE owner_id = $1",
+        "DELETE FROM sync_acl WHERE user_id = $1",
+        "DELETE FROM sync_states WHERE user_id = $1",
+        "DELETE FROM blob_uploaders WHERE user_id = $1",
+    ] {
+        sqlx::query(sql).bind(user_id).execute(&mut **tx).await?;
+    }
+    sqlx::query("DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM blob_uploaders)")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The ids of the documents a user owns (to drop them from memory after deletion).
+pub async fn owned_ids(state: &AppState, user_id: &str) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM sync_docs WHERE owner_id = $1")
+            .bind(user_id)
+            .fetch_all(state.db.pool())
+            .await?,
+    )
+}
+
+/// 404 for anyone but the owner (existence is not revealed).
+pub async fn require_owner(state: &AppState, id: &str, user_id: &str) -> Result<(), ApiError> {
+    match owner_of(state, id).await? {
+        Some(o) if o == user_id => Ok(()),
+        _ => Err(ApiError::not_found()),
+    }
+}

@@ -1,0 +1,528 @@
+//! `GET /api/v1/sync`: the automerge-repo v1 WebSocket endpoint. The server is the responder;
+//! one task per connection feeds frames to a [`Connection`] and answers what it returns.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use automerge::{sync, Automerge};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fitedge_core::sync::docs::{
+    validate_update, Validated, ValidationContext, PROFILE_TYPE, WORKOUT_TYPE,
+};
+use fitedge_core::sync::protocol::{
+    Connection, DocumentId, Event, Message, PeerId, PeerMetadata, ProtocolError,
+};
+
+use super::hub::{DocEntry, Outbound};
+use super::store::{self, Access, Commit};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The caller of the upgrade: `Authorization: Bearer ...`, or (browsers cannot set headers on a
+/// WebSocket) the `access_token` query parameter.
+#[derive(Debug)]
+pub struct SyncCaller(pub Caller);
+
+impl FromRequestParts<AppState> for SyncCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            let token = parts.uri.query().and_then(|q| {
+                q.split('&').find_map(|kv| {
+                    kv.strip_prefix("access_token=")
+                        .map(str::to_string)
+                        .filter(|t| !t.is_empty())
+                })
+            });
+            if let Some(t) = token {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                    parts.headers.insert(header::AUTHORIZATION, v);
+                }
+            }
+        }
+        Caller::from_request_parts(parts, state)
+            .await
+            .map(SyncCaller)
+    }
+}
+
+/// Open a sync connection (automerge-repo protocol v1, binary CBOR frames). The bearer token is
+/// checked before the upgrade.
+#[utoipa::path(get, path = "/api/v1/sync", tag = "sync", security(("bearer" = [])),
+    params(("access_token" = Option<String>, Query, description = "bearer token, for clients that cannot set the Authorization header")),
+    responses((status = 101, description = "switching to the automerge-repo WebSocket protocol"),
+        (status = 401, body = ApiError), (status = 426, body = ApiError, description = "not a WebSocket upgrade"),
+        (status = 429, body = ApiError)))]
+pub async fn sync_ws(
+    State(state): State<AppState>,
+    SyncCaller(caller): SyncCaller,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rej) => {
+            return ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                format!(
+                    "this route is a WebSocket (automerge-repo sync): {}",
+                    rej.body_text()
+                ),
+            )
+            .into_response()
+        }
+    };
+    // Up to twice the limit a message is read and refused here; beyond that the WebSocket
+    // library stops reading it. Both answer a protocol `error` and close (tested).
+    let limit = state.config.sync_max_frame_bytes.max(1024);
+    ws.max_message_size(limit.saturating_mul(2))
+        .max_frame_size(limit.saturating_mul(2))
+        .on_upgrade(move |socket| run(state, caller.user_id, socket))
+}
+
+enum Outcome {
+    Send(Vec<Message>),
+    /// Answer `error` with this text and close.
+    Refuse(String),
+    /// Close without a word (the peer left or reported an error).
+    Quit,
+}
+
+struct Session {
+    state: AppState,
+    user_id: String,
+    conn_id: u64,
+    conn: Connection,
+    peer_key: Option<String>,
+    entries: HashMap<DocumentId, Arc<DocEntry>>,
+    restored: HashSet<DocumentId>,
+}
+
+async fn send(socket: &mut WebSocket, m: &Message) -> bool {
+    socket
+        .send(WsMessage::Binary(m.encode().into()))
+        .await
+        .is_ok()
+}
+
+async fn refuse(socket: &mut WebSocket, conn: &mut Connection, why: String) {
+    tracing::info!(reason = %why, "sync: closing connection with an error");
+    let m = conn.error(why);
+    let _ = send(socket, &m).await;
+    let _ = socket.send(WsMessage::Close(None)).await;
+}
+
+async fn run(state: AppState, user_id: String, mut socket: WebSocket) {
+    let (conn_id, mut rx) = state.sync.register(&user_id);
+    let limit = state.config.sync_max_frame_bytes.max(1024);
+    let mut s = Session {
+        conn: Connection::responder(
+            PeerId(state.sync.peer_id()),
+            Some(PeerMetadata {
+                storage_id: None,
+                is_ephemeral: false,
+            }),
+        ),
+        state,
+        user_id,
+        conn_id,
+        peer_key: None,
+        entries: HashMap::new(),
+        restored: HashSet::new(),
+    };
+    loop {
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                None | Some(Ok(WsMessage::Close(_))) => break,
+                Some(Err(e)) => {
+                    refuse(&mut socket, &mut s.conn, format!("malformed frame: {e}")).await;
+                    break;
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    refuse(&mut socket, &mut s.conn,
+                        "text frames are not part of the protocol: send binary CBOR messages".into()).await;
+                    break;
+                }
+                Some(Ok(WsMessage::Binary(b))) => {
+                    if b.len() > limit {
+                        refuse(&mut socket, &mut s.conn,
+                            format!("message of {} bytes exceeds the limit of {limit}", b.len())).await;
+                        break;
+                    }
+                    match s.frame(&b).await {
+                        Outcome::Send(ms) => {
+                            let mut ok = true;
+                            for m in &ms {
+                                ok &= send(&mut socket, m).await;
+                            }
+                            if !ok { break; }
+                        }
+                        Outcome::Refuse(why) => {
+                            refuse(&mut socket, &mut s.conn, why).await;
+                            break;
+                        }
+                        Outcome::Quit => break,
+                    }
+                }
+                Some(Ok(_)) => {} // ping/pong: answered by the library
+            },
+            out = rx.recv() => match out {
+                Some(Outbound::Changed(id)) => {
+                    if let Some(m) = s.generate(&id).await {
+                        if !send(&mut socket, &m).await { break; }
+                    }
+                }
+                Some(Outbound::Unsubscribe(id)) => s.forget(&id),
+                Some(Outbound::Ephemeral { document_id, session_id, count, data }) => {
+                    if let Some(m) = s.relay(document_id, session_id, count, data) {
+                        if !send(&mut socket, &m).await { break; }
+                    }
+                }
+                Some(Outbound::Close(why)) => {
+                    refuse(&mut socket, &mut s.conn, why).await;
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    s.finish().await;
+}
+
+impl Session {
+    fn ctx(&self) -> ValidationContext {
+        ValidationContext {
+            now: self.state.now(),
+        }
+    }
+
+    async fn frame(&mut self, bytes: &[u8]) -> Outcome {
+        let ev = match self.conn.receive(bytes) {
+            Ok(ev) => ev,
+            Err(e) => return Outcome::Refuse(e.to_string()),
+        };
+        match ev {
+            Event::Joined {
+                peer,
+                metadata,
+                reply,
+            } => {
+                self.peer_key = Some(match metadata {
+                    Some(PeerMetadata {
+                        storage_id: Some(sid),
+                        ..
+                    }) => format!("storage:{sid}"),
+                    _ => format!("peer:{peer}"),
+                });
+                Outcome::Send(vec![reply])
+            }
+            Event::Sync {
+                document_id,
+                message,
+                request,
+            } => match self.sync(document_id, message, request).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(document_id = %document_id, error = %e, "sync: internal error");
+                    Outcome::Refuse(format!(
+                        "document {document_id}: the server could not process the message"
+                    ))
+                }
+            },
+            Event::RemoteError { message } => {
+                tracing::info!(message = %message, "sync: the peer reported an error");
+                Outcome::Quit
+            }
+            Event::Left => Outcome::Quit,
+            // Relayed to the document's other subscribers on this node, only from a peer that
+            // syncs the document (so it may read it); never stored.
+            Event::Ephemeral {
+                document_id,
+                session_id,
+                count,
+                data,
+            } => {
+                if self.entries.contains_key(&document_id) {
+                    self.state.sync.ephemeral(
+                        &document_id,
+                        self.conn_id,
+                        &session_id,
+                        count,
+                        &data,
+                    );
+                }
+                Outcome::Send(vec![])
+            }
+            // doc-unavailable and unknown types need nothing from us.
+            _ => Outcome::Send(vec![]),
+        }
+    }
+
+    async fn sync(
+        &mut self,
+        id: DocumentId,
+        message: sync::Message,
+        request: bool,
+    ) -> crate::error::Result<Outcome> {
+        let access = store::access(&self.state, &id, &self.user_id).await?;
+        let Some(access) = access else {
+            self.forget(&id);
+            if request {
+                return Ok(Outcome::Send(vec![self.doc_unavailable(&id)?]));
+            }
+            return self.maybe_create(id, message).await;
+        };
+        let entry = match self.entries.get(&id) {
+            Some(e) => e.clone(),
+            None => match self.state.sync.open(&self.state, &id, self.conn_id).await? {
+                Some(e) => {
+                    self.entries.insert(id, e.clone());
+                    e
+                }
+                None => return Ok(Outcome::Send(vec![self.doc_unavailable(&id)?])),
+            },
+        };
+        self.restore(&id).await;
+        let ctx = self.ctx();
+        let limit = self.state.config.sync_max_untyped_bytes;
+        let mut st = entry.state.lock().await;
+        let before_heads = st.doc.get_heads();
+        let mut next = st.doc.clone();
+        let mut validated = None;
+        let stored = st.size_bytes;
+        let r = self
+            .conn
+            .receive_sync_checked(&id, &mut next, message, |before, after| {
+                check(
+                    Some(before),
+                    after,
+                    access,
+                    stored,
+                    limit,
+                    &ctx,
+                    &mut validated,
+                )
+            });
+        if let Some(o) = refusal(&id, r) {
+            return Ok(o);
+        }
+        if next.get_heads() != before_heads {
+            let c = Commit {
+                id,
+                create_owner: None,
+                incremental: next.save_after(&before_heads),
+                kind: kind_name(validated.as_ref()).into(),
+                blob_refs: blob_refs(validated.as_ref()),
+            };
+            let Some(done) = store::commit(&self.state, c).await? else {
+                return Ok(Outcome::Refuse(format!(
+                    "document {id}: it no longer exists"
+                )));
+            };
+            st.doc = next;
+            st.size_bytes = done.size_bytes;
+            st.kind = kind_name(validated.as_ref()).into();
+            if done.first_seq == st.max_seq + 1 {
+                st.max_seq = done.seq;
+            }
+            self.state.sync.changed(&id, Some(self.conn_id));
+            if let Some(Validated::Workout(w)) = &validated {
+                super::summary::after_commit(&self.state, &id, w);
+            }
+        }
+        let reply = self.conn.generate(&id, &st.doc)?;
+        Ok(Outcome::Send(reply.into_iter().collect()))
+    }
+
+    /// A `sync` for a document the caller cannot see or that does not exist: we hold nothing
+    /// of it. The first changes create it, owned by the caller; an id already taken (by a
+    /// document this caller may not see) answers `doc-unavailable`.
+    async fn maybe_create(
+        &mut self,
+        id: DocumentId,
+        message: sync::Message,
+    ) -> crate::error::Result<Outcome> {
+        let ctx = self.ctx();
+        let limit = self.state.config.sync_max_untyped_bytes;
+        let mut doc = Automerge::new();
+        let mut validated = None;
+        let r = self
+            .conn
+            .receive_sync_checked(&id, &mut doc, message, |_, after| {
+                check(None, after, Access::Owner, 0, limit, &ctx, &mut validated)
+            });
+        if let Some(o) = refusal(&id, r) {
+            return Ok(o);
+        }
+        if doc.get_heads().is_empty() {
+            // Nothing yet: say so, and the peer sends its changes.
+            let reply = self.conn.generate(&id, &doc)?;
+            return Ok(Outcome::Send(reply.into_iter().collect()));
+        }
+        let c = Commit {
+            id,
+            create_owner: Some(self.user_id.clone()),
+            incremental: doc.save(),
+            kind: kind_name(validated.as_ref()).into(),
+            blob_refs: blob_refs(validated.as_ref()),
+        };
+        if store::commit(&self.state, c).await?.is_none() {
+            return Ok(Outcome::Send(vec![self.doc_unavailable(&id)?]));
+        }
+        tracing::info!(document_id = %id, kind = kind_name(validated.as_ref()), "sync: document created");
+        let Some(entry) = self.state.sync.open(&self.state, &id, self.conn_id).await? else {
+            return Ok(Outcome::Refuse(format!(
+                "document {id}: it no longer exists"
+            )));
+        };
+        self.entries.insert(id, entry.clone());
+        self.restored.insert(id);
+        if let Some(Validated::Workout(w)) = &validated {
+            super::summary::after_commit(&self.state, &id, w);
+        }
+        let st = entry.state.lock().await;
+        let reply = self.conn.generate(&id, &st.doc)?;
+        Ok(Outcome::Send(reply.into_iter().collect()))
+    }
+
+    fn doc_unavailable(&mut self, id: &DocumentId) -> Result<Message, ProtocolError> {
+        self.restored.remove(id);
+        self.conn.doc_unavailable(id)
+    }
+
+    async fn restore(&mut self, id: &DocumentId) {
+        if !self.restored.insert(*id) {
+            return;
+        }
+        let Some(key) = &self.peer_key else { return };
+        match store::sync_state(&self.state, &self.user_id, key, id).await {
+            Ok(Some(bytes)) => {
+                if let Err(e) = self.conn.restore_sync_state(id, &bytes) {
+                    tracing::warn!(document_id = %id, error = %e, "sync: stored sync state unreadable; starting afresh");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(document_id = %id, error = %e, "sync: sync state not loaded"),
+        }
+    }
+
+    async fn generate(&mut self, id: &DocumentId) -> Option<Message> {
+        let entry = self.entries.get(id)?.clone();
+        let st = entry.state.lock().await;
+        self.conn.generate(id, &st.doc).ok().flatten()
+    }
+
+    /// An ephemeral message from another peer, re-addressed from us to this peer.
+    fn relay(
+        &self,
+        document_id: DocumentId,
+        session_id: String,
+        count: u64,
+        data: Vec<u8>,
+    ) -> Option<Message> {
+        if !self.entries.contains_key(&document_id) {
+            return None;
+        }
+        Some(Message::Ephemeral {
+            sender_id: self.conn.local_peer().clone(),
+            target_id: self.conn.remote_peer()?.clone(),
+            count,
+            session_id,
+            document_id,
+            data,
+        })
+    }
+
+    fn forget(&mut self, id: &DocumentId) {
+        if self.entries.remove(id).is_some() {
+            self.state
+                .sync
+                .unsubscribe(id, self.conn_id, self.state.now().as_millis());
+        }
+    }
+
+    async fn finish(self) {
+        let docs: HashSet<DocumentId> = self.entries.keys().copied().collect();
+        if let Some(key) = &self.peer_key {
+            let states: Vec<(DocumentId, Vec<u8>)> = docs
+                .iter()
+                .filter_map(|d| self.conn.sync_state(d).map(|s| (*d, s)))
+                .collect();
+            if let Err(e) = store::save_sync_states(&self.state, &self.user_id, key, states).await {
+                tracing::warn!(error = %e, "sync: sync states not saved");
+            }
+        }
+        self.state
+            .sync
+            .unregister(self.conn_id, &docs, self.state.now().as_millis());
+    }
+}
+
+/// `Some(outcome)` when applying the message failed.
+fn refusal(id: &DocumentId, r: Result<(), ProtocolError>) -> Option<Outcome> {
+    match r {
+        Ok(()) => None,
+        Err(ProtocolError::Rejected(why)) => {
+            tracing::info!(document_id = %id, reason = %why, "sync: change refused");
+            Some(Outcome::Refuse(format!(
+                "document {id}: change refused: {why}"
+            )))
+        }
+        Err(e) => Some(Outcome::Refuse(format!("document {id}: {e}"))),
+    }
+}
+
+/// The check run on a copy before a change is kept: write access, the document's rules
+/// ([`validate_update`]), and the size limit of untyped documents.
+fn check(
+    before: Option<&Automerge>,
+    after: &Automerge,
+    access: Access,
+    stored_size: i64,
+    limit: u64,
+    ctx: &ValidationContext,
+    out: &mut Option<Validated>,
+) -> Result<(), String> {
+    if !access.can_write() {
+        return Err("read-only access: changes are not accepted".into());
+    }
+    let v = validate_update(before, after, ctx).map_err(|e| e.to_string())?;
+    if matches!(v, Validated::Untyped) {
+        let added = match before {
+            Some(b) => after.save_after(&b.get_heads()).len(),
+            None => after.save().len(),
+        };
+        let total = u64::try_from(stored_size.max(0))
+            .unwrap_or(0)
+            .saturating_add(added as u64);
+        if total > limit {
+            return Err(format!(
+                "untyped documents are limited to {limit} bytes (this change makes {total})"
+            ));
+        }
+    }
+    *out = Some(v);
+    Ok(())
+}
+
+fn kind_name(v: Option<&Validated>) -> &'static str {
+    match v {
+        Some(Validated::Profile(_)) => PROFILE_TYPE,
+        Some(Validated::Workout(_)) => WORKOUT_TYPE,
+        _ => "untyped",
+    }
+}
+
+fn blob_refs(v: Option<&Validated>) -> Option<Vec<String>> {
+    match v {
+        Some(Validated::Workout(w)) => Some(w.chunks.iter().map(|c| c.sha256.clone()).collect()),
+        _ => None,
+    }
+}

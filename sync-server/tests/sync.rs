@@ -1,0 +1,1096 @@
+//! The sync suite: the WebSocket endpoint, shares, validation, storage, eviction and blobs, every
+//! test on SQLite and on PostgreSQL (as conformance.rs), over a real TCP listener with the core's
+//! `Connection::initiator` as the client. Plus the two-node test on PostgreSQL (LISTEN/NOTIFY).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ReadDoc, ROOT};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use fitedge_core::sport::Sport;
+use fitedge_core::sync::docs;
+use fitedge_core::sync::protocol::{Connection, DocumentId, Event, Message, PeerId, PeerMetadata};
+use fitedge_core::time::Timestamp;
+use fitedge_server::db::Backend;
+use fitedge_server::mail::CapturingMailSender;
+use fitedge_server::outbox::Handlers;
+use fitedge_server::sync::store;
+use fitedge_server::testing::{test_config, TestApp, TestRequest, T0};
+use fitedge_server::{AppState, Db};
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tower::ServiceExt;
+
+const QUIET: Duration = Duration::from_millis(150);
+const WAIT: Duration = Duration::from_secs(10);
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+    };
+}
+
+both!(
+    upgrade_needs_a_valid_token,
+    two_clients_of_one_user_converge,
+    sharing_read_vs_write,
+    strangers_and_missing_ids_get_the_same_doc_unavailable,
+    invalid_workout_change_is_refused_and_not_stored,
+    untyped_documents_are_size_limited,
+    malformed_frames_close_only_their_connection,
+    idle_documents_are_evicted,
+    blobs_hash_size_and_ownership,
+    gdpr_export_and_delete_cover_sync,
+    sync_state_is_kept_per_peer_and_compaction_keeps_the_document,
+    completed_workout_summary_is_checked_against_its_chunks,
+);
+
+// ------------------------------------------------------------------------------------ harness
+
+struct Server {
+    app: TestApp,
+    addr: SocketAddr,
+}
+
+async fn server_with(b: Backend, f: impl FnOnce(&mut fitedge_server::Config)) -> Server {
+    let app = TestApp::with_config(b, f).await.expect("test app");
+    let addr = serve(app.state.clone()).await;
+    Server { app, addr }
+}
+
+async fn server(b: Backend) -> Server {
+    server_with(b, |_| {}).await
+}
+
+async fn serve(state: AppState) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = fitedge_server::serve_on(state, listener, std::future::pending()).await;
+    });
+    addr
+}
+
+impl Server {
+    async fn user(&self, email: &str) -> (String, String) {
+        let id = self.app.register_verified(email).await.unwrap();
+        (id, self.app.token(email).await.unwrap())
+    }
+    async fn client(&self, token: &str) -> Client {
+        Client::connect(self.addr, token, None).await
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Client {
+    ws: Socket,
+    conn: Connection,
+    docs: HashMap<DocumentId, Automerge>,
+    unavailable: HashSet<DocumentId>,
+    errors: Vec<String>,
+    ephemeral: Vec<Vec<u8>>,
+    closed: bool,
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/api/v1/sync")
+}
+
+async fn open_socket(addr: SocketAddr, token: &str) -> Socket {
+    let mut req = url(addr).into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade")
+        .0
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, token: &str, storage: Option<&str>) -> Client {
+        let ws = open_socket(addr, token).await;
+        let peer = format!("test-peer-{}", uuid::Uuid::new_v4());
+        let (conn, join) = Connection::initiator(
+            PeerId(peer),
+            Some(PeerMetadata {
+                storage_id: storage.map(str::to_string),
+                is_ephemeral: false,
+            }),
+        );
+        let mut c = Client {
+            ws,
+            conn,
+            docs: HashMap::new(),
+            unavailable: HashSet::new(),
+            errors: vec![],
+            ephemeral: vec![],
+            closed: false,
+        };
+        c.ws.send(Ws::Binary(join.encode().into())).await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !c.conn.is_ready() {
+            assert!(Instant::now() < deadline, "no peer message");
+            c.pump_once(WAIT).await;
+            assert!(!c.closed, "closed during handshake: {:?}", c.errors);
+        }
+        c
+    }
+
+    async fn send(&mut self, m: &Message) {
+        let _ = self.ws.send(Ws::Binary(m.encode().into())).await;
+    }
+
+    /// Sends what the connection has to say about `id`.
+    async fn push(&mut self, id: &DocumentId) {
+        let doc = self.docs.entry(*id).or_default();
+        if let Some(m) = self.conn.generate(id, doc).unwrap() {
+            self.send(&m).await;
+        }
+    }
+
+    /// Handles one frame, waiting at most `wait`; false when none came.
+    async fn pump_once(&mut self, wait: Duration) -> bool {
+        let frame = match tokio::time::timeout(wait, self.ws.next()).await {
+            Err(_) => return false,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Ws::Close(_)))) => {
+                self.closed = true;
+                return false;
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ws::Binary(b) = frame else { return true };
+        match self.conn.receive(&b) {
+            Ok(Event::Sync {
+                document_id,
+                message,
+                ..
+            }) => {
+                let doc = self.docs.entry(document_id).or_default();
+                self.conn.receive_sync(&document_id, doc, message).unwrap();
+                self.unavailable.remove(&document_id);
+                self.push(&document_id).await;
+            }
+            Ok(Event::DocUnavailable { document_id }) => {
+                self.unavailable.insert(document_id);
+            }
+            Ok(Event::RemoteError { message }) => {
+                self.errors.push(message);
+            }
+            Ok(Event::Ephemeral { data, .. }) => self.ephemeral.push(data),
+            Ok(_) => {}
+            Err(e) => panic!("client could not read a server frame: {e}"),
+        }
+        true
+    }
+
+    /// Handles frames until none comes for [`QUIET`].
+    async fn pump(&mut self) {
+        while !self.closed && self.pump_once(QUIET).await {}
+    }
+
+    async fn pump_until(&mut self, what: &str, cond: impl Fn(&Client) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !cond(self) {
+            assert!(
+                !self.closed,
+                "closed while waiting for {what}: {:?}",
+                self.errors
+            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.pump_once(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends an ephemeral message about `id`.
+    async fn broadcast(&mut self, id: &DocumentId, data: &[u8]) {
+        let m = Message::Ephemeral {
+            sender_id: self.conn.local_peer().clone(),
+            target_id: self.conn.remote_peer().unwrap().clone(),
+            count: 1,
+            session_id: "session-1".into(),
+            document_id: *id,
+            data: data.to_vec(),
+        };
+        self.send(&m).await;
+    }
+
+    /// Makes a change to a (possibly new) document and syncs it.
+    async fn change(
+        &mut self,
+        id: &DocumentId,
+        f: impl FnOnce(&mut automerge::transaction::Transaction<'_>),
+    ) {
+        let doc = self.docs.entry(*id).or_default();
+        let mut tx = doc.transaction();
+        f(&mut tx);
+        tx.commit();
+        self.push(id).await;
+        self.pump().await;
+    }
+
+    /// Requests a document it does not hold.
+    async fn request(&mut self, id: &DocumentId) {
+        self.docs.insert(*id, Automerge::new());
+        self.push(id).await;
+        self.pump().await;
+    }
+
+    fn get_str(&self, id: &DocumentId, key: &str) -> Option<String> {
+        let doc = self.docs.get(id)?;
+        match doc.get(ROOT, key).ok()?? {
+            (automerge::Value::Scalar(s), _) => match s.as_ref() {
+                automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                automerge::ScalarValue::Int(i) => Some(i.to_string()),
+                automerge::ScalarValue::F64(f) => Some(f.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+fn put(
+    key: &'static str,
+    value: &str,
+) -> impl FnOnce(&mut automerge::transaction::Transaction<'_>) {
+    let value = value.to_string();
+    move |tx| {
+        tx.put(ROOT, key, value).unwrap();
+    }
+}
+
+/// The document as stored in SQL (loaded afresh, not from memory).
+async fn stored(s: &Server, id: &DocumentId) -> Option<Automerge> {
+    store::load(&s.app.state, id).await.unwrap().map(|l| l.doc)
+}
+
+fn str_of(doc: &Automerge, key: &str) -> Option<String> {
+    match doc.get(ROOT, key).ok()?? {
+        (automerge::Value::Scalar(s), _) => match s.as_ref() {
+            automerge::ScalarValue::Str(t) => Some(t.to_string()),
+            automerge::ScalarValue::Int(i) => Some(i.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn workout_doc(start: Timestamp) -> Automerge {
+    let ac = docs::new_workout(None, uuid::Uuid::new_v4(), Sport::Running, start).unwrap();
+    let mut ac = ac;
+    Automerge::load(&ac.save()).unwrap()
+}
+
+async fn raw(s: &Server, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+    let mut req = req;
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 4000))));
+    let resp = s.app.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    (status, body)
+}
+
+async fn put_blob(
+    s: &Server,
+    token: &str,
+    sha: &str,
+    data: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::put(format!("/api/v1/blobs/{sha}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(data))
+        .unwrap();
+    let (st, body) = raw(s, req).await;
+    (
+        st,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn get_blob(s: &Server, token: &str, sha: &str) -> (StatusCode, Vec<u8>) {
+    let req = Request::get(format!("/api/v1/blobs/{sha}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    raw(s, req).await
+}
+
+fn sha(data: &[u8]) -> String {
+    fitedge_server::crypto::sha256_hex(data)
+}
+
+async fn share(s: &Server, token: &str, id: &DocumentId, user: &str, access: &str) -> StatusCode {
+    s.app
+        .call(
+            TestRequest::new(
+                axum::http::Method::PUT,
+                &format!("/api/v1/sync/docs/{id}/shares"),
+            )
+            .token(token)
+            .json(json!({ "user_id": user, "access": access })),
+        )
+        .await
+        .status
+}
+
+// -------------------------------------------------------------------------------------- tests
+
+async fn upgrade_needs_a_valid_token(b: Backend) {
+    let s = server(b).await;
+    let (_, token) = s.user("ann@example.com").await;
+    // No token, a wrong token: 401 before any upgrade, as JSON.
+    for auth in [None, Some("Bearer not-a-token")] {
+        let mut req = url(s.addr).into_client_request().unwrap();
+        if let Some(a) = auth {
+            req.headers_mut()
+                .insert("authorization", a.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+                let body: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"], "unauthorized");
+            }
+            other => panic!("expected 401, got {:?}", other.map(|r| r.1.status())),
+        }
+    }
+    // The same through the in-memory router (no upgrade headers needed to see the 401).
+    let r = s.app.call(TestRequest::get("/api/v1/sync")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Signed in but not a WebSocket request: a JSON 426, like every other error.
+    let r = s
+        .app
+        .call(TestRequest::get("/api/v1/sync").token(&token))
+        .await;
+    assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED, "{}", r.body);
+    assert_eq!(r.body["error"], "upgrade_required");
+    // The browser form: access_token in the query.
+    let req = format!("{}?access_token={token}", url(s.addr));
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("query token");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let _ = ws.close(None).await;
+    // And the header form completes the handshake.
+    let c = s.client(&token).await;
+    assert!(c.conn.is_ready());
+    assert!(c
+        .conn
+        .remote_peer()
+        .unwrap()
+        .0
+        .starts_with("fitedge-server-"));
+}
+
+async fn two_clients_of_one_user_converge(b: Backend) {
+    let s = server(b).await;
+    let (_, token) = s.user("ann@example.com").await;
+    let mut phone = s.client(&token).await;
+    let mut laptop = s.client(&token).await;
+    let id = DocumentId::random();
+    phone.change(&id, put("title", "from the phone")).await;
+    assert!(phone.errors.is_empty(), "{:?}", phone.errors);
+    laptop.request(&id).await;
+    laptop
+        .pump_until("the phone's title", |c| {
+            c.get_str(&id, "title").as_deref() == Some("from the phone")
+        })
+        .await;
+    // A change on the laptop reaches the phone without the phone asking (fan-out).
+    laptop.change(&id, put("notes", "from the laptop")).await;
+    phone
+        .pump_until("the laptop's notes", |c| {
+            c.get_str(&id, "notes").as_deref() == Some("from the laptop")
+        })
+        .await;
+    assert_eq!(
+        phone.docs[&id].get_heads(),
+        laptop.docs[&id].get_heads(),
+        "converged"
+    );
+    // Ephemeral messages (presence) reach the other subscriber, not the sender.
+    phone.broadcast(&id, b"cursor at 3").await;
+    laptop
+        .pump_until("the ephemeral message", |c| !c.ephemeral.is_empty())
+        .await;
+    assert_eq!(laptop.ephemeral[0], b"cursor at 3".to_vec());
+    phone.pump().await;
+    assert!(phone.ephemeral.is_empty());
+    let doc = stored(&s, &id).await.expect("stored");
+    assert_eq!(str_of(&doc, "notes").as_deref(), Some("from the laptop"));
+    assert_eq!(doc.get_heads(), phone.docs[&id].get_heads());
+}
+
+async fn sharing_read_vs_write(b: Backend) {
+    let s = server(b).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let (bob_id, bob) = s.user("bob@example.com").await;
+    let mut a = s.client(&ann).await;
+    let id = DocumentId::random();
+    a.change(&id, put("title", "ann's")).await;
+
+    let mut bc = s.client(&bob).await;
+    bc.request(&id).await;
+    assert!(bc.unavailable.contains(&id), "not shared yet");
+    // Only the owner sees or changes the shares: Bob gets 404 as for a missing document.
+    let r = s
+        .app
+        .call(TestRequest::get(&format!("/api/v1/sync/docs/{id}/shares")).token(&bob))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        share(&s, &bob, &id, &bob_id, "write").await,
+        StatusCode::NOT_FOUND
+    );
+
+    // Read access: Bob gets the document, his change is refused with an error naming it.
+    assert_eq!(share(&s, &ann, &id, &bob_id, "read").await, StatusCode::OK);
+    let r = s
+        .app
+        .call(TestRequest::get(&format!("/api/v1/sync/docs/{id}/shares")).token(&ann))
+        .await;
+    assert_eq!(r.body[0]["access"], "read");
+    assert_eq!(r.body[0]["email"], "bob@example.com");
+    let mut bc = s.client(&bob).await;
+    bc.request(&id).await;
+    assert_eq!(bc.get_str(&id, "title").as_deref(), Some("ann's"));
+    bc.change(&id, put("title", "bob was here")).await;
+    bc.pump_until("an error", |c| !c.errors.is_empty()).await;
+    assert!(bc.errors[0].contains(&id.to_string()), "{:?}", bc.errors);
+    assert!(bc.errors[0].contains("read-only"), "{:?}", bc.errors);
+    let doc = stored(&s, &id).await.unwrap();
+    assert_eq!(
+        str_of(&doc, "title").as_deref(),
+        Some("ann's"),
+        "refused change not stored"
+    );
+    a.pump().await;
+    assert_eq!(a.get_str(&id, "title").as_deref(), Some("ann's"));
+
+    // Write access (granted by email this time): accepted, stored, and Ann sees it.
+    let r = s
+        .app
+        .call(
+            TestRequest::new(
+                axum::http::Method::PUT,
+                &format!("/api/v1/sync/docs/{id}/shares"),
+            )
+            .token(&ann)
+            .json(json!({ "email": "bob@example.com", "access": "write" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body.as_array().unwrap().len(),
+        1,
+        "replaced, not added: {}",
+        r.body
+    );
+    assert_eq!(r.body[0]["access"], "write");
+    let mut bc = s.client(&bob).await;
+    bc.request(&id).await;
+    bc.change(&id, put("title", "bob was here")).await;
+    assert!(bc.errors.is_empty(), "{:?}", bc.errors);
+    a.pump_until("bob's change", |c| {
+        c.get_str(&id, "title").as_deref() == Some("bob was here")
+    })
+    .await;
+    let doc = stored(&s, &id).await.unwrap();
+    assert_eq!(str_of(&doc, "title").as_deref(), Some("bob was here"));
+
+    // Revoked: unavailable again; Bob cannot revoke anything himself.
+    let r = s
+        .app
+        .call(TestRequest::delete(&format!("/api/v1/sync/docs/{id}/shares/{bob_id}")).token(&bob))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = s
+        .app
+        .call(TestRequest::delete(&format!("/api/v1/sync/docs/{id}/shares/{bob_id}")).token(&ann))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let mut bc = s.client(&bob).await;
+    bc.request(&id).await;
+    assert!(bc.unavailable.contains(&id));
+}
+
+async fn strangers_and_missing_ids_get_the_same_doc_unavailable(b: Backend) {
+    let s = server(b).await;
+    let (ann_id, ann) = s.user("ann@example.com").await;
+    let (_, eve) = s.user("eve@example.com").await;
+    let mut a = s.client(&ann).await;
+    let id = DocumentId::random();
+    a.change(&id, put("secret", "ann's diary")).await;
+
+    let mut e = s.client(&eve).await;
+    let missing = DocumentId::random();
+    e.request(&id).await;
+    e.request(&missing).await;
+    assert!(e.unavailable.contains(&id));
+    assert!(e.unavailable.contains(&missing));
+    assert!(e.errors.is_empty());
+
+    // Eve's ephemeral messages about Ann's document go nowhere.
+    e.broadcast(&id, b"eve was here").await;
+    a.pump().await;
+    assert!(a.ephemeral.is_empty());
+
+    // Eve pushing changes to Ann's id (a `sync`, as if she had it) is refused; nothing stored.
+    let mut e = s.client(&eve).await;
+    e.change(&id, put("secret", "eve's overwrite")).await;
+    e.pump().await;
+    assert!(e.unavailable.contains(&id), "errors {:?}", e.errors);
+    assert_eq!(
+        e.get_str(&id, "secret").as_deref(),
+        Some("eve's overwrite"),
+        "only in eve's copy"
+    );
+    let doc = stored(&s, &id).await.unwrap();
+    assert_eq!(str_of(&doc, "secret").as_deref(), Some("ann's diary"));
+    let owner = store::owner_of(&s.app.state, &id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(owner.as_deref(), Some(ann_id.as_str()));
+}
+
+async fn invalid_workout_change_is_refused_and_not_stored(b: Backend) {
+    let s = server(b).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let mut a = s.client(&ann).await;
+    let id = DocumentId::random();
+    let start = Timestamp(T0.as_millis() - 3_600_000);
+    a.docs.insert(id, workout_doc(start));
+    a.push(&id).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let doc = stored(&s, &id).await.expect("valid workout stored");
+    assert_eq!(str_of(&doc, "type").as_deref(), Some(docs::WORKOUT_TYPE));
+
+    // endTime before startTime breaks a rule: refused with an error naming the document.
+    a.change(&id, |tx| {
+        tx.put(ROOT, "endTime", start.as_millis() - 1000).unwrap();
+    })
+    .await;
+    a.pump_until("an error", |c| !c.errors.is_empty()).await;
+    assert!(a.errors[0].contains(&id.to_string()), "{:?}", a.errors);
+    assert!(a.errors[0].contains("endTime"), "{:?}", a.errors);
+    assert!(a.closed || a.conn.is_closed());
+    let doc = stored(&s, &id).await.unwrap();
+    assert!(
+        doc.get(ROOT, "endTime").unwrap().is_none(),
+        "never reached storage"
+    );
+
+    // Retyping a workout to escape validation is refused too.
+    let mut a = s.client(&ann).await;
+    a.request(&id).await;
+    a.change(&id, put("type", "something.else")).await;
+    a.pump_until("an error", |c| !c.errors.is_empty()).await;
+    let doc = stored(&s, &id).await.unwrap();
+    assert_eq!(str_of(&doc, "type").as_deref(), Some(docs::WORKOUT_TYPE));
+
+    // A valid change still goes through on a new connection.
+    let mut a = s.client(&ann).await;
+    a.request(&id).await;
+    a.change(&id, |tx| {
+        tx.put(ROOT, "endTime", start.as_millis() + 1_800_000)
+            .unwrap();
+    })
+    .await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let doc = stored(&s, &id).await.unwrap();
+    assert!(doc.get(ROOT, "endTime").unwrap().is_some());
+}
+
+async fn untyped_documents_are_size_limited(b: Backend) {
+    let s = server_with(b, |c| c.sync_max_untyped_bytes = 4096).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let mut a = s.client(&ann).await;
+    let id = DocumentId::random();
+    a.change(&id, put("small", "fine")).await;
+    assert!(a.errors.is_empty());
+    let big: String = (0..3000)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    let big2: String = big.chars().rev().collect();
+    a.change(&id, put("big", &format!("{big}{big2}"))).await;
+    a.pump_until("an error", |c| !c.errors.is_empty()).await;
+    assert!(a.errors[0].contains("limited to 4096"), "{:?}", a.errors);
+    let doc = stored(&s, &id).await.unwrap();
+    assert!(doc.get(ROOT, "big").unwrap().is_none());
+    assert_eq!(str_of(&doc, "small").as_deref(), Some("fine"));
+}
+
+async fn malformed_frames_close_only_their_connection(b: Backend) {
+    let s = server_with(b, |c| c.sync_max_frame_bytes = 64 * 1024).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let mut healthy = s.client(&ann).await;
+    let id = DocumentId::random();
+    healthy.change(&id, put("n", "0")).await;
+
+    let garbage_frames: Vec<Ws> = vec![
+        Ws::Binary(vec![0xff, 0x00, 0x13, 0x37, 0xde, 0xad].into()),
+        Ws::Text("hello".into()),
+        Ws::Binary(vec![0xa0; 100 * 1024].into()),
+        // Beyond what the WebSocket library itself accepts (twice the limit).
+        Ws::Binary(vec![0xa0; 300 * 1024].into()),
+        // Valid CBOR, not a message.
+        Ws::Binary(vec![0x01].into()),
+    ];
+    for (i, f) in garbage_frames.into_iter().enumerate() {
+        let mut ws = open_socket(s.addr, &ann).await;
+        ws.send(f).await.unwrap();
+        let mut got_error = false;
+        let mut closed = false;
+        while let Ok(Some(frame)) = tokio::time::timeout(WAIT, ws.next()).await {
+            match frame {
+                Ok(Ws::Binary(b)) => {
+                    let m = Message::decode(&b).expect("the server's answer decodes");
+                    got_error |= matches!(m, Message::Error { .. });
+                }
+                Ok(Ws::Close(_)) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(got_error, "frame {i}: an error message");
+        assert!(closed, "frame {i}: the connection was closed");
+        // Meanwhile the healthy connection still syncs.
+        healthy.change(&id, put("n", &i.to_string())).await;
+        assert!(healthy.errors.is_empty() && !healthy.closed);
+        let doc = stored(&s, &id).await.unwrap();
+        assert_eq!(str_of(&doc, "n"), Some(i.to_string()));
+    }
+    // A frame after join that is garbage, on an established connection.
+    let mut c = s.client(&ann).await;
+    c.ws.send(Ws::Binary(vec![0x82, 0x01].into()))
+        .await
+        .unwrap();
+    c.pump_until("an error", |c| !c.errors.is_empty()).await;
+    healthy.change(&id, put("n", "last")).await;
+    assert!(healthy.errors.is_empty() && !healthy.closed);
+}
+
+async fn idle_documents_are_evicted(b: Backend) {
+    let s = server_with(b, |c| c.sync_idle_secs = 60).await;
+    let hub = &s.app.state.sync;
+    let (_, ann) = s.user("ann@example.com").await;
+    let mut a = s.client(&ann).await;
+    let ids: Vec<DocumentId> = (0..5).map(|_| DocumentId::random()).collect();
+    for id in &ids {
+        a.change(id, put("x", "y")).await;
+    }
+    assert_eq!(hub.loaded_count(), 5);
+    let mut keep = s.client(&ann).await;
+    keep.request(&ids[0]).await;
+    let _ = a.ws.close(None).await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = s.app.state.now().as_millis();
+    assert_eq!(hub.evict_idle(now, 60_000), 0, "not idle long enough");
+    assert_eq!(hub.loaded_count(), 5);
+    s.app.clock.advance_secs(61.0);
+    let now = s.app.state.now().as_millis();
+    assert_eq!(hub.evict_idle(now, 60_000), 4);
+    assert_eq!(
+        hub.loaded_count(),
+        1,
+        "the document with a subscriber stays"
+    );
+    assert!(hub.is_loaded(&ids[0]));
+    // An evicted document loads again from SQL when asked for.
+    let mut again = s.client(&ann).await;
+    again.request(&ids[3]).await;
+    assert_eq!(again.get_str(&ids[3], "x").as_deref(), Some("y"));
+    assert_eq!(hub.loaded_count(), 2);
+}
+
+async fn blobs_hash_size_and_ownership(b: Backend) {
+    let s = server_with(b, |c| c.blob_max_bytes = 4096).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let (bob_id, bob) = s.user("bob@example.com").await;
+    let (_, eve) = s.user("eve@example.com").await;
+    let data = b"a sample chunk".to_vec();
+    let h = sha(&data);
+
+    let (st, body) = put_blob(&s, &ann, &sha(b"other"), data.clone()).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"], "hash_mismatch");
+    let big = vec![7u8; 4097];
+    let (st, body) = put_blob(&s, &ann, &sha(&big), big).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let at_limit = vec![7u8; 4096];
+    assert_eq!(
+        put_blob(&s, &ann, &sha(&at_limit), at_limit).await.0,
+        StatusCode::CREATED
+    );
+    let (st, body) = put_blob(&s, &ann, "NOT-A-HASH", data.clone()).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let (st, body) = put_blob(&s, &ann, &h, data.clone()).await;
+    assert_eq!(st, StatusCode::CREATED, "{body}");
+    assert_eq!(body["created"], true);
+    let (st, body) = put_blob(&s, &ann, &h, data.clone()).await;
+    assert_eq!(st, StatusCode::OK, "idempotent: {body}");
+    // With an idempotency key too (the layer leaves blob uploads alone).
+    let req = Request::put(format!("/api/v1/blobs/{h}"))
+        .header("authorization", format!("Bearer {ann}"))
+        .header("x-idempotency-key", uuid::Uuid::new_v4().to_string())
+        .body(Body::from(data.clone()))
+        .unwrap();
+    assert_eq!(raw(&s, req).await.0, StatusCode::OK);
+    let req = Request::put(format!("/api/v1/blobs/{h}"))
+        .body(Body::from(data.clone()))
+        .unwrap();
+    assert_eq!(raw(&s, req).await.0, StatusCode::UNAUTHORIZED);
+
+    assert_eq!(get_blob(&s, &ann, &h).await, (StatusCode::OK, data.clone()));
+    assert_eq!(get_blob(&s, &bob, &h).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_blob(&s, &eve, &sha(b"nothing")).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // A workout that references the blob, shared for reading with Bob: Bob may download it.
+    let mut a = s.client(&ann).await;
+    let id = DocumentId::random();
+    let start = Timestamp(T0.as_millis() - 3_600_000);
+    let mut ac = docs::new_workout(None, uuid::Uuid::new_v4(), Sport::Running, start).unwrap();
+    docs::push_chunk(
+        &mut ac,
+        &docs::ChunkRef {
+            sha256: h.clone(),
+            channel: fitedge_core::sample::Channel::HeartRate,
+            start_time: start,
+            end_time: Timestamp(start.as_millis() + 60_000),
+            count: 60,
+        },
+    )
+    .unwrap();
+    a.docs.insert(id, Automerge::load(&ac.save()).unwrap());
+    a.push(&id).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(get_blob(&s, &bob, &h).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(share(&s, &ann, &id, &bob_id, "read").await, StatusCode::OK);
+    assert_eq!(get_blob(&s, &bob, &h).await, (StatusCode::OK, data.clone()));
+    assert_eq!(get_blob(&s, &eve, &h).await.0, StatusCode::NOT_FOUND);
+    // Eve uploading the same bytes makes her an uploader (she had them already).
+    assert_eq!(put_blob(&s, &eve, &h, data.clone()).await.0, StatusCode::OK);
+    assert_eq!(get_blob(&s, &eve, &h).await.0, StatusCode::OK);
+
+    // The OpenAPI document lists the routes.
+    let r = s.app.call(TestRequest::get("/api/v1/openapi.json")).await;
+    for p in [
+        "/api/v1/sync",
+        "/api/v1/blobs/{sha256}",
+        "/api/v1/sync/docs/{document_id}/shares",
+        "/api/v1/sync/docs/{document_id}/shares/{user_id}",
+    ] {
+        assert!(r.body["paths"][p].is_object(), "{p} in openapi");
+    }
+}
+
+async fn gdpr_export_and_delete_cover_sync(b: Backend) {
+    let s = server(b).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let (bob_id, bob) = s.user("bob@example.com").await;
+    let mut a = s.client(&ann).await;
+    let id = DocumentId::random();
+    a.change(&id, put("title", "mine")).await;
+    assert_eq!(share(&s, &ann, &id, &bob_id, "read").await, StatusCode::OK);
+    let data = b"chunk".to_vec();
+    let h = sha(&data);
+    assert_eq!(put_blob(&s, &ann, &h, data).await.0, StatusCode::CREATED);
+
+    let r = s
+        .app
+        .call(TestRequest::get("/api/v1/me/export").token(&ann))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let sync = &r.body["sync"];
+    assert_eq!(sync["documents"][0]["id"], id.to_string());
+    let bytes = hex::decode(sync["documents"][0]["automerge_hex"].as_str().unwrap()).unwrap();
+    let doc = Automerge::load(&bytes).unwrap();
+    assert_eq!(str_of(&doc, "title").as_deref(), Some("mine"));
+    assert_eq!(sync["shares_granted"][0]["user_id"], bob_id);
+    assert_eq!(sync["blobs"][0]["sha256"], h);
+    let r = s
+        .app
+        .call(TestRequest::get("/api/v1/me/export").token(&bob))
+        .await;
+    assert_eq!(
+        r.body["sync"]["shares_received"][0]["document_id"],
+        id.to_string()
+    );
+
+    let r = s
+        .app
+        .call(
+            TestRequest::post("/api/v1/me/delete")
+                .token(&ann)
+                .json(json!({ "password": fitedge_server::testing::PASSWORD })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(stored(&s, &id).await.is_none());
+    assert!(!s.app.state.sync.is_loaded(&id));
+    let pool = s.app.state.db.pool();
+    for table in [
+        "sync_docs",
+        "sync_chunks",
+        "sync_acl",
+        "blobs",
+        "blob_uploaders",
+    ] {
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(n, 0, "{table} emptied");
+    }
+    let mut bc = s.client(&bob).await;
+    bc.request(&id).await;
+    assert!(bc.unavailable.contains(&id));
+}
+
+async fn sync_state_is_kept_per_peer_and_compaction_keeps_the_document(b: Backend) {
+    let s = server_with(b, |c| c.sync_compact_after = 3).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let mut a = Client::connect(s.addr, &ann, Some("storage-1")).await;
+    let id = DocumentId::random();
+    for i in 0..7 {
+        a.change(&id, put("n", &i.to_string())).await;
+    }
+    assert!(a.errors.is_empty());
+    let pool = s.app.state.db.pool();
+    let chunks: Vec<String> =
+        sqlx::query_scalar("SELECT kind FROM sync_chunks WHERE doc_id = $1 ORDER BY seq")
+            .bind(id.to_string())
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(chunks[0], "snapshot", "{chunks:?}");
+    assert!(chunks.len() <= 3, "compacted: {chunks:?}");
+    let doc = stored(&s, &id).await.unwrap();
+    assert_eq!(str_of(&doc, "n").as_deref(), Some("6"));
+    assert_eq!(doc.get_heads(), a.docs[&id].get_heads());
+    let _ = a.ws.close(None).await;
+    drop(a);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sync_states WHERE peer_key = 'storage:storage-1' AND doc_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sync state saved when the link ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A completed 30-minute run whose distance chunk says 5400 m; the summary claims `claimed_m`.
+fn completed_run(start: Timestamp, chunk: &[u8], claimed_m: f64) -> Automerge {
+    let mut ac = docs::new_workout(None, uuid::Uuid::new_v4(), Sport::Running, start).unwrap();
+    docs::push_chunk(
+        &mut ac,
+        &docs::ChunkRef {
+            sha256: sha(chunk),
+            channel: fitedge_core::sample::Channel::Distance,
+            start_time: start,
+            end_time: Timestamp(start.as_millis() + 1_800_000),
+            count: 181,
+        },
+    )
+    .unwrap();
+    let summary = docs::DocSummary {
+        elapsed_s: 1800.0,
+        timer_s: 1800.0,
+        moving_s: 1800.0,
+        calories_kcal: 350.0,
+        distance_m: Some(claimed_m),
+        avg_speed_mps: Some(claimed_m / 1800.0),
+        ..Default::default()
+    };
+    docs::complete_workout(
+        &mut ac,
+        Timestamp(start.as_millis() + 1_800_000),
+        &summary,
+        docs::DocValidationCounts::default(),
+    )
+    .unwrap();
+    Automerge::load(&ac.save()).unwrap()
+}
+
+fn distance_chunk(start: Timestamp, offset_ms: i64) -> Vec<u8> {
+    use fitedge_core::sample::{Channel, Reading, Sample};
+    let samples: Vec<Sample> = (0..=180)
+        .map(|i| {
+            let t = i64::from(i) * 10_000;
+            Sample::new(
+                Timestamp(start.as_millis() + t + offset_ms),
+                Reading::Distance {
+                    m: 3.0 * (t as f64) / 1000.0,
+                },
+            )
+        })
+        .collect();
+    fitedge_core::codec::encode(Channel::Distance, &samples)
+}
+
+async fn mismatch_flag(s: &Server, id: &DocumentId) -> Option<i64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT summary_mismatch FROM sync_docs WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_one(s.app.state.db.pool())
+                .await
+                .unwrap();
+        if v.is_some() || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn completed_workout_summary_is_checked_against_its_chunks(b: Backend) {
+    let s = server(b).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let start = Timestamp(T0.as_millis() - 7_200_000);
+    let mut a = s.client(&ann).await;
+
+    // Chunk first, then the honest document: no mismatch.
+    let chunk = distance_chunk(start, 0);
+    assert_eq!(
+        put_blob(&s, &ann, &sha(&chunk), chunk.clone()).await.0,
+        StatusCode::CREATED
+    );
+    let honest = DocumentId::random();
+    a.docs.insert(honest, completed_run(start, &chunk, 5400.0));
+    a.push(&honest).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(mismatch_flag(&s, &honest).await, Some(0));
+
+    // The inflated document first, its chunk afterwards: flagged once the chunk arrives.
+    let chunk2 = distance_chunk(start, 1);
+    let inflated = DocumentId::random();
+    a.docs
+        .insert(inflated, completed_run(start, &chunk2, 9000.0));
+    a.push(&inflated).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pending: Option<i64> =
+        sqlx::query_scalar("SELECT summary_mismatch FROM sync_docs WHERE id = $1")
+            .bind(inflated.to_string())
+            .fetch_one(s.app.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(pending, None, "not checked while a chunk is missing");
+    assert_eq!(
+        put_blob(&s, &ann, &sha(&chunk2), chunk2).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(mismatch_flag(&s, &inflated).await, Some(1));
+    let o = fitedge_server::sync::summary::check(&s.app.state, &inflated)
+        .await
+        .unwrap()
+        .unwrap();
+    let d = o.recomputed_distance_m.unwrap();
+    assert!((d - 5400.0).abs() < 50.0, "recomputed {d}");
+}
+
+// ------------------------------------------------------------------------ two nodes, PostgreSQL
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_changes_through_notify_p99_under_1s() {
+    let s = server(Backend::Postgres).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    // A second node on the same database.
+    let db = Db::connect(&s.app.db.url).await.unwrap();
+    let state_b = AppState::new(
+        db,
+        test_config(&s.app.db.url),
+        s.app.clock.clone(),
+        Arc::new(CapturingMailSender::default()),
+        Handlers::new(),
+    )
+    .unwrap();
+    assert_ne!(state_b.sync.node_id(), s.app.state.sync.node_id());
+    let addr_b = serve(state_b.clone()).await;
+
+    let mut on_a = s.client(&ann).await;
+    let mut on_b = Client::connect(addr_b, &ann, None).await;
+    let id = DocumentId::random();
+    on_a.change(&id, put("n", "start")).await;
+    on_b.request(&id).await;
+    assert_eq!(on_b.get_str(&id, "n").as_deref(), Some("start"));
+    // Let node B's listener settle (it subscribes when serve_on starts).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut latencies = Vec::new();
+    for i in 0..100 {
+        // Drain node A's acknowledgements first.
+        while on_a.pump_once(Duration::from_millis(1)).await {}
+        let value = format!("v{i}");
+        let doc = on_a.docs.get_mut(&id).unwrap();
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "n", value.as_str()).unwrap();
+        tx.commit();
+        let t0 = Instant::now();
+        on_a.push(&id).await;
+        on_b.pump_until("the change from the other node", |c| {
+            c.get_str(&id, "n").as_deref() == Some(value.as_str())
+        })
+        .await;
+        latencies.push(t0.elapsed());
+    }
+    latencies.sort();
+    let p50 = latencies[49];
+    let p99 = latencies[98];
+    let max = latencies[99];
+    println!("two nodes, 100 changes: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    // And the other way.
+    on_b.change(&id, put("n", "from b")).await;
+    on_a.pump_until("the change from node B", |c| {
+        c.get_str(&id, "n").as_deref() == Some("from b")
+    })
+    .await;
+}
