@@ -456,6 +456,24 @@ async fn sharing_read_vs_write(b: Backend) {
     let mut bc = s.client(&bob).await;
     bc.request(&id).await;
     assert!(bc.unavailable.contains(&id), "not shared yet");
+    // The listing names the document to its owner only.
+    let listed = |token: &str| {
+        let token = token.to_string();
+        let s = &s;
+        async move {
+            let r = s
+                .app
+                .call(TestRequest::get("/api/v1/sync/docs").token(&token))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.body.as_array().unwrap().clone()
+        }
+    };
+    let mine = listed(&ann).await;
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["document_id"], id.to_string());
+    assert_eq!(mine[0]["access"], "owner");
+    assert!(listed(&bob).await.is_empty(), "not shared yet");
     // Only the owner sees or changes the shares: Bob gets 404 as for a missing document.
     let r = s
         .app
@@ -475,6 +493,12 @@ async fn sharing_read_vs_write(b: Backend) {
         .await;
     assert_eq!(r.body[0]["access"], "read");
     assert_eq!(r.body[0]["email"], "bob@example.com");
+    let bobs = listed(&bob).await;
+    assert_eq!(bobs.len(), 1, "{bobs:?}");
+    assert_eq!(
+        (bobs[0]["document_id"].as_str(), bobs[0]["access"].as_str()),
+        (Some(id.to_string().as_str()), Some("read"))
+    );
     let mut bc = s.client(&bob).await;
     bc.request(&id).await;
     assert_eq!(bc.get_str(&id, "title").as_deref(), Some("ann's"));

@@ -5,6 +5,8 @@
 //! - [`hub`]: loaded documents with their subscribers, eviction, fan-out on this node.
 //! - [`store`]: chunks, compaction, shares, sync states, `NOTIFY` (PostgreSQL).
 //! - [`blobs`]: `PUT`/`GET /api/v1/blobs/{sha256}`.
+//! - `GET /api/v1/sync/docs`: the documents the caller may see (owned and shared), so a new
+//!   device learns which ids to ask for; the protocol itself has no listing.
 //! - The share routes below: `GET|PUT /api/v1/sync/docs/{document_id}/shares`,
 //!   `DELETE /api/v1/sync/docs/{document_id}/shares/{user_id}` (owner only; 404 for anyone else).
 
@@ -19,7 +21,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use fitedge_core::sync::protocol::DocumentId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -37,6 +39,7 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(ws::sync_ws))
+        .routes(routes!(list_docs))
         .routes(routes!(list_shares, put_share))
         .routes(routes!(delete_share))
         .routes(routes!(blobs::put_blob, blobs::get_blob))
@@ -62,6 +65,53 @@ pub struct ShareRequest {
     /// The user's email (or `user_id`).
     pub email: Option<String>,
     pub access: ShareAccess,
+}
+
+/// One document the caller may see.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocEntry {
+    /// The automerge-repo document id (Base58Check, as in `automerge:<id>` URLs).
+    pub document_id: String,
+    /// `fitedge.profile`, `fitedge.workout` or `untyped`.
+    pub kind: String,
+    /// `owner`, `write` or `read`.
+    pub access: String,
+    /// Last change stored, RFC 3339.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+/// The documents you own or that are shared with you, oldest change first. A device syncs
+/// them all; ids it does not hold yet it opens with `request`.
+#[utoipa::path(get, path = "/api/v1/sync/docs", tag = "sync", security(("bearer" = [])),
+    responses((status = 200, body = Vec<DocEntry>), (status = 401, body = ApiError),
+        (status = 429, body = ApiError)))]
+pub async fn list_docs(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<Vec<DocEntry>>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT id, kind, 'owner' AS access, updated_at FROM sync_docs WHERE owner_id = $1
+         UNION ALL
+         SELECT d.id, d.kind, a.access, d.updated_at FROM sync_acl a
+           JOIN sync_docs d ON d.id = a.doc_id WHERE a.user_id = $1
+         ORDER BY updated_at, id",
+    )
+    .bind(&caller.user_id)
+    .fetch_all(state.db.pool())
+    .await
+    .map_err(Error::from)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(DocEntry {
+            document_id: crate::db::col(r, "id")?,
+            kind: crate::db::col(r, "kind")?,
+            access: crate::db::col(r, "access")?,
+            updated_at: fitedge_core::time::Timestamp(crate::db::col(r, "updated_at")?)
+                .to_rfc3339(),
+        });
+    }
+    Ok(axum::Json(out))
 }
 
 /// The shares of a document you own.
