@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::codec::CodecError;
 use crate::crypto::CryptoError;
+use crate::sync::docs::DocError;
 use crate::workout::WorkoutError;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub enum Error {
     Conflict(String),
     #[error("invalid input: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Document(#[from] DocError),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -13,6 +13,12 @@
 //! The WebSocket endpoint, storage and access control live in the server (`fitedge-server`,
 //! `src/sync/`); the device's sync client and outbox will live in this crate next to the store.
 
+pub mod backoff;
+#[cfg(feature = "net")]
+pub mod client;
 pub mod docs;
-
+pub mod local;
+#[cfg(feature = "net")]
+mod net;
+pub mod outbox;
 pub mod protocol;
