@@ -218,6 +218,13 @@ fn workout_document(actor: ActorId, s: &WorkoutSummary, chunks: &[ChunkRef]) -> 
         docs::push_chunk(&mut doc, c)?;
     }
     let m = &s.metrics;
+    // The recorder can report a GPS average speed with a maximum of 0 (no speed sensor); the
+    // document's validator (rightly) refuses an average above the maximum, so a maximum below
+    // its average is written as unknown rather than as a contradiction.
+    let max = |avg: Option<f64>, max: Option<f64>| match (avg, max) {
+        (Some(a), Some(x)) if x < a => None,
+        _ => max,
+    };
     docs::complete_workout(
         &mut doc,
         s.end_time,
@@ -229,13 +236,13 @@ fn workout_document(actor: ActorId, s: &WorkoutSummary, chunks: &[ChunkRef]) -> 
             distance_m: m.distance_m,
             ascent_m: m.ascent_m,
             avg_speed_mps: m.avg_speed_mps,
-            max_speed_mps: m.max_speed_mps,
+            max_speed_mps: max(m.avg_speed_mps, m.max_speed_mps),
             avg_hr_bpm: m.avg_hr_bpm,
-            max_hr_bpm: m.max_hr_bpm,
+            max_hr_bpm: max(m.avg_hr_bpm, m.max_hr_bpm),
             avg_power_w: m.avg_power_w,
-            max_power_w: m.max_power_w,
+            max_power_w: max(m.avg_power_w, m.max_power_w),
             avg_cadence_rpm: m.avg_cadence_rpm,
-            max_cadence_rpm: m.max_cadence_rpm,
+            max_cadence_rpm: max(m.avg_cadence_rpm, m.max_cadence_rpm),
             min_spo2_pct: m.min_spo2_pct,
         },
         DocValidationCounts {
