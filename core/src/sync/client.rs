@@ -26,7 +26,8 @@
 //! [`Backoff::RECONNECT`] with jitter between attempts on an injected [`Sleeper`]; it never
 //! retries an authorization failure.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -270,6 +271,9 @@ async fn download_blobs(
     Ok(())
 }
 
+/// Documents opened at once and not yet answered (see `sync_documents`).
+const WINDOW: usize = 64;
+
 /// One document during a round.
 struct Live {
     doc: Automerge,
@@ -407,43 +411,60 @@ async fn sync_documents(
     let mut live: HashMap<DocumentId, Live> = HashMap::new();
     let mut sent_changes: HashSet<DocumentId> = HashSet::new();
     let mut received_changes: HashSet<DocumentId> = HashSet::new();
-    for info in store.documents()? {
-        let id: DocumentId = info
-            .doc_id
-            .parse()
-            .map_err(|e| SyncError::Storage(format!("stored document id: {e}")))?;
-        let doc = store.load_document(&id)?;
-        let saved_state = store.sync_state(&server, &id)?;
-        if let Some(s) = &saved_state {
-            // A state that no longer decodes is dropped: the document then syncs from scratch.
-            if conn.restore_sync_state(&id, s).is_err() {
-                report
-                    .errors
-                    .push(format!("sync state of {id} unreadable; reset"));
+    let mut queue = store
+        .documents()?
+        .into_iter()
+        .map(|info| {
+            info.doc_id
+                .parse::<DocumentId>()
+                .map_err(|e| SyncError::Storage(format!("stored document id: {e}")))
+        })
+        .collect::<Result<VecDeque<_>, _>>()?;
+    // Documents not done yet (opened or not), and opened ones the server has not answered.
+    let mut pending = queue.len();
+    let mut waiting = 0_usize;
+    loop {
+        // Open documents while fewer than WINDOW await their first answer: the server's replies
+        // are read as they come, so neither side's socket buffer fills up with unread frames.
+        while waiting < WINDOW {
+            let Some(id) = queue.pop_front() else { break };
+            let doc = store.load_document(&id)?;
+            let saved_state = store.sync_state(&server, &id)?;
+            if let Some(s) = &saved_state {
+                // A state that no longer decodes is dropped: the document syncs from scratch.
+                if conn.restore_sync_state(&id, s).is_err() {
+                    report
+                        .errors
+                        .push(format!("sync state of {id} unreadable; reset"));
+                }
             }
-        }
-        if let Some(m) = conn
-            .generate(&id, &doc)
-            .map_err(|e| SyncError::Protocol(e.to_string()))?
-        {
-            if carries_changes(&m) {
-                sent_changes.insert(id);
+            let first = conn
+                .generate(&id, &doc)
+                .map_err(|e| SyncError::Protocol(e.to_string()))?;
+            let opened = first.is_some();
+            if let Some(m) = first {
+                if carries_changes(&m) {
+                    sent_changes.insert(id);
+                }
+                link.send(&m, report).await?;
+                waiting += 1;
+            } else {
+                // Nothing to say (automerge always speaks first on a new link; defensive).
+                pending -= 1;
             }
-            link.send(&m, report).await?;
+            live.insert(
+                id,
+                Live {
+                    doc,
+                    heard: false,
+                    done: !opened,
+                    saved_state,
+                },
+            );
         }
-        live.insert(
-            id,
-            Live {
-                doc,
-                heard: false,
-                done: false,
-                saved_state,
-            },
-        );
-    }
-
-    let mut pending = live.len();
-    while pending > 0 {
+        if pending == 0 {
+            break;
+        }
         let frame = link.next(report).await?;
         let event = match conn.receive(&frame) {
             Ok(e) => e,
@@ -458,16 +479,32 @@ async fn sync_documents(
                 message,
                 ..
             } => {
-                let entry = live.entry(document_id).or_insert_with(|| {
-                    // A document the server offers unasked: keep it too.
-                    pending += 1;
-                    Live {
-                        doc: Automerge::new(),
-                        heard: false,
+                if let Entry::Vacant(slot) = live.entry(document_id) {
+                    // A document the server offers before we opened it, or unasked: keep it
+                    // too, starting from what is stored (if anything).
+                    let queued = queue.len();
+                    queue.retain(|q| *q != document_id);
+                    if queue.len() == queued {
+                        pending += 1;
+                    }
+                    let doc = match store.load_document(&document_id) {
+                        Ok(d) => d,
+                        Err(Error::NotFound(_)) => Automerge::new(),
+                        Err(e) => return Err(e.into()),
+                    };
+                    slot.insert(Live {
+                        doc,
+                        heard: true,
                         done: false,
                         saved_state: None,
-                    }
-                });
+                    });
+                }
+                let Some(entry) = live.get_mut(&document_id) else {
+                    continue;
+                };
+                if !entry.heard {
+                    waiting -= 1;
+                }
                 let before = entry.doc.get_heads();
                 if !message.changes.is_empty() {
                     received_changes.insert(document_id);
@@ -502,6 +539,10 @@ async fn sync_documents(
             }
             Event::DocUnavailable { document_id } => {
                 if let Some(entry) = live.get_mut(&document_id) {
+                    if !entry.heard {
+                        entry.heard = true;
+                        waiting -= 1;
+                    }
                     if !entry.done {
                         entry.done = true;
                         pending -= 1;
