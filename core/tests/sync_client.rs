@@ -470,6 +470,17 @@ async fn a_reconnect_with_1000_unchanged_documents_sends_little() {
         a.save_document(&id, doc.document(), clock.now()).unwrap();
     }
     let first = sync_once(&a, &config(&url), &clock).await.unwrap();
+    // Every document's sync state is kept for this server, holding the heads now shared.
+    let server_key = url.trim_start_matches("http://");
+    for d in a.documents().unwrap() {
+        let id: DocumentId = d.doc_id.parse().unwrap();
+        let kept = a
+            .sync_state(server_key, &id)
+            .unwrap()
+            .expect("sync state kept");
+        let shared = automerge::sync::State::decode(&kept).unwrap().shared_heads;
+        assert_eq!(shared, heads(&a, &id));
+    }
     let again = sync_once(&a, &config(&url), &clock).await.unwrap();
     let docs = a.documents().unwrap().len() as u64;
     println!(
