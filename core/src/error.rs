@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use crate::codec::CodecError;
 use crate::crypto::CryptoError;
-use crate::sync::docs::DocError;
 use crate::workout::WorkoutError;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +37,6 @@ pub enum Error {
     Conflict(String),
     #[error("invalid input: {0}")]
     Invalid(String),
-    #[error(transparent)]
-    Document(#[from] DocError),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -28,7 +28,9 @@ use crate::crypto::StorageKey;
 use crate::db::Store;
 use crate::error::{Error, Result};
 use crate::sample::Channel;
-use crate::sync::docs::{self, ChunkRef, DocKind, DocLap, DocSummary, DocValidationCounts};
+use crate::sync::docs::{
+    self, ChunkRef, DocError, DocKind, DocLap, DocSummary, DocValidationCounts,
+};
 use crate::sync::protocol::DocumentId;
 use crate::time::Timestamp;
 use crate::workout::WorkoutSummary;
@@ -78,6 +80,11 @@ pub struct DocInfo {
     /// Hex change hashes; empty while the document is only tracked (not received yet).
     pub heads: Vec<String>,
     pub updated_at: Timestamp,
+}
+
+/// A document error as the store reports it: the edit or document is invalid.
+fn doc_error(e: DocError) -> Error {
+    Error::Invalid(e.to_string())
 }
 
 pub(crate) fn heads_text(heads: &[ChangeHash]) -> String {
@@ -194,7 +201,11 @@ fn hex_lower(bytes: &[u8]) -> String {
 }
 
 /// The workout document of a stored workout.
-fn workout_document(actor: ActorId, s: &WorkoutSummary, chunks: &[ChunkRef]) -> Result<AutoCommit> {
+fn workout_document(
+    actor: ActorId,
+    s: &WorkoutSummary,
+    chunks: &[ChunkRef],
+) -> std::result::Result<AutoCommit, DocError> {
     let id = uuid::Uuid::parse_str(&s.id.0).unwrap_or_else(|_| uuid::Uuid::new_v4());
     let mut doc = docs::new_workout(Some(actor), id, s.metrics.sport, s.start_time)?;
     if let Some(t) = &s.title {
@@ -274,7 +285,7 @@ pub(crate) fn create_workout_doc(
     }
     let chunks = chunk_refs(tx, &s.id.0)?;
     let actor = device_actor(tx)?;
-    let mut doc = workout_document(actor, s, &chunks)?;
+    let mut doc = workout_document(actor, s, &chunks).map_err(doc_error)?;
     let heads = doc.get_heads();
     tx.execute(
         "INSERT INTO sync_docs (doc_id, kind, workout_id, bytes, heads, updated_at)
@@ -308,7 +319,7 @@ fn create_profile_doc(tx: &Transaction<'_>, now: Timestamp) -> Result<bool> {
         Some(j) => serde_json::from_str(&j).map_err(|e| Error::Corrupt(format!("profile: {e}")))?,
         None => crate::gear::AthleteProfile::default(),
     };
-    let mut doc = docs::new_profile(Some(device_actor(tx)?))?;
+    let mut doc = docs::new_profile(Some(device_actor(tx)?)).map_err(doc_error)?;
     docs::set_physiology(
         &mut doc,
         &docs::Physiology {
@@ -318,7 +329,8 @@ fn create_profile_doc(tx: &Transaction<'_>, now: Timestamp) -> Result<bool> {
             hr_rest_bpm: p.hr_rest_bpm.map(f64::from),
             ftp_w: p.ftp_w.map(f64::from),
         },
-    )?;
+    )
+    .map_err(doc_error)?;
     doc.commit();
     let heads = doc.get_heads();
     tx.execute(
@@ -555,7 +567,7 @@ impl Store {
         &self,
         id: &DocumentId,
         now: Timestamp,
-        edit: impl FnOnce(&mut AutoCommit) -> std::result::Result<(), docs::DocError>,
+        edit: impl FnOnce(&mut AutoCommit) -> std::result::Result<(), DocError>,
     ) -> Result<Vec<ChangeHash>> {
         self.write(|tx| {
             let bytes =
@@ -567,9 +579,9 @@ impl Store {
                     .map_err(|e| Error::Corrupt(format!("automerge document: {e}")))?
             };
             doc.set_actor(device_actor(tx)?);
-            edit(&mut doc)?;
+            edit(&mut doc).map_err(doc_error)?;
             doc.commit();
-            docs::validate(doc.document(), &docs::ValidationContext { now })?;
+            docs::validate(doc.document(), &docs::ValidationContext { now }).map_err(doc_error)?;
             save_merged(tx, id, doc.document(), now)
         })
     }
