@@ -440,6 +440,8 @@ async fn an_interrupted_round_resumes_and_converges() {
     server.lock().unwrap().drop_after_frames = None;
     let r = sync_once(&a, &config(&url), &clock).await.unwrap();
     println!("resumed round: {r:?}");
+    // What the interrupted round got was kept: the resumed round fetched only the rest.
+    assert_eq!(renamed as u64 + r.docs_received, 20);
     let st = server.lock().unwrap();
     for id in &ids {
         let doc_id = a.workout_document_id(id).unwrap();

@@ -506,14 +506,15 @@ async fn sync_documents(
                     waiting -= 1;
                 }
                 let before = entry.doc.get_heads();
-                if !message.changes.is_empty() {
-                    received_changes.insert(document_id);
-                }
                 conn.receive_sync(&document_id, &mut entry.doc, message)
                     .map_err(|e| SyncError::Protocol(e.to_string()))?;
                 entry.heard = true;
+                let changed = entry.doc.get_heads() != before;
+                if changed {
+                    received_changes.insert(document_id);
+                }
                 let state = conn.sync_state(&document_id);
-                if entry.doc.get_heads() != before || state != entry.saved_state {
+                if changed || state != entry.saved_state {
                     store.save_synced(
                         &server,
                         &document_id,

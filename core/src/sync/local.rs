@@ -656,8 +656,8 @@ impl Store {
         })
     }
 
-    /// The chunk blobs local documents reference that are stored here and not yet confirmed
-    /// by `server`: (sha256, bytes).
+    /// The SHA-256 of the chunk blobs stored workout documents reference, held here and not
+    /// yet confirmed by `server`.
     pub fn blobs_to_upload(&self, server: &str) -> Result<Vec<String>> {
         let docs = self.documents()?;
         let mut out = Vec::new();
