@@ -29,7 +29,7 @@ use rusqlite::{
 use crate::crypto::{CryptoError, StorageKey};
 use crate::error::{Error, Result};
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const V1: &str = "CREATE TABLE workouts (
         id TEXT PRIMARY KEY,
@@ -133,10 +133,59 @@ const V2: &str = "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
      CREATE INDEX workouts_start ON workouts(status, start_time, id);
      CREATE INDEX workouts_status_sport_start ON workouts(status, sport, start_time, id);";
 
+/// v3: sync. Sample chunks become content-addressed (`sha256` of the stored bytes, the blob the
+/// server keeps); Automerge documents (one per workout, one profile), each server's sync state
+/// per document, the blobs already uploaded to a server, blobs downloaded for documents that
+/// came from elsewhere, and the REST outbox. See [`crate::sync::local`] and
+/// [`crate::sync::outbox`].
+const V3: &str = "ALTER TABLE sample_chunks ADD COLUMN sha256 TEXT;
+     CREATE INDEX sample_chunks_sha256 ON sample_chunks(sha256);
+     CREATE TABLE sync_docs (
+        doc_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('profile', 'workout', 'other')),
+        workout_id TEXT UNIQUE,
+        bytes BLOB NOT NULL,
+        heads TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE sync_states (
+        server TEXT NOT NULL,
+        doc_id TEXT NOT NULL REFERENCES sync_docs(doc_id) ON DELETE CASCADE,
+        state BLOB NOT NULL,
+        PRIMARY KEY (server, doc_id)
+     ) WITHOUT ROWID;
+     CREATE TABLE sync_uploaded (
+        server TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (server, sha256)
+     ) WITHOUT ROWID;
+     CREATE TABLE sync_blobs (
+        sha256 TEXT PRIMARY KEY,
+        data BLOB NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        body TEXT,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+        response_status INTEGER,
+        response_body TEXT,
+        last_error TEXT
+     );
+     CREATE INDEX outbox_pending ON outbox(status, seq);";
+
 type DataStep = fn(&Transaction<'_>, Option<&StorageKey>) -> Result<()>;
 
-const LADDER: &[(&str, Option<DataStep>)] =
-    &[(V1, None), (V2, Some(crate::store::migrate_v1_samples))];
+const LADDER: &[(&str, Option<DataStep>)] = &[
+    (V1, None),
+    (V2, Some(crate::store::migrate_v1_samples)),
+    (V3, Some(crate::sync::local::migrate_v3_documents)),
+];
 
 /// Applies the ladder up to `target` (tests use a lower target to build old databases).
 pub(crate) fn migrate_to(

@@ -326,7 +326,8 @@ pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
-/// Inserts a completed workout's row (its samples are written by the caller).
+/// Inserts a completed workout's row and makes its sync document; the caller writes the
+/// samples first (the document references the chunks).
 pub(crate) fn insert_workout_row(
     tx: &Transaction<'_>,
     s: &WorkoutSummary,
@@ -383,6 +384,7 @@ pub(crate) fn insert_workout_row(
             ],
         )?;
     }
+    crate::sync::local::create_workout_doc(tx, s, now)?;
     Ok(events)
 }
 
@@ -564,6 +566,8 @@ impl Store {
                     out.push(Saved::AlreadyImported);
                     continue;
                 }
+                // Chunks first: the workout's document references them.
+                put_samples(tx, key, &s.summary.id.0, &s.samples, 0)?;
                 let events = insert_workout_row(
                     tx,
                     &s.summary,
@@ -571,7 +575,6 @@ impl Store {
                     Some((file_name, hash, s.index)),
                     now,
                 )?;
-                put_samples(tx, key, &s.summary.id.0, &s.samples, 0)?;
                 out.push(Saved::Stored { events });
             }
             Ok(out)
@@ -587,8 +590,8 @@ impl Store {
     ) -> Result<Vec<DomainEvent>> {
         let key = self.key();
         self.write(|tx| {
-            let events = insert_workout_row(tx, summary, None, None, now)?;
             put_samples(tx, key, &summary.id.0, samples, 0)?;
+            let events = insert_workout_row(tx, summary, None, None, now)?;
             Ok(events)
         })
     }

@@ -536,3 +536,131 @@ fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
         stored.len() + 40
     );
 }
+
+#[test]
+fn a_v2_database_migrates_to_v3_with_a_document_per_workout_and_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("v2.db");
+    let (summary, samples) = workout_at(T0, 5, Sport::Cycling);
+    {
+        let s = Store::open_at_version(&old, Some(key()), 2).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        s.write(|tx| {
+            crate::store::put_samples(tx, Some(&key()), &summary.id.0, &samples, 0)?;
+            tx.execute(
+                "INSERT INTO workouts (id, sport, start_time, end_time, timer_s, distance_m,
+                    created_at, status, title)
+                 VALUES (?1, 'cycling', ?2, ?3, ?4, ?5, 0, 'completed', 'Old ride')",
+                rusqlite::params![
+                    summary.id.0,
+                    summary.start_time.0,
+                    summary.end_time.0,
+                    summary.metrics.timer_s,
+                    summary.metrics.distance_m,
+                ],
+            )?;
+            let mut with_title = summary.clone();
+            with_title.title = Some("Old ride".into());
+            tx.execute(
+                "INSERT INTO workout_docs (workout_id, summary_json) VALUES (?1, ?2)",
+                rusqlite::params![summary.id.0, serde_json::to_string(&with_title).unwrap()],
+            )?;
+            tx.execute(
+                "INSERT INTO profile (id, version, json) VALUES (1, 1, ?1)",
+                [serde_json::to_string(&AthleteProfile {
+                    weight_kg: Some(71.5),
+                    ..AthleteProfile::default()
+                })
+                .unwrap()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let upgraded = Store::open(&old, Some(key())).unwrap();
+    assert_eq!(upgraded.schema_version().unwrap(), 3);
+    let fresh_path = dir.path().join("fresh.db");
+    drop(Store::open(&fresh_path, Some(key())).unwrap());
+    assert_eq!(schema(&old), schema(&fresh_path));
+
+    let docs = upgraded.documents().unwrap();
+    assert_eq!(docs.len(), 2);
+    let ctx = crate::sync::docs::ValidationContext {
+        now: Timestamp(T0 + 86_400_000),
+    };
+    let profile = docs
+        .iter()
+        .find(|d| d.kind == crate::sync::local::LocalKind::Profile)
+        .unwrap();
+    let p = upgraded
+        .load_document(&profile.doc_id.parse().unwrap())
+        .unwrap();
+    let p = crate::sync::docs::ProfileDoc::read(&p, &ctx).unwrap();
+    assert_eq!(p.physiology.weight_kg, Some(71.5));
+
+    let id = upgraded.workout_document_id(&summary.id.0).unwrap();
+    let doc = upgraded.load_document(&id).unwrap();
+    let w = crate::sync::docs::WorkoutDoc::read(&doc, &ctx).unwrap();
+    assert_eq!(w.title.as_deref(), Some("Old ride"));
+    assert_eq!(w.start_time, summary.start_time);
+    assert_eq!(w.end_time, Some(summary.end_time));
+    // One reference per stored chunk, addressed by the SHA-256 of its stored bytes.
+    let stored: Vec<(String, Vec<u8>)> = Connection::open(&old)
+        .unwrap()
+        .prepare("SELECT sha256, data FROM sample_chunks ORDER BY channel, seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stored.len(), 3, "heart rate, position, power");
+    assert_eq!(w.chunks.len(), stored.len());
+    for (c, (sha, data)) in w.chunks.iter().zip(&stored) {
+        assert_eq!(&c.sha256, sha);
+        assert_eq!(&crate::sync::local::sha256_hex(data), sha);
+        assert_eq!(
+            upgraded.blob(sha).unwrap().as_deref(),
+            Some(data.as_slice())
+        );
+    }
+    // Opening again changes nothing.
+    drop(upgraded);
+    let again = Store::open(&old, Some(key())).unwrap();
+    assert_eq!(again.documents().unwrap(), docs);
+    assert_eq!(again.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn saved_workouts_get_documents_and_title_edits_go_through_them() {
+    let store = Store::open_in_memory(Some(key())).unwrap();
+    let (summary, samples) = workout_at(T0, 3, Sport::Running);
+    store
+        .save_workout(&summary, &samples, Timestamp(T0))
+        .unwrap();
+    let id = store.workout_document_id(&summary.id.0).unwrap();
+    let before = store.load_document(&id).unwrap().get_heads();
+    let heads = store
+        .set_workout_text(&summary.id.0, Some("Tempo"), None, Timestamp(T0))
+        .unwrap();
+    assert_ne!(heads, before);
+    assert_eq!(
+        store.summary(&summary.id.0).unwrap().title.as_deref(),
+        Some("Tempo")
+    );
+    let page = store.list(&ListFilter::default(), 10, None).unwrap();
+    assert_eq!(page.items[0].title.as_deref(), Some("Tempo"));
+    // An edit that would break the document is refused and changes nothing.
+    let long = "x".repeat(crate::sync::docs::MAX_TITLE_CHARS + 1);
+    assert!(store
+        .set_workout_text(&summary.id.0, Some(&long), None, Timestamp(T0))
+        .is_err());
+    assert_eq!(store.load_document(&id).unwrap().get_heads(), heads);
+    assert_eq!(
+        store.summary(&summary.id.0).unwrap().title.as_deref(),
+        Some("Tempo")
+    );
+    // Saving a document merges: an older copy does not undo the edit.
+    let old = automerge::Automerge::load(&store.load_document(&id).unwrap().save()).unwrap();
+    store.save_document(&id, &old, Timestamp(T0)).unwrap();
+    assert_eq!(store.load_document(&id).unwrap().get_heads(), heads);
+}

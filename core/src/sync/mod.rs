@@ -1,6 +1,6 @@
 //! Offline-first sync: the CRDT documents a device shares and the wire protocol that moves them.
 //!
-//! Two parts, both free of I/O so that the device and the server run the very same code:
+//! Two parts shared by device and server, both free of I/O so that both run the very same code:
 //!
 //! - [`docs`]: the typed Automerge documents of the design brief (one profile document per user,
 //!   one workout document per workout), each with `type` and `schemaVersion` at its root, typed
@@ -10,9 +10,23 @@
 //!   WebSocket) with document ids as automerge-repo makes them, and a per-peer state machine on
 //!   top of `automerge::sync`. The module documentation holds a runnable two-peer example.
 //!
-//! The WebSocket endpoint, storage and access control live in the server (`fitedge-server`,
-//! `src/sync/`); the device's sync client and outbox will live in this crate next to the store.
+//! The device side lives here too, next to the store:
+//!
+//! - [`local`]: the device's documents, sync states and blobs in SQLite (schema v3);
+//! - [`outbox`]: the offline REST outbox and its state machine;
+//! - [`backoff`]: the retry schedule;
+//! - `client` (cargo feature `net`, the only I/O): one sync round over the WebSocket, blobs and the
+//!   outbox sender over HTTP. See `docs/adr/0010-device-sync-client.md`.
+//!
+//! The WebSocket endpoint, storage and access control of the server live in `fitedge-server`
+//! (`src/sync/`).
 
+pub mod backoff;
+#[cfg(feature = "net")]
+pub mod client;
 pub mod docs;
-
+pub mod local;
+#[cfg(feature = "net")]
+mod net;
+pub mod outbox;
 pub mod protocol;
