@@ -9,17 +9,21 @@
 //! 2. Upload the chunk blobs local workout documents reference and the server has not
 //!    confirmed: `PUT /api/v1/blobs/{sha256}` (200, 201 and 204 count as done and are
 //!    remembered per server).
-//! 3. Open `ws://host/api/v1/sync` with `Authorization: Bearer <token>`, send `join` with this
+//! 3. Learn the documents the server holds for this user (`GET /api/v1/sync/docs`: owned and
+//!    shared) and track the ids this device has never seen, so the round asks for them: the
+//!    protocol has no listing, and without this a new phone would never see the watch's
+//!    workouts. A server without the route (404: a plain automerge-repo server) is skipped.
+//! 4. Open `ws://host/api/v1/sync` with `Authorization: Bearer <token>`, send `join` with this
 //!    device's stable peer id and `storageId`, wait for `peer`.
-//! 4. For every stored document restore the sync state kept for this server and send the first
+//! 5. For every stored document restore the sync state kept for this server and send the first
 //!    message (`request` for a document held only as an id, `sync` otherwise). With the shared
 //!    heads restored, an unchanged document costs one small message each way.
-//! 5. Apply what arrives; after each message, merge the document into the store and keep the
+//! 6. Apply what arrives; after each message, merge the document into the store and keep the
 //!    sync state, in one transaction (an interrupted round keeps what it got; the next round
 //!    starts from there). Documents the server sends unasked are stored too.
-//! 6. The round ends when every document is quiet: the server has spoken about it on this link
+//! 7. The round ends when every document is quiet: the server has spoken about it on this link
 //!    and the heads we share with it are our heads (or it answered `doc-unavailable`).
-//! 7. Download chunk blobs referenced by stored documents and missing here
+//! 8. Download chunk blobs referenced by stored documents and missing here
 //!    (`GET /api/v1/blobs/{sha256}`), checking each one's SHA-256 before keeping it.
 //!
 //! [`sync_with_retry`] repeats a round that failed on the network, waiting
@@ -76,6 +80,8 @@ pub struct SyncReport {
     pub docs_received: u64,
     /// Documents the server does not have (or will not share).
     pub docs_unavailable: u64,
+    /// Documents the server listed that this device had never seen (now tracked and asked for).
+    pub docs_discovered: u64,
     pub messages_sent: u64,
     pub messages_received: u64,
     /// WebSocket payload bytes (the CBOR messages).
@@ -162,6 +168,7 @@ pub async fn sync_once(
     store.ensure_documents(clock.now())?;
     let mut http = http_of(&addr, config);
     upload_blobs(store, &addr, &mut http, &mut report).await?;
+    discover_documents(store, &mut http, clock, &mut report).await?;
     sync_documents(store, &addr, config, clock, &mut report).await?;
     download_blobs(store, &mut http, &mut report).await?;
     Ok(report)
@@ -236,6 +243,54 @@ async fn upload_blobs(
             report
                 .errors
                 .push(format!("PUT {path}: HTTP {}", resp.status));
+        }
+    }
+    Ok(())
+}
+
+async fn discover_documents(
+    store: &Store,
+    http: &mut Http,
+    clock: &dyn Clock,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let path = "/api/v1/sync/docs";
+    let resp = http
+        .request("GET", path, &[], Vec::new())
+        .await
+        .map_err(SyncError::Network)?;
+    if let Some(e) = unauthorized(resp.status) {
+        return Err(e);
+    }
+    match resp.status {
+        200 => {}
+        404 => return Ok(()),
+        s => {
+            report.errors.push(format!("GET {path}: HTTP {s}"));
+            return Ok(());
+        }
+    }
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&resp.body)
+        .map_err(|e| SyncError::Protocol(format!("GET {path}: not a JSON array: {e}")))?;
+    let known: HashSet<String> = store.documents()?.into_iter().map(|d| d.doc_id).collect();
+    for entry in listed {
+        let Some(id) = entry["document_id"].as_str() else {
+            report
+                .errors
+                .push(format!("GET {path}: an entry without document_id: {entry}"));
+            continue;
+        };
+        if known.contains(id) {
+            continue;
+        }
+        match id.parse::<DocumentId>() {
+            Ok(doc_id) => {
+                store.track_document(&doc_id, clock.now())?;
+                report.docs_discovered += 1;
+            }
+            Err(e) => report
+                .errors
+                .push(format!("GET {path}: bad document id {id:?}: {e}")),
         }
     }
     Ok(())
