@@ -64,6 +64,8 @@ pub struct Engine {
     state: Mutex<State>,
     listeners: Listeners,
     next_listener: AtomicU64,
+    /// Made on the first sync call (see [`crate::sync`]).
+    runtime: crate::sync::SyncRuntime,
 }
 
 impl std::fmt::Debug for Engine {
@@ -149,6 +151,7 @@ impl Engine {
             }),
             listeners: Arc::new(Mutex::new(vec![])),
             next_listener: AtomicU64::new(1),
+            runtime: crate::sync::SyncRuntime::new(),
         }))
     }
 
@@ -192,6 +195,18 @@ impl Engine {
         let out = f(rec)?;
         self.emit(&mut st, true, None);
         Ok(out)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn clock_ref(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub(crate) fn runtime(&self) -> &crate::sync::SyncRuntime {
+        &self.runtime
     }
 
     fn profile_core(&self) -> Result<core::Profile, FitEdgeError> {

@@ -23,10 +23,11 @@ pub enum FitEdgeError {
     /// The local database could not be read or written (disk full, corrupt file, wrong key).
     #[error("storage: {0}")]
     Storage(String),
-    /// Syncing with the server failed (reserved for the sync client).
+    /// The server could not be reached or the sync round broke off (connection refused, timeout,
+    /// "sync protocol: ..."): try again later.
     #[error("network: {0}")]
     Network(String),
-    /// The server refused the credentials (reserved for the sync client).
+    /// The server refused the token (HTTP 401/403): sign in again; retrying will not help.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
 }

@@ -8,8 +8,10 @@ uniffi::setup_scaffolding!();
 
 mod engine;
 mod error;
+mod sync;
 mod types;
 
 pub use engine::{Engine, EngineClock, LiveMetricsListener, Subscription};
 pub use error::FitEdgeError;
+pub use sync::{OutboxCommand, OutboxFlushReport, OutboxStatus, SyncReport};
 pub use types::*;

@@ -548,6 +548,12 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_live_metrics() != 49368:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue() != 30263:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_flush() != 39700:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_list() != 26158:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_pause_workout() != 27180:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_profile() != 47557:
@@ -560,11 +566,15 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_route() != 3441:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text() != 46914:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_start_workout() != 63183:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_stats() != 31184:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics() != 21910:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_sync_now() != 14423:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_update_profile() != 11269:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -647,6 +657,15 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_list_workouts.restype = cty
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_live_metrics.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_live_metrics.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_outbox_flush.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_outbox_flush.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_outbox_list.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_outbox_list.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_pause_workout.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_pause_workout.restype = ctypes.c_uint16
@@ -665,6 +684,9 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_resume_workout.restype = ct
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_route.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_route.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_start_workout.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_start_workout.restype = ctypes.c_uint16
@@ -674,6 +696,9 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_stats.restype = ctypes.c_ui
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_sync_now.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_sync_now.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_update_profile.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_update_profile.restype = ctypes.c_uint16
@@ -778,6 +803,26 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_live_metrics.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_live_metrics.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_flush.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_flush.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_list.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_list.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_pause_workout.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -812,6 +857,14 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_route.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_route.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_workout_text.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_workout_text.restype = None
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_start_workout.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -831,6 +884,13 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_live_metrics.argtypes =
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_live_metrics.restype = ctypes.c_uint64
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sync_now.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sync_now.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_update_profile.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1730,6 +1790,237 @@ class _UniffiFfiConverterTypeLiveMetrics(_UniffiConverterRustBuffer):
         _UniffiFfiConverterFloat64.write(value.ascent_m, buf)
         _UniffiFfiConverterFloat64.write(value.calories_kcal, buf)
 
+class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterString.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterString.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterString.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+
+
+
+
+
+class OutboxStatus(enum.Enum):
+    """
+    Where an outbox command stands.
+"""
+    
+    PENDING = 0
+    """
+    Waiting to be sent (never tried, or tried and waiting for `next_attempt_ms`).
+"""
+    
+    SENT = 1
+    """
+    The server answered 2xx; `response_status` and `response_body` hold its answer.
+"""
+    
+    FAILED = 2
+    """
+    Given up: the server refused it (4xx), or it failed too many times.
+"""
+    
+
+
+class _UniffiFfiConverterTypeOutboxStatus(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return OutboxStatus.PENDING
+        if variant == 2:
+            return OutboxStatus.SENT
+        if variant == 3:
+            return OutboxStatus.FAILED
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == OutboxStatus.PENDING:
+            return
+        if value == OutboxStatus.SENT:
+            return
+        if value == OutboxStatus.FAILED:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == OutboxStatus.PENDING:
+            buf.write_i32(1)
+        if value == OutboxStatus.SENT:
+            buf.write_i32(2)
+        if value == OutboxStatus.FAILED:
+            buf.write_i32(3)
+
+
+
+@dataclass
+class OutboxCommand:
+    """
+    A server command queued while offline (kudos, a comment, a booking...) and what became of
+    it. Commands are sent in queue order, each with its idempotency key, so a retry never acts
+    twice.
+"""
+    def __init__(self, *, seq:int, method:str, path:str, body_json:typing.Optional[str], idempotency_key:str, status:OutboxStatus, created_at_ms:int, attempts:int, next_attempt_ms:int, last_http_status:typing.Optional[int], response_body:typing.Optional[str], last_error:typing.Optional[str]):
+        self.seq = seq
+        self.method = method
+        self.path = path
+        self.body_json = body_json
+        self.idempotency_key = idempotency_key
+        self.status = status
+        self.created_at_ms = created_at_ms
+        self.attempts = attempts
+        self.next_attempt_ms = next_attempt_ms
+        self.last_http_status = last_http_status
+        self.response_body = response_body
+        self.last_error = last_error
+        
+        
+
+    
+    def __str__(self):
+        return "OutboxCommand(seq={}, method={}, path={}, body_json={}, idempotency_key={}, status={}, created_at_ms={}, attempts={}, next_attempt_ms={}, last_http_status={}, response_body={}, last_error={})".format(self.seq, self.method, self.path, self.body_json, self.idempotency_key, self.status, self.created_at_ms, self.attempts, self.next_attempt_ms, self.last_http_status, self.response_body, self.last_error)
+    def __eq__(self, other):
+        if self.seq != other.seq:
+            return False
+        if self.method != other.method:
+            return False
+        if self.path != other.path:
+            return False
+        if self.body_json != other.body_json:
+            return False
+        if self.idempotency_key != other.idempotency_key:
+            return False
+        if self.status != other.status:
+            return False
+        if self.created_at_ms != other.created_at_ms:
+            return False
+        if self.attempts != other.attempts:
+            return False
+        if self.next_attempt_ms != other.next_attempt_ms:
+            return False
+        if self.last_http_status != other.last_http_status:
+            return False
+        if self.response_body != other.response_body:
+            return False
+        if self.last_error != other.last_error:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeOutboxCommand(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return OutboxCommand(
+            seq=_UniffiFfiConverterInt64.read(buf),
+            method=_UniffiFfiConverterString.read(buf),
+            path=_UniffiFfiConverterString.read(buf),
+            body_json=_UniffiFfiConverterOptionalString.read(buf),
+            idempotency_key=_UniffiFfiConverterString.read(buf),
+            status=_UniffiFfiConverterTypeOutboxStatus.read(buf),
+            created_at_ms=_UniffiFfiConverterInt64.read(buf),
+            attempts=_UniffiFfiConverterUInt32.read(buf),
+            next_attempt_ms=_UniffiFfiConverterInt64.read(buf),
+            last_http_status=_UniffiFfiConverterOptionalUInt16.read(buf),
+            response_body=_UniffiFfiConverterOptionalString.read(buf),
+            last_error=_UniffiFfiConverterOptionalString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterInt64.check_lower(value.seq)
+        _UniffiFfiConverterString.check_lower(value.method)
+        _UniffiFfiConverterString.check_lower(value.path)
+        _UniffiFfiConverterOptionalString.check_lower(value.body_json)
+        _UniffiFfiConverterString.check_lower(value.idempotency_key)
+        _UniffiFfiConverterTypeOutboxStatus.check_lower(value.status)
+        _UniffiFfiConverterInt64.check_lower(value.created_at_ms)
+        _UniffiFfiConverterUInt32.check_lower(value.attempts)
+        _UniffiFfiConverterInt64.check_lower(value.next_attempt_ms)
+        _UniffiFfiConverterOptionalUInt16.check_lower(value.last_http_status)
+        _UniffiFfiConverterOptionalString.check_lower(value.response_body)
+        _UniffiFfiConverterOptionalString.check_lower(value.last_error)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterInt64.write(value.seq, buf)
+        _UniffiFfiConverterString.write(value.method, buf)
+        _UniffiFfiConverterString.write(value.path, buf)
+        _UniffiFfiConverterOptionalString.write(value.body_json, buf)
+        _UniffiFfiConverterString.write(value.idempotency_key, buf)
+        _UniffiFfiConverterTypeOutboxStatus.write(value.status, buf)
+        _UniffiFfiConverterInt64.write(value.created_at_ms, buf)
+        _UniffiFfiConverterUInt32.write(value.attempts, buf)
+        _UniffiFfiConverterInt64.write(value.next_attempt_ms, buf)
+        _UniffiFfiConverterOptionalUInt16.write(value.last_http_status, buf)
+        _UniffiFfiConverterOptionalString.write(value.response_body, buf)
+        _UniffiFfiConverterOptionalString.write(value.last_error, buf)
+
+@dataclass
+class OutboxFlushReport:
+    """
+    What one `outbox_flush` did.
+"""
+    def __init__(self, *, sent:int, failed:int, pending:int):
+        self.sent = sent
+        self.failed = failed
+        self.pending = pending
+        
+        
+
+    
+    def __str__(self):
+        return "OutboxFlushReport(sent={}, failed={}, pending={})".format(self.sent, self.failed, self.pending)
+    def __eq__(self, other):
+        if self.sent != other.sent:
+            return False
+        if self.failed != other.failed:
+            return False
+        if self.pending != other.pending:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeOutboxFlushReport(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return OutboxFlushReport(
+            sent=_UniffiFfiConverterUInt64.read(buf),
+            failed=_UniffiFfiConverterUInt64.read(buf),
+            pending=_UniffiFfiConverterUInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.sent)
+        _UniffiFfiConverterUInt64.check_lower(value.failed)
+        _UniffiFfiConverterUInt64.check_lower(value.pending)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.sent, buf)
+        _UniffiFfiConverterUInt64.write(value.failed, buf)
+        _UniffiFfiConverterUInt64.write(value.pending, buf)
+
 @dataclass
 class PeriodStats:
     def __init__(self, *, period:str, workouts:int, distance_m:float, timer_s:float, calories_kcal:float, ascent_m:float, avg_pace_s_per_km:typing.Optional[float]):
@@ -2335,6 +2626,122 @@ class _UniffiFfiConverterTypeSample(_UniffiConverterRustBuffer):
         _UniffiFfiConverterInt64.write(value.timestamp_ms, buf)
         _UniffiFfiConverterTypeReading.write(value.reading, buf)
 
+class _UniffiFfiConverterSequenceString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterString.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterString.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterString.read(buf) for i in range(count)
+        ]
+
+@dataclass
+class SyncReport:
+    """
+    What one sync round did.
+"""
+    def __init__(self, *, docs_sent:int, docs_received:int, docs_discovered:int, docs_unavailable:int, messages_sent:int, messages_received:int, bytes_sent:int, bytes_received:int, blobs_uploaded:int, blobs_downloaded:int, problems:typing.List[str]):
+        self.docs_sent = docs_sent
+        self.docs_received = docs_received
+        self.docs_discovered = docs_discovered
+        self.docs_unavailable = docs_unavailable
+        self.messages_sent = messages_sent
+        self.messages_received = messages_received
+        self.bytes_sent = bytes_sent
+        self.bytes_received = bytes_received
+        self.blobs_uploaded = blobs_uploaded
+        self.blobs_downloaded = blobs_downloaded
+        self.problems = problems
+        
+        
+
+    
+    def __str__(self):
+        return "SyncReport(docs_sent={}, docs_received={}, docs_discovered={}, docs_unavailable={}, messages_sent={}, messages_received={}, bytes_sent={}, bytes_received={}, blobs_uploaded={}, blobs_downloaded={}, problems={})".format(self.docs_sent, self.docs_received, self.docs_discovered, self.docs_unavailable, self.messages_sent, self.messages_received, self.bytes_sent, self.bytes_received, self.blobs_uploaded, self.blobs_downloaded, self.problems)
+    def __eq__(self, other):
+        if self.docs_sent != other.docs_sent:
+            return False
+        if self.docs_received != other.docs_received:
+            return False
+        if self.docs_discovered != other.docs_discovered:
+            return False
+        if self.docs_unavailable != other.docs_unavailable:
+            return False
+        if self.messages_sent != other.messages_sent:
+            return False
+        if self.messages_received != other.messages_received:
+            return False
+        if self.bytes_sent != other.bytes_sent:
+            return False
+        if self.bytes_received != other.bytes_received:
+            return False
+        if self.blobs_uploaded != other.blobs_uploaded:
+            return False
+        if self.blobs_downloaded != other.blobs_downloaded:
+            return False
+        if self.problems != other.problems:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeSyncReport(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return SyncReport(
+            docs_sent=_UniffiFfiConverterUInt64.read(buf),
+            docs_received=_UniffiFfiConverterUInt64.read(buf),
+            docs_discovered=_UniffiFfiConverterUInt64.read(buf),
+            docs_unavailable=_UniffiFfiConverterUInt64.read(buf),
+            messages_sent=_UniffiFfiConverterUInt64.read(buf),
+            messages_received=_UniffiFfiConverterUInt64.read(buf),
+            bytes_sent=_UniffiFfiConverterUInt64.read(buf),
+            bytes_received=_UniffiFfiConverterUInt64.read(buf),
+            blobs_uploaded=_UniffiFfiConverterUInt64.read(buf),
+            blobs_downloaded=_UniffiFfiConverterUInt64.read(buf),
+            problems=_UniffiFfiConverterSequenceString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.docs_sent)
+        _UniffiFfiConverterUInt64.check_lower(value.docs_received)
+        _UniffiFfiConverterUInt64.check_lower(value.docs_discovered)
+        _UniffiFfiConverterUInt64.check_lower(value.docs_unavailable)
+        _UniffiFfiConverterUInt64.check_lower(value.messages_sent)
+        _UniffiFfiConverterUInt64.check_lower(value.messages_received)
+        _UniffiFfiConverterUInt64.check_lower(value.bytes_sent)
+        _UniffiFfiConverterUInt64.check_lower(value.bytes_received)
+        _UniffiFfiConverterUInt64.check_lower(value.blobs_uploaded)
+        _UniffiFfiConverterUInt64.check_lower(value.blobs_downloaded)
+        _UniffiFfiConverterSequenceString.check_lower(value.problems)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.docs_sent, buf)
+        _UniffiFfiConverterUInt64.write(value.docs_received, buf)
+        _UniffiFfiConverterUInt64.write(value.docs_discovered, buf)
+        _UniffiFfiConverterUInt64.write(value.docs_unavailable, buf)
+        _UniffiFfiConverterUInt64.write(value.messages_sent, buf)
+        _UniffiFfiConverterUInt64.write(value.messages_received, buf)
+        _UniffiFfiConverterUInt64.write(value.bytes_sent, buf)
+        _UniffiFfiConverterUInt64.write(value.bytes_received, buf)
+        _UniffiFfiConverterUInt64.write(value.blobs_uploaded, buf)
+        _UniffiFfiConverterUInt64.write(value.blobs_downloaded, buf)
+        _UniffiFfiConverterSequenceString.write(value.problems, buf)
+
 
 
 
@@ -2425,31 +2832,6 @@ class _UniffiFfiConverterTypeSport(_UniffiConverterRustBuffer):
             buf.write_i32(8)
 
 
-
-class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterString.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterString.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterString.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
 
 @dataclass
 class WorkoutListItem:
@@ -2875,14 +3257,15 @@ class FitEdgeError:  # type: ignore
     _UniffiTempFitEdgeError.Storage = Storage # type: ignore
     class Network(_UniffiTempFitEdgeError):
         """
-        Syncing with the server failed (reserved for the sync client).
+        The server could not be reached or the sync round broke off (connection refused, timeout,
+        "sync protocol: ..."): try again later.
 """
         def __repr__(self):
             return "FitEdgeError.Network({})".format(repr(str(self)))
     _UniffiTempFitEdgeError.Network = Network # type: ignore
     class Unauthorized(_UniffiTempFitEdgeError):
         """
-        The server refused the credentials (reserved for the sync client).
+        The server refused the token (HTTP 401/403): sign in again; retrying will not help.
 """
         def __repr__(self):
             return "FitEdgeError.Unauthorized({})".format(repr(str(self)))
@@ -3480,6 +3863,29 @@ class _UniffiFfiConverterOptionalTypeLiveMetrics(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
+class _UniffiFfiConverterSequenceTypeOutboxCommand(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeOutboxCommand.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeOutboxCommand.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeOutboxCommand.read(buf) for i in range(count)
+        ]
+
 class _UniffiFfiConverterSequenceTypeSample(_UniffiConverterRustBuffer):
     @classmethod
     def check_lower(cls, value):
@@ -3775,6 +4181,35 @@ class EngineProtocol(typing.Protocol):
         The live figures of the workout being recorded, if any.
 """
         raise NotImplementedError
+    def outbox_enqueue(self, method: str,path: str,body_json: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> OutboxCommand:
+        """
+        Queues a server command to send later, in order, with a fresh idempotency key. Works
+        offline: nothing is sent until `outbox_flush`. `method` is POST, PUT, PATCH or DELETE;
+        `path` starts with `/`; `body_json` is JSON text (at most 256 KiB).
+
+        Errors: `InvalidInput` (method, path or body refused), `Storage`.
+"""
+        raise NotImplementedError
+    def outbox_flush(self, server_url: str,token: str) -> OutboxFlushReport:
+        """
+        Sends the due outbox commands, in order, to the server at `server_url` as the user of
+        `token`. A command that fails on the network or with 5xx/408/409/429 stays `Pending` and
+        waits (2 s, 4 s, ... up to an hour, or the server's `Retry-After`), holding back the ones
+        behind it; 2xx makes it `Sent`, another 4xx `Failed`. Network failures are recorded on the
+        command, not raised.
+
+        Blocks: call it from a background thread, never the UI thread.
+
+        Errors: `Unauthorized` (401/403; the command stays as it was), `InvalidInput` (bad URL),
+        `Storage`.
+"""
+        raise NotImplementedError
+    def outbox_list(self, ) -> typing.List[OutboxCommand]:
+        """
+        Every queued command, in sending order, with its outcome so far (sent and failed ones
+        included).
+"""
+        raise NotImplementedError
     def pause_workout(self, ) -> None:
         raise NotImplementedError
     def profile(self, ) -> AthleteProfile:
@@ -3796,6 +4231,15 @@ class EngineProtocol(typing.Protocol):
         The route for a map, simplified to `tolerance_m` metres.
 """
         raise NotImplementedError
+    def set_workout_text(self, workout_id: str,title: typing.Union[object, typing.Optional[str]] = _DEFAULT,notes: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> None:
+        """
+        Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
+        through the workout's synced document as a text diff, so an edit made concurrently on
+        another device merges with this one at the next `sync_now`.
+
+        Errors: `NotFound` (no such workout), `InvalidInput`, `Storage`.
+"""
+        raise NotImplementedError
     def start_workout(self, sport: typing.Union[object, typing.Optional[Sport]] = _DEFAULT) -> str:
         """
         Starts recording a workout now. `sport` null: the engine detects it.
@@ -3806,6 +4250,21 @@ class EngineProtocol(typing.Protocol):
     def subscribe_live_metrics(self, listener: LiveMetricsListener) -> Subscription:
         """
         Calls `listener` with live metrics until the returned subscription is cancelled.
+"""
+        raise NotImplementedError
+    def sync_now(self, server_url: str,token: str) -> SyncReport:
+        """
+        One sync round with the server at `server_url` (`http://host:port`) as the user of
+        `token` (the access token from login): chunk blobs up, documents both ways (workouts and
+        their titles/notes, the profile), blobs down. Everything received is stored before this
+        returns; an interrupted round keeps what it got and the next one resumes.
+
+        Blocks until the round ends (up to 30 s without an answer): call it from a background
+        thread, never the UI thread.
+
+        Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
+        "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
+        URL (or `https://`, which this build does not support); `Storage`.
 """
         raise NotImplementedError
     def update_profile(self, profile: AthleteProfile) -> None:
@@ -4136,6 +4595,82 @@ class Engine(EngineProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    def outbox_enqueue(self, method: str,path: str,body_json: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> OutboxCommand:
+        """
+        Queues a server command to send later, in order, with a fresh idempotency key. Works
+        offline: nothing is sent until `outbox_flush`. `method` is POST, PUT, PATCH or DELETE;
+        `path` starts with `/`; `body_json` is JSON text (at most 256 KiB).
+
+        Errors: `InvalidInput` (method, path or body refused), `Storage`.
+"""
+        
+        _UniffiFfiConverterString.check_lower(method)
+
+        _UniffiFfiConverterString.check_lower(path)
+
+        if body_json is _DEFAULT:
+            body_json = None
+        _UniffiFfiConverterOptionalString.check_lower(body_json)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(method),
+            _UniffiFfiConverterString.lower(path),
+            _UniffiFfiConverterOptionalString.lower(body_json),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeOutboxCommand.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def outbox_flush(self, server_url: str,token: str) -> OutboxFlushReport:
+        """
+        Sends the due outbox commands, in order, to the server at `server_url` as the user of
+        `token`. A command that fails on the network or with 5xx/408/409/429 stays `Pending` and
+        waits (2 s, 4 s, ... up to an hour, or the server's `Retry-After`), holding back the ones
+        behind it; 2xx makes it `Sent`, another 4xx `Failed`. Network failures are recorded on the
+        command, not raised.
+
+        Blocks: call it from a background thread, never the UI thread.
+
+        Errors: `Unauthorized` (401/403; the command stays as it was), `InvalidInput` (bad URL),
+        `Storage`.
+"""
+        
+        _UniffiFfiConverterString.check_lower(server_url)
+
+        _UniffiFfiConverterString.check_lower(token)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(server_url),
+            _UniffiFfiConverterString.lower(token),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeOutboxFlushReport.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_flush,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def outbox_list(self, ) -> typing.List[OutboxCommand]:
+        """
+        Every queued command, in sending order, with its outcome so far (sent and failed ones
+        included).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeOutboxCommand.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_list,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
     def pause_workout(self, ) -> None:
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
@@ -4229,6 +4764,38 @@ class Engine(EngineProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    def set_workout_text(self, workout_id: str,title: typing.Union[object, typing.Optional[str]] = _DEFAULT,notes: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> None:
+        """
+        Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
+        through the workout's synced document as a text diff, so an edit made concurrently on
+        another device merges with this one at the next `sync_now`.
+
+        Errors: `NotFound` (no such workout), `InvalidInput`, `Storage`.
+"""
+        
+        _UniffiFfiConverterString.check_lower(workout_id)
+
+        if title is _DEFAULT:
+            title = None
+        _UniffiFfiConverterOptionalString.check_lower(title)
+
+        if notes is _DEFAULT:
+            notes = None
+        _UniffiFfiConverterOptionalString.check_lower(notes)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(workout_id),
+            _UniffiFfiConverterOptionalString.lower(title),
+            _UniffiFfiConverterOptionalString.lower(notes),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_workout_text,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
     def start_workout(self, sport: typing.Union[object, typing.Optional[Sport]] = _DEFAULT) -> str:
         """
         Starts recording a workout now. `sport` null: the engine detects it.
@@ -4284,6 +4851,37 @@ class Engine(EngineProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_live_metrics,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def sync_now(self, server_url: str,token: str) -> SyncReport:
+        """
+        One sync round with the server at `server_url` (`http://host:port`) as the user of
+        `token` (the access token from login): chunk blobs up, documents both ways (workouts and
+        their titles/notes, the profile), blobs down. Everything received is stored before this
+        returns; an interrupted round keeps what it got and the next one resumes.
+
+        Blocks until the round ends (up to 30 s without an answer): call it from a background
+        thread, never the UI thread.
+
+        Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
+        "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
+        URL (or `https://`, which this build does not support); `Storage`.
+"""
+        
+        _UniffiFfiConverterString.check_lower(server_url)
+
+        _UniffiFfiConverterString.check_lower(token)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(server_url),
+            _UniffiFfiConverterString.lower(token),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeSyncReport.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sync_now,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -4531,6 +5129,7 @@ __all__ = [
     "Sex",
     "GearKind",
     "WorkoutState",
+    "OutboxStatus",
     "Reading",
     "Sport",
     "FileFormat",
@@ -4543,9 +5142,12 @@ __all__ = [
     "Gear",
     "Lap",
     "LiveMetrics",
+    "OutboxCommand",
+    "OutboxFlushReport",
     "PeriodStats",
     "RouteMap",
     "Sample",
+    "SyncReport",
     "WorkoutListItem",
     "WorkoutPage",
     "WorkoutSummary",

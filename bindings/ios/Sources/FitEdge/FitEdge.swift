@@ -748,6 +748,59 @@ public protocol EngineProtocol: AnyObject, Sendable {
     
     func workoutSummary(workoutId: String) throws  -> WorkoutSummary
     
+    /**
+     * Queues a server command to send later, in order, with a fresh idempotency key. Works
+     * offline: nothing is sent until `outbox_flush`. `method` is POST, PUT, PATCH or DELETE;
+     * `path` starts with `/`; `body_json` is JSON text (at most 256 KiB).
+     *
+     * Errors: `InvalidInput` (method, path or body refused), `Storage`.
+     */
+    func outboxEnqueue(method: String, path: String, bodyJson: String?) throws  -> OutboxCommand
+    
+    /**
+     * Sends the due outbox commands, in order, to the server at `server_url` as the user of
+     * `token`. A command that fails on the network or with 5xx/408/409/429 stays `Pending` and
+     * waits (2 s, 4 s, ... up to an hour, or the server's `Retry-After`), holding back the ones
+     * behind it; 2xx makes it `Sent`, another 4xx `Failed`. Network failures are recorded on the
+     * command, not raised.
+     *
+     * Blocks: call it from a background thread, never the UI thread.
+     *
+     * Errors: `Unauthorized` (401/403; the command stays as it was), `InvalidInput` (bad URL),
+     * `Storage`.
+     */
+    func outboxFlush(serverUrl: String, token: String) throws  -> OutboxFlushReport
+    
+    /**
+     * Every queued command, in sending order, with its outcome so far (sent and failed ones
+     * included).
+     */
+    func outboxList() throws  -> [OutboxCommand]
+    
+    /**
+     * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
+     * through the workout's synced document as a text diff, so an edit made concurrently on
+     * another device merges with this one at the next `sync_now`.
+     *
+     * Errors: `NotFound` (no such workout), `InvalidInput`, `Storage`.
+     */
+    func setWorkoutText(workoutId: String, title: String?, notes: String?) throws 
+    
+    /**
+     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
+     * their titles/notes, the profile), blobs down. Everything received is stored before this
+     * returns; an interrupted round keeps what it got and the next one resumes.
+     *
+     * Blocks until the round ends (up to 30 s without an answer): call it from a background
+     * thread, never the UI thread.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
+     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
+     * URL (or `https://`, which this build does not support); `Storage`.
+     */
+    func syncNow(serverUrl: String, token: String) throws  -> SyncReport
+    
 }
 open class Engine: EngineProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -1110,6 +1163,103 @@ open func workoutSummary(workoutId: String)throws  -> WorkoutSummary  {
     uniffi_fitedge_ffi_fn_method_engine_workout_summary(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(workoutId),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Queues a server command to send later, in order, with a fresh idempotency key. Works
+     * offline: nothing is sent until `outbox_flush`. `method` is POST, PUT, PATCH or DELETE;
+     * `path` starts with `/`; `body_json` is JSON text (at most 256 KiB).
+     *
+     * Errors: `InvalidInput` (method, path or body refused), `Storage`.
+     */
+open func outboxEnqueue(method: String, path: String, bodyJson: String? = nil)throws  -> OutboxCommand  {
+    return try  FfiConverterTypeOutboxCommand_lift(try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(method),
+        FfiConverterString.lower(path),
+        FfiConverterOptionString.lower(bodyJson),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Sends the due outbox commands, in order, to the server at `server_url` as the user of
+     * `token`. A command that fails on the network or with 5xx/408/409/429 stays `Pending` and
+     * waits (2 s, 4 s, ... up to an hour, or the server's `Retry-After`), holding back the ones
+     * behind it; 2xx makes it `Sent`, another 4xx `Failed`. Network failures are recorded on the
+     * command, not raised.
+     *
+     * Blocks: call it from a background thread, never the UI thread.
+     *
+     * Errors: `Unauthorized` (401/403; the command stays as it was), `InvalidInput` (bad URL),
+     * `Storage`.
+     */
+open func outboxFlush(serverUrl: String, token: String)throws  -> OutboxFlushReport  {
+    return try  FfiConverterTypeOutboxFlushReport_lift(try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_outbox_flush(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(serverUrl),
+        FfiConverterString.lower(token),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Every queued command, in sending order, with its outcome so far (sent and failed ones
+     * included).
+     */
+open func outboxList()throws  -> [OutboxCommand]  {
+    return try  FfiConverterSequenceTypeOutboxCommand.lift(try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_outbox_list(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
+     * through the workout's synced document as a text diff, so an edit made concurrently on
+     * another device merges with this one at the next `sync_now`.
+     *
+     * Errors: `NotFound` (no such workout), `InvalidInput`, `Storage`.
+     */
+open func setWorkoutText(workoutId: String, title: String? = nil, notes: String? = nil)throws   {try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_set_workout_text(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(workoutId),
+        FfiConverterOptionString.lower(title),
+        FfiConverterOptionString.lower(notes),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
+     * their titles/notes, the profile), blobs down. Everything received is stored before this
+     * returns; an interrupted round keeps what it got and the next one resumes.
+     *
+     * Blocks until the round ends (up to 30 s without an answer): call it from a background
+     * thread, never the UI thread.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
+     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
+     * URL (or `https://`, which this build does not support); `Storage`.
+     */
+open func syncNow(serverUrl: String, token: String)throws  -> SyncReport  {
+    return try  FfiConverterTypeSyncReport_lift(try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_sync_now(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(serverUrl),
+        FfiConverterString.lower(token),uniffiCallStatus
     )
 })
 }
@@ -2125,6 +2275,252 @@ public func FfiConverterTypeLiveMetrics_lower(_ value: LiveMetrics) -> RustBuffe
 }
 
 
+/**
+ * A server command queued while offline (kudos, a comment, a booking...) and what became of
+ * it. Commands are sent in queue order, each with its idempotency key, so a retry never acts
+ * twice.
+ */
+public struct OutboxCommand: Equatable, Hashable {
+    /**
+     * Position in the queue (sending order); increases with every enqueue.
+     */
+    public var seq: Int64
+    /**
+     * POST, PUT, PATCH or DELETE.
+     */
+    public var method: String
+    /**
+     * Path and query on the server, e.g. `/api/v1/workouts/{id}/kudos`.
+     */
+    public var path: String
+    /**
+     * The JSON body, if any.
+     */
+    public var bodyJson: String?
+    /**
+     * A UUID made at enqueue, sent as `X-Idempotency-Key` on every attempt.
+     */
+    public var idempotencyKey: String
+    public var status: OutboxStatus
+    /**
+     * When the command was queued, milliseconds since the Unix epoch (engine clock).
+     */
+    public var createdAtMs: Int64
+    /**
+     * Attempts made so far (0 until the first send).
+     */
+    public var attempts: UInt32
+    /**
+     * Earliest time of the next attempt, milliseconds since the Unix epoch (engine clock).
+     * Meaningful while `status` is `Pending`.
+     */
+    public var nextAttemptMs: Int64
+    /**
+     * The HTTP status of the last answer, if the server answered.
+     */
+    public var lastHttpStatus: UInt16?
+    /**
+     * The body of the last answer, if the server answered.
+     */
+    public var responseBody: String?
+    /**
+     * Why the last attempt failed without an answer (connection refused, timeout...).
+     */
+    public var lastError: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Position in the queue (sending order); increases with every enqueue.
+         */seq: Int64, 
+        /**
+         * POST, PUT, PATCH or DELETE.
+         */method: String, 
+        /**
+         * Path and query on the server, e.g. `/api/v1/workouts/{id}/kudos`.
+         */path: String, 
+        /**
+         * The JSON body, if any.
+         */bodyJson: String?, 
+        /**
+         * A UUID made at enqueue, sent as `X-Idempotency-Key` on every attempt.
+         */idempotencyKey: String, status: OutboxStatus, 
+        /**
+         * When the command was queued, milliseconds since the Unix epoch (engine clock).
+         */createdAtMs: Int64, 
+        /**
+         * Attempts made so far (0 until the first send).
+         */attempts: UInt32, 
+        /**
+         * Earliest time of the next attempt, milliseconds since the Unix epoch (engine clock).
+         * Meaningful while `status` is `Pending`.
+         */nextAttemptMs: Int64, 
+        /**
+         * The HTTP status of the last answer, if the server answered.
+         */lastHttpStatus: UInt16?, 
+        /**
+         * The body of the last answer, if the server answered.
+         */responseBody: String?, 
+        /**
+         * Why the last attempt failed without an answer (connection refused, timeout...).
+         */lastError: String?) {
+        self.seq = seq
+        self.method = method
+        self.path = path
+        self.bodyJson = bodyJson
+        self.idempotencyKey = idempotencyKey
+        self.status = status
+        self.createdAtMs = createdAtMs
+        self.attempts = attempts
+        self.nextAttemptMs = nextAttemptMs
+        self.lastHttpStatus = lastHttpStatus
+        self.responseBody = responseBody
+        self.lastError = lastError
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension OutboxCommand: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeOutboxCommand: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> OutboxCommand {
+        return
+            try OutboxCommand(
+                seq: FfiConverterInt64.read(from: &buf), 
+                method: FfiConverterString.read(from: &buf), 
+                path: FfiConverterString.read(from: &buf), 
+                bodyJson: FfiConverterOptionString.read(from: &buf), 
+                idempotencyKey: FfiConverterString.read(from: &buf), 
+                status: FfiConverterTypeOutboxStatus.read(from: &buf), 
+                createdAtMs: FfiConverterInt64.read(from: &buf), 
+                attempts: FfiConverterUInt32.read(from: &buf), 
+                nextAttemptMs: FfiConverterInt64.read(from: &buf), 
+                lastHttpStatus: FfiConverterOptionUInt16.read(from: &buf), 
+                responseBody: FfiConverterOptionString.read(from: &buf), 
+                lastError: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: OutboxCommand, into buf: inout [UInt8]) {
+        FfiConverterInt64.write(value.seq, into: &buf)
+        FfiConverterString.write(value.method, into: &buf)
+        FfiConverterString.write(value.path, into: &buf)
+        FfiConverterOptionString.write(value.bodyJson, into: &buf)
+        FfiConverterString.write(value.idempotencyKey, into: &buf)
+        FfiConverterTypeOutboxStatus.write(value.status, into: &buf)
+        FfiConverterInt64.write(value.createdAtMs, into: &buf)
+        FfiConverterUInt32.write(value.attempts, into: &buf)
+        FfiConverterInt64.write(value.nextAttemptMs, into: &buf)
+        FfiConverterOptionUInt16.write(value.lastHttpStatus, into: &buf)
+        FfiConverterOptionString.write(value.responseBody, into: &buf)
+        FfiConverterOptionString.write(value.lastError, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutboxCommand_lift(_ buf: RustBuffer) throws -> OutboxCommand {
+    return try FfiConverterTypeOutboxCommand.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutboxCommand_lower(_ value: OutboxCommand) -> RustBuffer {
+    return FfiConverterTypeOutboxCommand.lower(value)
+}
+
+
+/**
+ * What one `outbox_flush` did.
+ */
+public struct OutboxFlushReport: Equatable, Hashable {
+    /**
+     * Commands the server accepted (2xx) during this flush.
+     */
+    public var sent: UInt64
+    /**
+     * Commands given up during this flush (refused, or too many failures).
+     */
+    public var failed: UInt64
+    /**
+     * Commands still pending after the flush (waiting for their next attempt).
+     */
+    public var pending: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Commands the server accepted (2xx) during this flush.
+         */sent: UInt64, 
+        /**
+         * Commands given up during this flush (refused, or too many failures).
+         */failed: UInt64, 
+        /**
+         * Commands still pending after the flush (waiting for their next attempt).
+         */pending: UInt64) {
+        self.sent = sent
+        self.failed = failed
+        self.pending = pending
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension OutboxFlushReport: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeOutboxFlushReport: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> OutboxFlushReport {
+        return
+            try OutboxFlushReport(
+                sent: FfiConverterUInt64.read(from: &buf), 
+                failed: FfiConverterUInt64.read(from: &buf), 
+                pending: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: OutboxFlushReport, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.sent, into: &buf)
+        FfiConverterUInt64.write(value.failed, into: &buf)
+        FfiConverterUInt64.write(value.pending, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutboxFlushReport_lift(_ buf: RustBuffer) throws -> OutboxFlushReport {
+    return try FfiConverterTypeOutboxFlushReport.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutboxFlushReport_lower(_ value: OutboxFlushReport) -> RustBuffer {
+    return FfiConverterTypeOutboxFlushReport.lower(value)
+}
+
+
 public struct PeriodStats: Equatable, Hashable {
     public var period: String
     public var workouts: UInt64
@@ -2319,6 +2715,169 @@ public func FfiConverterTypeSample_lift(_ buf: RustBuffer) throws -> Sample {
 #endif
 public func FfiConverterTypeSample_lower(_ value: Sample) -> RustBuffer {
     return FfiConverterTypeSample.lower(value)
+}
+
+
+/**
+ * What one sync round did.
+ */
+public struct SyncReport: Equatable, Hashable {
+    /**
+     * Documents (workouts, the profile) this round sent changes of.
+     */
+    public var docsSent: UInt64
+    /**
+     * Documents this round received changes of (edits or workouts from other devices).
+     */
+    public var docsReceived: UInt64
+    /**
+     * Documents the server listed that this device had never seen; they were asked for in the
+     * same round (a new device learns the other devices' workouts this way).
+     */
+    public var docsDiscovered: UInt64
+    /**
+     * Documents the server does not have or will not share.
+     */
+    public var docsUnavailable: UInt64
+    /**
+     * Sync messages sent over the WebSocket.
+     */
+    public var messagesSent: UInt64
+    /**
+     * Sync messages received over the WebSocket.
+     */
+    public var messagesReceived: UInt64
+    /**
+     * WebSocket payload bytes sent (the CBOR sync messages; blobs not included).
+     */
+    public var bytesSent: UInt64
+    /**
+     * WebSocket payload bytes received (the CBOR sync messages; blobs not included).
+     */
+    public var bytesReceived: UInt64
+    /**
+     * Sample chunk blobs uploaded (`PUT /api/v1/blobs/{sha256}`).
+     */
+    public var blobsUploaded: UInt64
+    /**
+     * Sample chunk blobs downloaded and checked against their SHA-256.
+     */
+    public var blobsDownloaded: UInt64
+    /**
+     * Problems that did not stop the round (a blob the server refused or lacks, ...), one
+     * human-readable line each. Empty when all went well.
+     */
+    public var problems: [String]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Documents (workouts, the profile) this round sent changes of.
+         */docsSent: UInt64, 
+        /**
+         * Documents this round received changes of (edits or workouts from other devices).
+         */docsReceived: UInt64, 
+        /**
+         * Documents the server listed that this device had never seen; they were asked for in the
+         * same round (a new device learns the other devices' workouts this way).
+         */docsDiscovered: UInt64, 
+        /**
+         * Documents the server does not have or will not share.
+         */docsUnavailable: UInt64, 
+        /**
+         * Sync messages sent over the WebSocket.
+         */messagesSent: UInt64, 
+        /**
+         * Sync messages received over the WebSocket.
+         */messagesReceived: UInt64, 
+        /**
+         * WebSocket payload bytes sent (the CBOR sync messages; blobs not included).
+         */bytesSent: UInt64, 
+        /**
+         * WebSocket payload bytes received (the CBOR sync messages; blobs not included).
+         */bytesReceived: UInt64, 
+        /**
+         * Sample chunk blobs uploaded (`PUT /api/v1/blobs/{sha256}`).
+         */blobsUploaded: UInt64, 
+        /**
+         * Sample chunk blobs downloaded and checked against their SHA-256.
+         */blobsDownloaded: UInt64, 
+        /**
+         * Problems that did not stop the round (a blob the server refused or lacks, ...), one
+         * human-readable line each. Empty when all went well.
+         */problems: [String]) {
+        self.docsSent = docsSent
+        self.docsReceived = docsReceived
+        self.docsDiscovered = docsDiscovered
+        self.docsUnavailable = docsUnavailable
+        self.messagesSent = messagesSent
+        self.messagesReceived = messagesReceived
+        self.bytesSent = bytesSent
+        self.bytesReceived = bytesReceived
+        self.blobsUploaded = blobsUploaded
+        self.blobsDownloaded = blobsDownloaded
+        self.problems = problems
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SyncReport: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncReport {
+        return
+            try SyncReport(
+                docsSent: FfiConverterUInt64.read(from: &buf), 
+                docsReceived: FfiConverterUInt64.read(from: &buf), 
+                docsDiscovered: FfiConverterUInt64.read(from: &buf), 
+                docsUnavailable: FfiConverterUInt64.read(from: &buf), 
+                messagesSent: FfiConverterUInt64.read(from: &buf), 
+                messagesReceived: FfiConverterUInt64.read(from: &buf), 
+                bytesSent: FfiConverterUInt64.read(from: &buf), 
+                bytesReceived: FfiConverterUInt64.read(from: &buf), 
+                blobsUploaded: FfiConverterUInt64.read(from: &buf), 
+                blobsDownloaded: FfiConverterUInt64.read(from: &buf), 
+                problems: FfiConverterSequenceString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SyncReport, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.docsSent, into: &buf)
+        FfiConverterUInt64.write(value.docsReceived, into: &buf)
+        FfiConverterUInt64.write(value.docsDiscovered, into: &buf)
+        FfiConverterUInt64.write(value.docsUnavailable, into: &buf)
+        FfiConverterUInt64.write(value.messagesSent, into: &buf)
+        FfiConverterUInt64.write(value.messagesReceived, into: &buf)
+        FfiConverterUInt64.write(value.bytesSent, into: &buf)
+        FfiConverterUInt64.write(value.bytesReceived, into: &buf)
+        FfiConverterUInt64.write(value.blobsUploaded, into: &buf)
+        FfiConverterUInt64.write(value.blobsDownloaded, into: &buf)
+        FfiConverterSequenceString.write(value.problems, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncReport_lift(_ buf: RustBuffer) throws -> SyncReport {
+    return try FfiConverterTypeSyncReport.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncReport_lower(_ value: SyncReport) -> RustBuffer {
+    return FfiConverterTypeSyncReport.lower(value)
 }
 
 
@@ -2714,12 +3273,13 @@ enum FitEdgeError: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     case Storage(message: String)
     
     /**
-     * Syncing with the server failed (reserved for the sync client).
+     * The server could not be reached or the sync round broke off (connection refused, timeout,
+     * "sync protocol: ..."): try again later.
      */
     case Network(message: String)
     
     /**
-     * The server refused the credentials (reserved for the sync client).
+     * The server refused the token (HTTP 401/403): sign in again; retrying will not help.
      */
     case Unauthorized(message: String)
     
@@ -2890,6 +3450,91 @@ public func FfiConverterTypeGearKind_lift(_ buf: RustBuffer) throws -> GearKind 
 #endif
 public func FfiConverterTypeGearKind_lower(_ value: GearKind) -> RustBuffer {
     return FfiConverterTypeGearKind.lower(value)
+}
+
+
+
+/**
+ * Where an outbox command stands.
+ */
+
+public enum OutboxStatus: Equatable, Hashable {
+    
+    /**
+     * Waiting to be sent (never tried, or tried and waiting for `next_attempt_ms`).
+     */
+    case pending
+    /**
+     * The server answered 2xx; `response_status` and `response_body` hold its answer.
+     */
+    case sent
+    /**
+     * Given up: the server refused it (4xx), or it failed too many times.
+     */
+    case failed
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension OutboxStatus: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeOutboxStatus: FfiConverterRustBuffer {
+    typealias SwiftType = OutboxStatus
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> OutboxStatus {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .pending
+        
+        case 2: return .sent
+        
+        case 3: return .failed
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: OutboxStatus, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .pending:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .sent:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .failed:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutboxStatus_lift(_ buf: RustBuffer) throws -> OutboxStatus {
+    return try FfiConverterTypeOutboxStatus.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeOutboxStatus_lower(_ value: OutboxStatus) -> RustBuffer {
+    return FfiConverterTypeOutboxStatus.lower(value)
 }
 
 
@@ -3812,6 +4457,31 @@ fileprivate struct FfiConverterOptionTypeSport: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
+    typealias SwiftType = [String]
+
+    public static func write(_ value: [String], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterString.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [String] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [String]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeGear: FfiConverterRustBuffer {
     typealias SwiftType = [Gear]
 
@@ -3854,6 +4524,31 @@ fileprivate struct FfiConverterSequenceTypeLap: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeLap.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeOutboxCommand: FfiConverterRustBuffer {
+    typealias SwiftType = [OutboxCommand]
+
+    public static func write(_ value: [OutboxCommand], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeOutboxCommand.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [OutboxCommand] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [OutboxCommand]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeOutboxCommand.read(from: &buf))
         }
         return seq
     }
@@ -4044,6 +4739,21 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fitedge_ffi_checksum_method_engine_workout_summary() != 53039) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue() != 30263) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_engine_outbox_flush() != 39700) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_engine_outbox_list() != 26158) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_engine_set_workout_text() != 46914) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_engine_sync_now() != 14423) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() != 38998) {

@@ -415,6 +415,31 @@ RustBuffer uniffi_fitedge_ffi_fn_method_engine_workout_state(uint64_t ptr, RustC
 RustBuffer uniffi_fitedge_ffi_fn_method_engine_workout_summary(uint64_t ptr, RustBuffer workout_id, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_ENQUEUE
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_ENQUEUE
+RustBuffer uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue(uint64_t ptr, RustBuffer method, RustBuffer path, RustBuffer body_json, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_FLUSH
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_FLUSH
+RustBuffer uniffi_fitedge_ffi_fn_method_engine_outbox_flush(uint64_t ptr, RustBuffer server_url, RustBuffer token, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_LIST
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_LIST
+RustBuffer uniffi_fitedge_ffi_fn_method_engine_outbox_list(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SET_WORKOUT_TEXT
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SET_WORKOUT_TEXT
+void uniffi_fitedge_ffi_fn_method_engine_set_workout_text(uint64_t ptr, RustBuffer workout_id, RustBuffer title, RustBuffer notes, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SYNC_NOW
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SYNC_NOW
+RustBuffer uniffi_fitedge_ffi_fn_method_engine_sync_now(uint64_t ptr, RustBuffer server_url, RustBuffer token, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_ENGINECLOCK
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_ENGINECLOCK
 uint64_t uniffi_fitedge_ffi_fn_clone_engineclock(uint64_t handle, RustCallStatus *_Nonnull out_status
@@ -871,6 +896,36 @@ uint16_t uniffi_fitedge_ffi_checksum_method_engine_workout_state(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_WORKOUT_SUMMARY
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_WORKOUT_SUMMARY
 uint16_t uniffi_fitedge_ffi_checksum_method_engine_workout_summary(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_ENQUEUE
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_ENQUEUE
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_FLUSH
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_FLUSH
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_outbox_flush(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_LIST
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_LIST
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_outbox_list(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SET_WORKOUT_TEXT
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SET_WORKOUT_TEXT
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_set_workout_text(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SYNC_NOW
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SYNC_NOW
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_sync_now(void
     
 );
 #endif

@@ -769,6 +769,16 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_workout_summary(
     ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_outbox_flush(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_outbox_list(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_set_workout_text(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_sync_now(
+    ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engineclock_now_ms(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics(
@@ -856,6 +866,16 @@ internal object UniffiLib {
     external fun uniffi_fitedge_ffi_fn_method_engine_workout_state(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_fitedge_ffi_fn_method_engine_workout_summary(`ptr`: Long,`workoutId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue(`ptr`: Long,`method`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,`bodyJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_outbox_flush(`ptr`: Long,`serverUrl`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_outbox_list(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_set_workout_text(`ptr`: Long,`workoutId`: RustBuffer.ByValue,`title`: RustBuffer.ByValue,`notes`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_method_engine_sync_now(`ptr`: Long,`serverUrl`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_fitedge_ffi_fn_clone_engineclock(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1068,6 +1088,21 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_workout_summary() and 0xFFFF) != 53039) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue() and 0xFFFF) != 30263) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_flush() and 0xFFFF) != 39700) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_list() and 0xFFFF) != 26158) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text() and 0xFFFF) != 46914) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 14423) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() and 0xFFFF) != 38998) {
@@ -1703,6 +1738,59 @@ public interface EngineInterface {
     
     fun `workoutSummary`(`workoutId`: kotlin.String): WorkoutSummary
     
+    /**
+     * Queues a server command to send later, in order, with a fresh idempotency key. Works
+     * offline: nothing is sent until `outbox_flush`. `method` is POST, PUT, PATCH or DELETE;
+     * `path` starts with `/`; `body_json` is JSON text (at most 256 KiB).
+     *
+     * Errors: `InvalidInput` (method, path or body refused), `Storage`.
+     */
+    fun `outboxEnqueue`(`method`: kotlin.String, `path`: kotlin.String, `bodyJson`: kotlin.String? = null): OutboxCommand
+    
+    /**
+     * Sends the due outbox commands, in order, to the server at `server_url` as the user of
+     * `token`. A command that fails on the network or with 5xx/408/409/429 stays `Pending` and
+     * waits (2 s, 4 s, ... up to an hour, or the server's `Retry-After`), holding back the ones
+     * behind it; 2xx makes it `Sent`, another 4xx `Failed`. Network failures are recorded on the
+     * command, not raised.
+     *
+     * Blocks: call it from a background thread, never the UI thread.
+     *
+     * Errors: `Unauthorized` (401/403; the command stays as it was), `InvalidInput` (bad URL),
+     * `Storage`.
+     */
+    fun `outboxFlush`(`serverUrl`: kotlin.String, `token`: kotlin.String): OutboxFlushReport
+    
+    /**
+     * Every queued command, in sending order, with its outcome so far (sent and failed ones
+     * included).
+     */
+    fun `outboxList`(): List<OutboxCommand>
+    
+    /**
+     * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
+     * through the workout's synced document as a text diff, so an edit made concurrently on
+     * another device merges with this one at the next `sync_now`.
+     *
+     * Errors: `NotFound` (no such workout), `InvalidInput`, `Storage`.
+     */
+    fun `setWorkoutText`(`workoutId`: kotlin.String, `title`: kotlin.String? = null, `notes`: kotlin.String? = null)
+    
+    /**
+     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
+     * their titles/notes, the profile), blobs down. Everything received is stored before this
+     * returns; an interrupted round keeps what it got and the next one resumes.
+     *
+     * Blocks until the round ends (up to 30 s without an answer): call it from a background
+     * thread, never the UI thread.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
+     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
+     * URL (or `https://`, which this build does not support); `Storage`.
+     */
+    fun `syncNow`(`serverUrl`: kotlin.String, `token`: kotlin.String): SyncReport
+    
     companion object
 }
 
@@ -2199,6 +2287,128 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         it,
         
         FfiConverterString.lower(`workoutId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Queues a server command to send later, in order, with a fresh idempotency key. Works
+     * offline: nothing is sent until `outbox_flush`. `method` is POST, PUT, PATCH or DELETE;
+     * `path` starts with `/`; `body_json` is JSON text (at most 256 KiB).
+     *
+     * Errors: `InvalidInput` (method, path or body refused), `Storage`.
+     */
+    @Throws(FitEdgeException::class)override fun `outboxEnqueue`(`method`: kotlin.String, `path`: kotlin.String, `bodyJson`: kotlin.String?): OutboxCommand {
+            return FfiConverterTypeOutboxCommand.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue(
+        it,
+        
+        FfiConverterString.lower(`method`),
+        FfiConverterString.lower(`path`),
+        FfiConverterOptionalString.lower(`bodyJson`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Sends the due outbox commands, in order, to the server at `server_url` as the user of
+     * `token`. A command that fails on the network or with 5xx/408/409/429 stays `Pending` and
+     * waits (2 s, 4 s, ... up to an hour, or the server's `Retry-After`), holding back the ones
+     * behind it; 2xx makes it `Sent`, another 4xx `Failed`. Network failures are recorded on the
+     * command, not raised.
+     *
+     * Blocks: call it from a background thread, never the UI thread.
+     *
+     * Errors: `Unauthorized` (401/403; the command stays as it was), `InvalidInput` (bad URL),
+     * `Storage`.
+     */
+    @Throws(FitEdgeException::class)override fun `outboxFlush`(`serverUrl`: kotlin.String, `token`: kotlin.String): OutboxFlushReport {
+            return FfiConverterTypeOutboxFlushReport.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_flush(
+        it,
+        
+        FfiConverterString.lower(`serverUrl`),
+        FfiConverterString.lower(`token`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Every queued command, in sending order, with its outcome so far (sent and failed ones
+     * included).
+     */
+    @Throws(FitEdgeException::class)override fun `outboxList`(): List<OutboxCommand> {
+            return FfiConverterSequenceTypeOutboxCommand.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_outbox_list(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
+     * through the workout's synced document as a text diff, so an edit made concurrently on
+     * another device merges with this one at the next `sync_now`.
+     *
+     * Errors: `NotFound` (no such workout), `InvalidInput`, `Storage`.
+     */
+    @Throws(FitEdgeException::class)override fun `setWorkoutText`(`workoutId`: kotlin.String, `title`: kotlin.String?, `notes`: kotlin.String?)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_workout_text(
+        it,
+        
+        FfiConverterString.lower(`workoutId`),
+        FfiConverterOptionalString.lower(`title`),
+        FfiConverterOptionalString.lower(`notes`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
+     * their titles/notes, the profile), blobs down. Everything received is stored before this
+     * returns; an interrupted round keeps what it got and the next one resumes.
+     *
+     * Blocks until the round ends (up to 30 s without an answer): call it from a background
+     * thread, never the UI thread.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
+     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
+     * URL (or `https://`, which this build does not support); `Storage`.
+     */
+    @Throws(FitEdgeException::class)override fun `syncNow`(`serverUrl`: kotlin.String, `token`: kotlin.String): SyncReport {
+            return FfiConverterTypeSyncReport.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sync_now(
+        it,
+        
+        FfiConverterString.lower(`serverUrl`),
+        FfiConverterString.lower(`token`),_status)
 }
     }
     )
@@ -3556,6 +3766,188 @@ public object FfiConverterTypeLiveMetrics: FfiConverterRustBuffer<LiveMetrics> {
 
 
 
+/**
+ * A server command queued while offline (kudos, a comment, a booking...) and what became of
+ * it. Commands are sent in queue order, each with its idempotency key, so a retry never acts
+ * twice.
+ */
+data class OutboxCommand (
+    /**
+     * Position in the queue (sending order); increases with every enqueue.
+     */
+    var `seq`: kotlin.Long
+    , 
+    /**
+     * POST, PUT, PATCH or DELETE.
+     */
+    var `method`: kotlin.String
+    , 
+    /**
+     * Path and query on the server, e.g. `/api/v1/workouts/{id}/kudos`.
+     */
+    var `path`: kotlin.String
+    , 
+    /**
+     * The JSON body, if any.
+     */
+    var `bodyJson`: kotlin.String?
+    , 
+    /**
+     * A UUID made at enqueue, sent as `X-Idempotency-Key` on every attempt.
+     */
+    var `idempotencyKey`: kotlin.String
+    , 
+    var `status`: OutboxStatus
+    , 
+    /**
+     * When the command was queued, milliseconds since the Unix epoch (engine clock).
+     */
+    var `createdAtMs`: kotlin.Long
+    , 
+    /**
+     * Attempts made so far (0 until the first send).
+     */
+    var `attempts`: kotlin.UInt
+    , 
+    /**
+     * Earliest time of the next attempt, milliseconds since the Unix epoch (engine clock).
+     * Meaningful while `status` is `Pending`.
+     */
+    var `nextAttemptMs`: kotlin.Long
+    , 
+    /**
+     * The HTTP status of the last answer, if the server answered.
+     */
+    var `lastHttpStatus`: kotlin.UShort?
+    , 
+    /**
+     * The body of the last answer, if the server answered.
+     */
+    var `responseBody`: kotlin.String?
+    , 
+    /**
+     * Why the last attempt failed without an answer (connection refused, timeout...).
+     */
+    var `lastError`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutboxCommand: FfiConverterRustBuffer<OutboxCommand> {
+    override fun read(buf: ByteBuffer): OutboxCommand {
+        return OutboxCommand(
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeOutboxStatus.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterOptionalUShort.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: OutboxCommand) = (
+            FfiConverterLong.allocationSize(value.`seq`) +
+            FfiConverterString.allocationSize(value.`method`) +
+            FfiConverterString.allocationSize(value.`path`) +
+            FfiConverterOptionalString.allocationSize(value.`bodyJson`) +
+            FfiConverterString.allocationSize(value.`idempotencyKey`) +
+            FfiConverterTypeOutboxStatus.allocationSize(value.`status`) +
+            FfiConverterLong.allocationSize(value.`createdAtMs`) +
+            FfiConverterUInt.allocationSize(value.`attempts`) +
+            FfiConverterLong.allocationSize(value.`nextAttemptMs`) +
+            FfiConverterOptionalUShort.allocationSize(value.`lastHttpStatus`) +
+            FfiConverterOptionalString.allocationSize(value.`responseBody`) +
+            FfiConverterOptionalString.allocationSize(value.`lastError`)
+    )
+
+    override fun write(value: OutboxCommand, buf: ByteBuffer) {
+            FfiConverterLong.write(value.`seq`, buf)
+            FfiConverterString.write(value.`method`, buf)
+            FfiConverterString.write(value.`path`, buf)
+            FfiConverterOptionalString.write(value.`bodyJson`, buf)
+            FfiConverterString.write(value.`idempotencyKey`, buf)
+            FfiConverterTypeOutboxStatus.write(value.`status`, buf)
+            FfiConverterLong.write(value.`createdAtMs`, buf)
+            FfiConverterUInt.write(value.`attempts`, buf)
+            FfiConverterLong.write(value.`nextAttemptMs`, buf)
+            FfiConverterOptionalUShort.write(value.`lastHttpStatus`, buf)
+            FfiConverterOptionalString.write(value.`responseBody`, buf)
+            FfiConverterOptionalString.write(value.`lastError`, buf)
+    }
+}
+
+
+
+/**
+ * What one `outbox_flush` did.
+ */
+data class OutboxFlushReport (
+    /**
+     * Commands the server accepted (2xx) during this flush.
+     */
+    var `sent`: kotlin.ULong
+    , 
+    /**
+     * Commands given up during this flush (refused, or too many failures).
+     */
+    var `failed`: kotlin.ULong
+    , 
+    /**
+     * Commands still pending after the flush (waiting for their next attempt).
+     */
+    var `pending`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutboxFlushReport: FfiConverterRustBuffer<OutboxFlushReport> {
+    override fun read(buf: ByteBuffer): OutboxFlushReport {
+        return OutboxFlushReport(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: OutboxFlushReport) = (
+            FfiConverterULong.allocationSize(value.`sent`) +
+            FfiConverterULong.allocationSize(value.`failed`) +
+            FfiConverterULong.allocationSize(value.`pending`)
+    )
+
+    override fun write(value: OutboxFlushReport, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`sent`, buf)
+            FfiConverterULong.write(value.`failed`, buf)
+            FfiConverterULong.write(value.`pending`, buf)
+    }
+}
+
+
+
 data class PeriodStats (
     var `period`: kotlin.String
     , 
@@ -3699,6 +4091,127 @@ public object FfiConverterTypeSample: FfiConverterRustBuffer<Sample> {
     override fun write(value: Sample, buf: ByteBuffer) {
             FfiConverterLong.write(value.`timestampMs`, buf)
             FfiConverterTypeReading.write(value.`reading`, buf)
+    }
+}
+
+
+
+/**
+ * What one sync round did.
+ */
+data class SyncReport (
+    /**
+     * Documents (workouts, the profile) this round sent changes of.
+     */
+    var `docsSent`: kotlin.ULong
+    , 
+    /**
+     * Documents this round received changes of (edits or workouts from other devices).
+     */
+    var `docsReceived`: kotlin.ULong
+    , 
+    /**
+     * Documents the server listed that this device had never seen; they were asked for in the
+     * same round (a new device learns the other devices' workouts this way).
+     */
+    var `docsDiscovered`: kotlin.ULong
+    , 
+    /**
+     * Documents the server does not have or will not share.
+     */
+    var `docsUnavailable`: kotlin.ULong
+    , 
+    /**
+     * Sync messages sent over the WebSocket.
+     */
+    var `messagesSent`: kotlin.ULong
+    , 
+    /**
+     * Sync messages received over the WebSocket.
+     */
+    var `messagesReceived`: kotlin.ULong
+    , 
+    /**
+     * WebSocket payload bytes sent (the CBOR sync messages; blobs not included).
+     */
+    var `bytesSent`: kotlin.ULong
+    , 
+    /**
+     * WebSocket payload bytes received (the CBOR sync messages; blobs not included).
+     */
+    var `bytesReceived`: kotlin.ULong
+    , 
+    /**
+     * Sample chunk blobs uploaded (`PUT /api/v1/blobs/{sha256}`).
+     */
+    var `blobsUploaded`: kotlin.ULong
+    , 
+    /**
+     * Sample chunk blobs downloaded and checked against their SHA-256.
+     */
+    var `blobsDownloaded`: kotlin.ULong
+    , 
+    /**
+     * Problems that did not stop the round (a blob the server refused or lacks, ...), one
+     * human-readable line each. Empty when all went well.
+     */
+    var `problems`: List<kotlin.String>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
+    override fun read(buf: ByteBuffer): SyncReport {
+        return SyncReport(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterSequenceString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SyncReport) = (
+            FfiConverterULong.allocationSize(value.`docsSent`) +
+            FfiConverterULong.allocationSize(value.`docsReceived`) +
+            FfiConverterULong.allocationSize(value.`docsDiscovered`) +
+            FfiConverterULong.allocationSize(value.`docsUnavailable`) +
+            FfiConverterULong.allocationSize(value.`messagesSent`) +
+            FfiConverterULong.allocationSize(value.`messagesReceived`) +
+            FfiConverterULong.allocationSize(value.`bytesSent`) +
+            FfiConverterULong.allocationSize(value.`bytesReceived`) +
+            FfiConverterULong.allocationSize(value.`blobsUploaded`) +
+            FfiConverterULong.allocationSize(value.`blobsDownloaded`) +
+            FfiConverterSequenceString.allocationSize(value.`problems`)
+    )
+
+    override fun write(value: SyncReport, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`docsSent`, buf)
+            FfiConverterULong.write(value.`docsReceived`, buf)
+            FfiConverterULong.write(value.`docsDiscovered`, buf)
+            FfiConverterULong.write(value.`docsUnavailable`, buf)
+            FfiConverterULong.write(value.`messagesSent`, buf)
+            FfiConverterULong.write(value.`messagesReceived`, buf)
+            FfiConverterULong.write(value.`bytesSent`, buf)
+            FfiConverterULong.write(value.`bytesReceived`, buf)
+            FfiConverterULong.write(value.`blobsUploaded`, buf)
+            FfiConverterULong.write(value.`blobsDownloaded`, buf)
+            FfiConverterSequenceString.write(value.`problems`, buf)
     }
 }
 
@@ -4030,12 +4543,13 @@ sealed class FitEdgeException(message: String): kotlin.Exception(message) {
         class Storage(message: String) : FitEdgeException(message)
         
     /**
-     * Syncing with the server failed (reserved for the sync client).
+     * The server could not be reached or the sync round broke off (connection refused, timeout,
+     * "sync protocol: ..."): try again later.
      */
         class Network(message: String) : FitEdgeException(message)
         
     /**
-     * The server refused the credentials (reserved for the sync client).
+     * The server refused the token (HTTP 401/403): sign in again; retrying will not help.
      */
         class Unauthorized(message: String) : FitEdgeException(message)
         
@@ -4127,6 +4641,53 @@ public object FfiConverterTypeGearKind: FfiConverterRustBuffer<GearKind> {
     override fun allocationSize(value: GearKind) = 4UL
 
     override fun write(value: GearKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * Where an outbox command stands.
+ */
+
+enum class OutboxStatus {
+    
+    /**
+     * Waiting to be sent (never tried, or tried and waiting for `next_attempt_ms`).
+     */
+    PENDING,
+    /**
+     * The server answered 2xx; `response_status` and `response_body` hold its answer.
+     */
+    SENT,
+    /**
+     * Given up: the server refused it (4xx), or it failed too many times.
+     */
+    FAILED;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeOutboxStatus: FfiConverterRustBuffer<OutboxStatus> {
+    override fun read(buf: ByteBuffer) = try {
+        OutboxStatus.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: OutboxStatus) = 4UL
+
+    override fun write(value: OutboxStatus, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -5108,6 +5669,34 @@ public object FfiConverterOptionalTypeSport: FfiConverterRustBuffer<Sport?> {
 /**
  * @suppress
  */
+public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.String>> {
+    override fun read(buf: ByteBuffer): List<kotlin.String> {
+        val len = buf.getInt()
+        return List<kotlin.String>(len) {
+            FfiConverterString.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.String>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterString.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.String>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterString.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeGear: FfiConverterRustBuffer<List<Gear>> {
     override fun read(buf: ByteBuffer): List<Gear> {
         val len = buf.getInt()
@@ -5154,6 +5743,34 @@ public object FfiConverterSequenceTypeLap: FfiConverterRustBuffer<List<Lap>> {
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeLap.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeOutboxCommand: FfiConverterRustBuffer<List<OutboxCommand>> {
+    override fun read(buf: ByteBuffer): List<OutboxCommand> {
+        val len = buf.getInt()
+        return List<OutboxCommand>(len) {
+            FfiConverterTypeOutboxCommand.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<OutboxCommand>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeOutboxCommand.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<OutboxCommand>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeOutboxCommand.write(it, buf)
         }
     }
 }
