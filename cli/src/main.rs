@@ -21,6 +21,7 @@ macro_rules! outln {
 }
 
 mod decode;
+mod demo;
 mod history;
 mod import;
 mod keyfile;
@@ -93,6 +94,9 @@ enum Command {
     /// Replay a FIT recording through synthesised sensor notifications, the sensor hub and a
     /// new recording, and print the resulting summary.
     Replay(replay::ReplayArgs),
+    /// Offline-first sync end to end: an embedded server, a watch and a phone of one user that
+    /// record offline, edit the same workout concurrently, reconnect and converge.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,6 +203,7 @@ fn main() -> ExitCode {
         },
         Command::Decode(a) => decode::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Demo(a) => demo::run(a),
     };
     ExitCode::from(code)
 }

@@ -170,7 +170,7 @@ pub async fn sync_once(
     upload_blobs(store, &addr, &mut http, &mut report).await?;
     discover_documents(store, &mut http, clock, &mut report).await?;
     sync_documents(store, &addr, config, clock, &mut report).await?;
-    download_blobs(store, &mut http, &mut report).await?;
+    download_blobs(store, &addr, &mut http, &mut report).await?;
     Ok(report)
 }
 
@@ -298,9 +298,11 @@ async fn discover_documents(
 
 async fn download_blobs(
     store: &Store,
+    addr: &ServerAddr,
     http: &mut Http,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
+    let server = addr.key();
     for sha in store.blobs_missing()? {
         let path = format!("/api/v1/blobs/{sha}");
         let resp = http
@@ -317,7 +319,11 @@ async fn download_blobs(
             continue;
         }
         match store.put_blob(&sha, &resp.body) {
-            Ok(()) => report.blobs_downloaded += 1,
+            Ok(()) => {
+                // The server has it: never upload it back.
+                store.mark_uploaded(&server, &sha)?;
+                report.blobs_downloaded += 1;
+            }
             // A blob that does not hash to its name is refused and reported, never kept.
             Err(Error::Corrupt(m)) => report.errors.push(m),
             Err(e) => return Err(e.into()),

@@ -517,6 +517,13 @@ pub async fn delete_user(tx: &mut Tx, user_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every stored document id, in order (operators, the demo's server view).
+pub async fn all_ids(state: &AppState) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar("SELECT id FROM sync_docs ORDER BY id")
+        .fetch_all(state.db.pool())
+        .await?)
+}
+
 /// The ids of the documents a user owns (to drop them from memory after deletion).
 pub async fn owned_ids(state: &AppState, user_id: &str) -> Result<Vec<String>> {
     Ok(

@@ -1,0 +1,575 @@
+//! `fitedge demo`: offline-first sync end to end, on this machine, in under a minute.
+//!
+//! 1. An embedded server (SQLite in a temporary directory, dev mode) on a free local port.
+//! 2. One user registered, verified and signed in twice: a watch and a phone, each with its own
+//!    session and its own encrypted device database.
+//! 3. Offline, each device records a workout by replaying a real recording through synthesised
+//!    sensor notifications, the sensor hub and a crash-safe store recording.
+//! 4. Both devices sync (WebSocket, automerge-repo protocol; sample chunks as blobs).
+//! 5. Offline again, both edit the title and notes of the same workout.
+//! 6. They reconnect and sync until nothing moves; their histories and the server's documents
+//!    are compared. The exit status is 0 only when everything converged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use automerge::Automerge;
+use fitedge_core::crypto::StorageKey;
+use fitedge_core::fit;
+use fitedge_core::recording::Recording;
+use fitedge_core::sample::Sample;
+use fitedge_core::store::Store;
+use fitedge_core::sync::client::{sync_once, SyncConfig, SyncReport};
+use fitedge_core::sync::docs::{ValidationContext, WorkoutDoc};
+use fitedge_core::sync::local::LocalKind;
+use fitedge_core::sync::protocol::DocumentId;
+use fitedge_core::time::{Clock, ManualClock, SystemClock, Timestamp};
+use fitedge_core::workout::{Outcome, SampleSink, WorkoutConfig, WorkoutError, WorkoutSummary};
+use fitedge_core::{Profile, ResolvedProfile, Sport};
+use fitedge_devices::hub::{HubConfig, SensorHub};
+use fitedge_devices::transport::replay::{devices, synthesize, ReplayTransport};
+use fitedge_devices::transport::{self, ControlAction};
+use serde_json::{json, Value};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// The recording the watch replays (default: a fēnix 2 run from the shared recordings).
+    #[arg(long)]
+    watch_file: Option<PathBuf>,
+    /// The recording the phone replays (default: a Strava Android recording).
+    #[arg(long)]
+    phone_file: Option<PathBuf>,
+    /// Keep the temporary directory (server and device databases) and print where it is.
+    #[arg(long)]
+    keep: bool,
+}
+
+const WATCH_DEFAULT: &str = "activity-small-fenix2-run.fit";
+const PHONE_DEFAULT: &str = "strava-android-app-201.10-b1218918.fit";
+
+fn fit_dir() -> PathBuf {
+    std::env::var_os("FITEDGE_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared"))
+        .join("data")
+        .join("fit")
+}
+
+pub fn run(args: &DemoArgs) -> u8 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fitedge demo: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(demo(args)) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("fitedge demo: {e:#}");
+            1
+        }
+    }
+}
+
+/// One simulated device: its database and its session.
+struct Device {
+    name: &'static str,
+    store: Arc<Store>,
+    sync: SyncConfig,
+}
+
+fn step(n: u32, t0: Instant, text: &str) {
+    outln!("\n[{:5.1} s] step {n}: {text}", t0.elapsed().as_secs_f64());
+}
+
+async fn demo(args: &DemoArgs) -> Result<bool> {
+    let t0 = Instant::now();
+    let watch_file = args
+        .watch_file
+        .clone()
+        .unwrap_or_else(|| fit_dir().join(WATCH_DEFAULT));
+    let phone_file = args
+        .phone_file
+        .clone()
+        .unwrap_or_else(|| fit_dir().join(PHONE_DEFAULT));
+    for f in [&watch_file, &phone_file] {
+        if !f.is_file() {
+            bail!(
+                "cannot find the recording {} (set FITEDGE_SHARED_DIR to the shared folder, or pass --watch-file/--phone-file)",
+                f.display()
+            );
+        }
+    }
+    let tmp = tempfile::Builder::new().prefix("fitedge-demo-").tempdir()?;
+    let dir = tmp.path().to_path_buf();
+
+    step(
+        1,
+        t0,
+        "start an embedded server (SQLite, dev mode) on a free local port",
+    );
+    let db = dir.join("server.db");
+    let mut config = fitedge_server::Config::with_database(format!("sqlite://{}", db.display()));
+    config.dev = true;
+    let state = fitedge_server::state_from_config(config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(fitedge_server::serve_on(
+        state.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let base = format!("http://{addr}");
+    outln!("  server at {base}, database {}", db.display());
+
+    step(2, t0, "register a user (dev mode: the verification token comes back in the answer), sign in on a watch and a phone");
+    let email = "demo.athlete@example.com";
+    let password = "demo password, long enough";
+    let r = http(&state, "POST", "/api/v1/auth/register", None, json!({
+        "email": email, "password": password, "birth_date": "1990-04-01", "display_name": "Demo Athlete"
+    }))
+    .await?;
+    let dev_token = r["dev_token"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no dev_token in {r}"))?;
+    http(
+        &state,
+        "POST",
+        "/api/v1/auth/verify-email",
+        None,
+        json!({ "token": dev_token }),
+    )
+    .await?;
+    let mut devices_ = vec![];
+    for name in ["watch", "phone"] {
+        let r = http(
+            &state,
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            json!({ "email": email, "password": password }),
+        )
+        .await?;
+        let token = r["access_token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no access_token in {r}"))?
+            .to_string();
+        let store = Arc::new(Store::open(
+            &dir.join(format!("{name}.db")),
+            Some(random_key()?),
+        )?);
+        devices_.push(Device {
+            name,
+            store,
+            sync: SyncConfig::new(base.clone(), token),
+        });
+        outln!("  {name}: signed in, own database {name}.db (health channels encrypted)");
+    }
+    let [watch, phone] = <[Device; 2]>::try_from(devices_).map_err(|_| anyhow!("two devices"))?;
+
+    step(
+        3,
+        t0,
+        "offline: each device records a workout by replaying a real recording through its sensors",
+    );
+    let watch_workout = record(&watch, &watch_file).await?;
+    let phone_workout = record(&phone, &phone_file).await?;
+    for (d, w) in [(&watch, &watch_workout), (&phone, &phone_workout)] {
+        outln!(
+            "  {}: recorded {} ({}), {:.2} km, {} samples",
+            d.name,
+            short(&w.id.0),
+            w.metrics.sport,
+            w.metrics.distance_m.unwrap_or(0.0) / 1000.0,
+            w.samples
+        );
+    }
+
+    watch.store.set_workout_text(
+        &watch_workout.id.0,
+        Some("Morning run"),
+        Some("Felt good."),
+        SystemClock.now(),
+    )?;
+    outln!("  watch: titled its workout \"Morning run\", notes \"Felt good.\"");
+
+    step(
+        4,
+        t0,
+        "online: both devices sync (WebSocket, automerge-repo protocol v1; sample chunks as blobs)",
+    );
+    sync_until_quiet(&[&watch, &phone]).await?;
+    for d in [&watch, &phone] {
+        let (title, notes) = text_of(&d.store, &watch_workout.id.0)?;
+        outln!(
+            "  {} now holds {} workouts; the watch's is titled {title:?}, notes {notes:?}",
+            d.name,
+            history(&d.store)?.len()
+        );
+    }
+
+    step(
+        5,
+        t0,
+        "offline again: both edit the title and notes of the watch's workout at the same time",
+    );
+    let now = SystemClock.now();
+    watch.store.set_workout_text(
+        &watch_workout.id.0,
+        Some("Morning run by the harbour"),
+        Some("Felt good. Legs fresh."),
+        now,
+    )?;
+    phone.store.set_workout_text(
+        &watch_workout.id.0,
+        Some("Easy morning run"),
+        Some("Windy. Felt good."),
+        now,
+    )?;
+    for d in [&watch, &phone] {
+        let (title, notes) = text_of(&d.store, &watch_workout.id.0)?;
+        outln!("  {} sees title {title:?}, notes {notes:?}", d.name);
+    }
+
+    step(
+        6,
+        t0,
+        "reconnect: sync until nothing moves (character-level merge of both edits)",
+    );
+    sync_until_quiet(&[&watch, &phone]).await?;
+    for d in [&watch, &phone] {
+        let (title, notes) = text_of(&d.store, &watch_workout.id.0)?;
+        outln!("  {} now shows title {title:?}, notes {notes:?}", d.name);
+    }
+
+    step(
+        7,
+        t0,
+        "compare: both devices' histories and the server's documents",
+    );
+    let mut views = vec![];
+    for d in [&watch, &phone] {
+        let h = history(&d.store)?;
+        outln!("  {}:", d.name);
+        for w in &h {
+            outln!(
+                "    {}  {}  {:>6.2} km  {:?}  notes {:?}",
+                w["start_time"].as_str().unwrap_or(""),
+                w["sport"].as_str().unwrap_or(""),
+                w["distance_m"].as_f64().unwrap_or(0.0) / 1000.0,
+                w["title"].as_str().unwrap_or(""),
+                w["notes"].as_str().unwrap_or("")
+            );
+        }
+        views.push(json!({ "history": h, "documents": documents(&d.store)? }));
+    }
+    let (server_docs, server_history) = server_view(&state).await?;
+    outln!(
+        "  server: {} documents, {} workouts",
+        server_docs.as_object().map_or(0, |m| m.len()),
+        server_history.len()
+    );
+    let same_histories = views[0]["history"] == views[1]["history"]
+        && json!(server_history) == views[0]["history"]
+        && server_history.len() == 2;
+    let same_docs = views[0]["documents"] == views[1]["documents"];
+    let server_same = views[0]["documents"] == server_docs;
+    outln!(
+        "\n  histories identical (watch, phone, server): {same_histories}; device documents identical (heads): {same_docs}; server holds the same heads: {server_same}"
+    );
+
+    let _ = stop_tx.send(());
+    server.await??;
+    if args.keep {
+        let kept = tmp.keep();
+        outln!("  kept {}", kept.display());
+    }
+    let ok = same_histories && same_docs && server_same;
+    outln!(
+        "\n[{:5.1} s] {}",
+        t0.elapsed().as_secs_f64(),
+        if ok { "CONVERGED" } else { "NOT CONVERGED" }
+    );
+    Ok(ok)
+}
+
+/// A fresh 32-byte storage key per simulated device.
+fn random_key() -> Result<StorageKey> {
+    use ring::rand::SecureRandom;
+    let mut k = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut k)
+        .map_err(|_| anyhow!("no system randomness for a storage key"))?;
+    StorageKey::new(&k).map_err(|e| anyhow!("{e}"))
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// A JSON call to the embedded server's HTTP application (account setup only; the devices
+/// talk to the server over its socket).
+async fn http(
+    state: &fitedge_server::AppState,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Result<Value> {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("x-idempotency-key", uuid::Uuid::new_v4().to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        ))))
+        .body(axum::body::Body::from(body.to_string()))?;
+    let resp = fitedge_server::app(state.clone()).oneshot(req).await?;
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{method} {path}: HTTP {status}: {v}");
+    }
+    Ok(v)
+}
+
+/// Replays `file` (its first session) into a new crash-safe recording in the device's store.
+async fn record(d: &Device, file: &Path) -> Result<WorkoutSummary> {
+    let name = file.display().to_string();
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {name}"))?;
+    let imp = fit::import(&bytes, Profile::default(), &name)?;
+    let session = imp
+        .sessions
+        .first()
+        .ok_or_else(|| anyhow!("{name} holds no session"))?;
+    let m = &session.summary.metrics;
+    let circumference = 2.105;
+    let mut rec = StoreRecorder {
+        store: d.store.clone(),
+        clock: Arc::new(ManualClock::new(session.summary.start_time)),
+        sport: (!m.sport_detected).then_some(m.sport),
+        profile: session.profile.resolve(),
+        rec: None,
+        summary: None,
+        failure: None,
+    };
+    let mut hub = SensorHub::new(HubConfig::default());
+    for dev in devices(circumference) {
+        hub.register(dev);
+    }
+    let mut t = ReplayTransport::new(synthesize(session, circumference), None);
+    let report = transport::run(&mut t, &mut hub, &mut rec).await;
+    if let Some(e) = rec.failure {
+        return Err(e.context(format!("recording {name}")));
+    }
+    if rec.summary.is_none() {
+        if let Some(r) = rec.rec.as_mut() {
+            rec.clock.set(session.summary.end_time);
+            rec.summary = Some(r.complete()?);
+        }
+    }
+    outln!(
+        "  {}: replayed {} sensor notifications ({} readings) from {}",
+        d.name,
+        report.notifications,
+        report.recorded,
+        file.file_name()
+            .map_or(name.clone(), |n| n.to_string_lossy().into_owned())
+    );
+    rec.summary
+        .ok_or_else(|| anyhow!("{name}: the replay did not produce a workout"))
+}
+
+/// The devices' recording driver over a store-backed [`Recording`]: the replay's time is the
+/// recording's clock.
+struct StoreRecorder {
+    store: Arc<Store>,
+    clock: Arc<ManualClock>,
+    sport: Option<Sport>,
+    profile: ResolvedProfile,
+    rec: Option<Recording>,
+    summary: Option<WorkoutSummary>,
+    failure: Option<anyhow::Error>,
+}
+
+impl SampleSink for StoreRecorder {
+    fn record(&mut self, sample: Sample) -> std::result::Result<Outcome, WorkoutError> {
+        self.clock.set(sample.t);
+        match self.rec.as_mut() {
+            Some(r) => SampleSink::record(r, sample),
+            None => Err(WorkoutError::InvalidTransition {
+                state: fitedge_core::workout::WorkoutState::NotStarted,
+                command: fitedge_core::workout::Command::Record,
+            }),
+        }
+    }
+}
+
+impl transport::Recording for StoreRecorder {
+    fn control(
+        &mut self,
+        action: ControlAction,
+        at: Timestamp,
+    ) -> std::result::Result<(), WorkoutError> {
+        self.clock.set(at);
+        let r = match (action, self.rec.as_mut()) {
+            (ControlAction::Start, None) => Recording::start(
+                self.store.clone(),
+                self.clock.clone(),
+                self.sport,
+                self.profile,
+                WorkoutConfig::import(),
+            )
+            .map(|r| self.rec = Some(r)),
+            (ControlAction::Pause, Some(r)) => r.pause(),
+            (ControlAction::Resume, Some(r)) => r.resume(),
+            (ControlAction::Lap, Some(r)) => r.lap(),
+            (ControlAction::Stop, Some(r)) if self.summary.is_none() => {
+                r.complete().map(|s| self.summary = Some(s))
+            }
+            _ => return Ok(()),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(fitedge_core::Error::Workout(e)) => Err(e),
+            Err(e) => {
+                self.failure = Some(e.into());
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn sync_until_quiet(devices: &[&Device]) -> Result<()> {
+    for round in 1..=4 {
+        let mut moved = 0;
+        for d in devices {
+            let r: SyncReport = sync_once(&d.store, &d.sync, &SystemClock)
+                .await
+                .with_context(|| format!("{} sync", d.name))?;
+            outln!(
+                "  round {round}, {}: sent changes of {} docs, received {}; {} bytes up, {} down; blobs {} up, {} down{}",
+                d.name,
+                r.docs_sent,
+                r.docs_received,
+                r.bytes_sent,
+                r.bytes_received,
+                r.blobs_uploaded,
+                r.blobs_downloaded,
+                if r.errors.is_empty() { String::new() } else { format!("; problems: {:?}", r.errors) }
+            );
+            moved += r.docs_received + r.blobs_downloaded + r.docs_sent + r.blobs_uploaded;
+        }
+        if moved == 0 {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The title and notes a device shows for a workout (its document's).
+fn text_of(store: &Store, workout_id: &str) -> Result<(String, String)> {
+    let id = store.workout_document_id(workout_id)?;
+    let w = WorkoutDoc::read(&store.load_document(&id)?, &ctx())?;
+    Ok((w.title.unwrap_or_default(), w.notes.unwrap_or_default()))
+}
+
+fn ctx() -> ValidationContext {
+    ValidationContext {
+        now: SystemClock.now(),
+    }
+}
+
+/// Workout documents as a comparable history, oldest first.
+fn history_of<'a>(docs: impl Iterator<Item = &'a Automerge>) -> Vec<Value> {
+    let mut out: Vec<Value> = docs
+        .filter_map(|d| WorkoutDoc::read(d, &ctx()).ok())
+        .map(|w| {
+            json!({
+                "id": w.id.to_string(),
+                "start_time": w.start_time.to_rfc3339(),
+                "sport": w.sport.to_string(),
+                "distance_m": w.summary.and_then(|s| s.distance_m).map(|d| (d * 10.0).round() / 10.0),
+                "timer_s": w.summary.map(|s| (s.timer_s * 10.0).round() / 10.0),
+                "title": w.title,
+                "notes": w.notes,
+                "chunks": w.chunks.len(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a["start_time"].as_str(), a["id"].as_str())
+            .cmp(&(b["start_time"].as_str(), b["id"].as_str()))
+    });
+    out
+}
+
+/// A device's history, from its workout documents (what sync carries).
+fn history(store: &Store) -> Result<Vec<Value>> {
+    let mut docs = vec![];
+    for d in store.documents()? {
+        if d.kind == LocalKind::Workout {
+            docs.push(
+                store
+                    .load_document(&d.doc_id.parse::<DocumentId>().map_err(|e| anyhow!("{e}"))?)?,
+            );
+        }
+    }
+    Ok(history_of(docs.iter()))
+}
+
+/// Document id -> heads, for every document the device holds.
+fn documents(store: &Store) -> Result<Value> {
+    let mut m = serde_json::Map::new();
+    for d in store.documents()? {
+        let mut h = d.heads.clone();
+        h.sort();
+        m.insert(d.doc_id.clone(), json!(h));
+    }
+    Ok(Value::Object(m))
+}
+
+/// Document id -> heads and the history, for every document the server stores (read from
+/// its SQL chunks, as another node would load them).
+async fn server_view(state: &fitedge_server::AppState) -> Result<(Value, Vec<Value>)> {
+    let ids = fitedge_server::sync::store::all_ids(state).await?;
+    let mut heads = serde_json::Map::new();
+    let mut docs = vec![];
+    for id in ids {
+        let doc_id: DocumentId = id.parse().map_err(|e| anyhow!("{e}"))?;
+        let loaded = fitedge_server::sync::store::load(state, &doc_id)
+            .await?
+            .ok_or_else(|| anyhow!("document {id} vanished"))?;
+        let mut h: Vec<String> = loaded
+            .doc
+            .get_heads()
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        h.sort();
+        heads.insert(id, json!(h));
+        docs.push(loaded.doc);
+    }
+    Ok((Value::Object(heads), history_of(docs.iter())))
+}
