@@ -121,12 +121,63 @@ fun anInterruptedRecordingIsRecoveredOnOpen() {
     f.close()
 }
 
+/** A local address nothing listens on: connections are refused at once. */
+fun closedPortUrl(): String {
+    val port = java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress()).use { it.localPort }
+    return "http://127.0.0.1:$port"
+}
+
+fun commandsEnqueuedOfflineAreListedInOrder() {
+    val f = Fixture()
+    val a = f.engine.outboxEnqueue("POST", "/api/v1/workouts/w1/kudos", "{\"emoji\":\"fire\"}")
+    f.clock.t += 10
+    val b = f.engine.outboxEnqueue("DELETE", "/api/v1/workouts/w1/kudos")
+    val listed = f.engine.outboxList()
+    check(listed.map { it.seq } == listOf(a.seq, b.seq) && a.seq < b.seq) { "order ${listed.map { it.seq }}" }
+    check(listed.map { it.method } == listOf("POST", "DELETE")) { "methods" }
+    val keys = listed.map { java.util.UUID.fromString(it.idempotencyKey) }
+    check(keys.toSet().size == 2 && keys.all { it.version() == 4 }) { "keys $keys" }
+    check(listed.all { it.status == OutboxStatus.PENDING && it.attempts == 0u }) { "status $listed" }
+    check(listed.map { it.createdAtMs } == listOf(T0, T0 + 10)) { "the engine's clock" }
+    expect<FitEdgeException.InvalidInput> { f.engine.outboxEnqueue("GET", "/api/v1/me") }
+    f.close()
+}
+
+fun syncAgainstAnUnreachableServerIsANetworkError() {
+    val f = Fixture()
+    val e = expect<FitEdgeException> { f.engine.syncNow(closedPortUrl(), "token") }
+    // Branchable: the app retries later on Network, signs in again on Unauthorized.
+    val kind = when (e) {
+        is FitEdgeException.Network -> "retry later"
+        is FitEdgeException.Unauthorized -> "sign in again"
+        else -> "other: $e"
+    }
+    check(kind == "retry later") { kind }
+    expect<FitEdgeException.InvalidInput> { f.engine.syncNow("https://fitedge.example", "token") }
+    f.close()
+}
+
+fun aFlushToAnUnreachableServerKeepsTheCommandsPending() {
+    val f = Fixture()
+    f.engine.outboxEnqueue("POST", "/api/v1/a", null)
+    f.engine.outboxEnqueue("POST", "/api/v1/b", null)
+    val r = f.engine.outboxFlush(closedPortUrl(), "token")
+    check(r.sent == 0uL && r.failed == 0uL && r.pending == 2uL) { "report $r" }
+    val listed = f.engine.outboxList()
+    check(listed.all { it.status == OutboxStatus.PENDING }) { "status $listed" }
+    check(listed[0].attempts == 1u && listed[0].lastError != null) { "head ${listed[0]}" }
+    f.close()
+}
+
 fun main() {
     val tests = listOf(
         "a whole workout with live metrics and history" to ::aWholeWorkoutWithLiveMetricsAndHistory,
         "import a device recording" to ::importADeviceRecording,
         "every public error is a Kotlin exception" to ::everyPublicErrorIsAKotlinException,
         "an interrupted recording is recovered on open" to ::anInterruptedRecordingIsRecoveredOnOpen,
+        "commands enqueued offline are listed in order" to ::commandsEnqueuedOfflineAreListedInOrder,
+        "sync against an unreachable server is a Network error" to ::syncAgainstAnUnreachableServerIsANetworkError,
+        "a flush to an unreachable server keeps the commands pending" to ::aFlushToAnUnreachableServerKeepsTheCommandsPending,
     )
     var failed = 0
     for ((name, t) in tests) {
