@@ -36,7 +36,7 @@ if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
   exit 1
 fi
 if [ ! -d "$INTEROP/node_modules" ]; then
-  (cd "$INTEROP" && npm ci --no-audit --no-fund) >&2
+  (cd "$INTEROP" && npm install --no-audit --no-fund --no-save) >&2
 fi
 
 ARGS=()

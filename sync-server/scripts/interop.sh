@@ -48,8 +48,8 @@ for tool in curl python3 cargo; do
   command -v "$tool" > /dev/null 2>&1 || { echo "interop.sh: $tool is required" >&2; exit 1; }
 done
 if [ ! -d "$INTEROP/node_modules" ]; then
-  echo "== npm ci in sync-server/interop" >&2
-  (cd "$INTEROP" && npm ci --no-audit --no-fund) >&2
+  echo "== npm install (from package-lock.json) in sync-server/interop" >&2
+  (cd "$INTEROP" && npm install --no-audit --no-fund --no-save) >&2
 fi
 
 echo "== building the samod client (cargo test --no-run -p fitedge-tests --test sync_interop)" >&2
