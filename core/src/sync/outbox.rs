@@ -7,14 +7,16 @@
 //!
 //! ```text
 //!  enqueue ──> pending ──2xx──────────────────────────────> sent     (status + body kept)
-//!                 │  ──4xx except 408/409/429, or 1xx/3xx──> failed   (status + body kept)
-//!                 │  ──network error, 5xx, 408, 409, 429──> pending, next_attempt_at = now + wait
+//!                 │  ──other 4xx, 1xx/3xx──────────────────> failed   (status + body kept)
+//!                 │  ──network error, 5xx, 408, 429, 409 in flight──> pending, next_attempt_at = now + wait
 //!                 │                                          (after MAX_ATTEMPTS: failed)
 //! ```
 //! The wait is [`Backoff::OUTBOX`]'s ceiling for the attempt (2 s, 4 s, ... one hour), or the
-//! server's `Retry-After` (seconds, at most a day) when it gave one. 409 is retried because the
-//! server's idempotency layer answers 409 while the first request with the same key is still in
-//! progress; the retry with the same key then gets the stored response.
+//! server's `Retry-After` (seconds, at most a day) when it gave one. A 409 whose `error` is
+//! `idempotency_in_flight` is retried: the server's idempotency layer answers so while the first
+//! request with the same key is still in progress, and the retry with the same key then gets the
+//! stored response. Any other 409 is the server's final word on a conflict (`event_cancelled`,
+//! `already_booked`...): the command fails and keeps the reason for the app to show.
 //!
 //! Order: commands are sent one at a time in the order they were enqueued. A command waiting for
 //! its next attempt holds back the ones behind it (a comment must not overtake the post it
@@ -103,6 +105,12 @@ pub enum Decision {
     Retry { at: Timestamp },
 }
 
+/// The server's "the first request with this key is still running" answer.
+fn in_flight(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .is_ok_and(|v| v["error"] == "idempotency_in_flight")
+}
+
 /// The state machine: `attempts` counts this attempt (1 after the first).
 pub fn decide(attempts: u32, attempt: &Attempt, now: Timestamp) -> Decision {
     let retry_after = match attempt {
@@ -110,8 +118,13 @@ pub fn decide(attempts: u32, attempt: &Attempt, now: Timestamp) -> Decision {
         Attempt::Response {
             status,
             retry_after_s,
-            ..
-        } if matches!(status, 408 | 409 | 429) || (500..600).contains(status) => *retry_after_s,
+            body,
+        } if matches!(status, 408 | 429)
+            || (500..600).contains(status)
+            || (*status == 409 && in_flight(body)) =>
+        {
+            *retry_after_s
+        }
         Attempt::Response { .. } => return Decision::Failed,
         Attempt::Network(_) => None,
     };
@@ -301,6 +314,14 @@ mod tests {
 
     const T0: i64 = 1_763_700_000_000;
 
+    fn in_flight_409() -> Attempt {
+        Attempt::Response {
+            status: 409,
+            body: r#"{"error":"idempotency_in_flight","message":"still running"}"#.into(),
+            retry_after_s: None,
+        }
+    }
+
     fn response(status: u16) -> Attempt {
         Attempt::Response {
             status,
@@ -432,7 +453,7 @@ mod tests {
         assert_eq!(store.outbox_next_due(now).unwrap().unwrap().seq, b.seq);
         // A retryable failure of the head holds back what follows.
         let c = store.outbox_enqueue("DELETE", "/c", None, now).unwrap();
-        store.outbox_record(b.seq, &response(409), now).unwrap();
+        store.outbox_record(b.seq, &in_flight_409(), now).unwrap();
         assert_eq!(store.outbox_next_due(now).unwrap(), None);
         let b2 = store
             .outbox_record(b.seq, &response(201), Timestamp(T0 + 2_000))
@@ -462,15 +483,20 @@ mod tests {
         for s in [200, 201, 204] {
             assert_eq!(decide(1, &response(s), now), Decision::Sent);
         }
-        for s in [400, 401, 403, 404, 410, 422, 301, 100] {
+        for s in [400, 401, 403, 404, 409, 410, 422, 301, 100] {
             assert_eq!(decide(1, &response(s), now), Decision::Failed, "{s}");
         }
-        for s in [408, 409, 429, 500, 502, 503, 599] {
+        for s in [408, 429, 500, 502, 503, 599] {
             assert!(
                 matches!(decide(1, &response(s), now), Decision::Retry { .. }),
                 "{s}"
             );
         }
+        // A 409 is retried only when the same key is still running on the server.
+        assert!(matches!(
+            decide(1, &in_flight_409(), now),
+            Decision::Retry { .. }
+        ));
     }
 
     #[test]
