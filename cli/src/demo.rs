@@ -26,7 +26,9 @@ use fitedge_core::sync::docs::{ValidationContext, WorkoutDoc};
 use fitedge_core::sync::local::LocalKind;
 use fitedge_core::sync::protocol::DocumentId;
 use fitedge_core::time::{Clock, ManualClock, SystemClock, Timestamp};
-use fitedge_core::workout::{Outcome, SampleSink, WorkoutConfig, WorkoutError, WorkoutSummary};
+use fitedge_core::workout::{
+    Command, Outcome, SampleSink, WorkoutConfig, WorkoutError, WorkoutState, WorkoutSummary,
+};
 use fitedge_core::{Profile, ResolvedProfile, Sport};
 use fitedge_devices::hub::{HubConfig, SensorHub};
 use fitedge_devices::transport::replay::{devices, synthesize, ReplayTransport};
@@ -397,6 +399,9 @@ async fn record(d: &Device, file: &Path) -> Result<WorkoutSummary> {
         file.file_name()
             .map_or(name.clone(), |n| n.to_string_lossy().into_owned())
     );
+    for e in &report.control_errors {
+        outln!("  {}: refused workout command: {e}", d.name);
+    }
     rec.summary
         .ok_or_else(|| anyhow!("{name}: the replay did not produce a workout"))
 }
@@ -419,8 +424,8 @@ impl SampleSink for StoreRecorder {
         match self.rec.as_mut() {
             Some(r) => SampleSink::record(r, sample),
             None => Err(WorkoutError::InvalidTransition {
-                state: fitedge_core::workout::WorkoutState::NotStarted,
-                command: fitedge_core::workout::Command::Record,
+                state: WorkoutState::NotStarted,
+                command: Command::Record,
             }),
         }
     }
@@ -448,7 +453,23 @@ impl transport::Recording for StoreRecorder {
             (ControlAction::Stop, Some(r)) if self.summary.is_none() => {
                 r.complete().map(|s| self.summary = Some(s))
             }
-            _ => return Ok(()),
+            // Anything else is a command in the wrong state: say so (the replay report counts
+            // it as a control error) rather than drop it.
+            (action, rec) => {
+                let state = match (rec, &self.summary) {
+                    (None, _) => WorkoutState::NotStarted,
+                    (Some(_), Some(_)) => WorkoutState::Completed,
+                    (Some(r), None) => r.state(),
+                };
+                let command = match action {
+                    ControlAction::Start => Command::Start,
+                    ControlAction::Pause => Command::Pause,
+                    ControlAction::Resume => Command::Resume,
+                    ControlAction::Lap => Command::Lap,
+                    ControlAction::Stop => Command::Complete,
+                };
+                return Err(WorkoutError::InvalidTransition { state, command });
+            }
         };
         match r {
             Ok(()) => Ok(()),

@@ -253,6 +253,39 @@ impl TestApp {
         .await
     }
 
+    /// Registers and verifies `email`, gives it `role` and `tier` (`user`/`partner`/...,
+    /// `free`/`premium`/`pro`) and signs in: (user id, bearer token).
+    pub async fn user_with(
+        &self,
+        email: &str,
+        role: &str,
+        tier: &str,
+    ) -> Result<(String, String), String> {
+        let id = self.register_verified(email).await?;
+        sqlx::query("UPDATE users SET role = $1, tier = $2 WHERE id = $3")
+            .bind(role)
+            .bind(tier)
+            .bind(&id)
+            .execute(self.state.db.pool())
+            .await
+            .map_err(|e| format!("set role of {email}: {e}"))?;
+        Ok((id, self.token(email).await?))
+    }
+
+    /// Serves the app on a real local socket (WebSocket and HTTP clients), until the process
+    /// ends; its address.
+    pub async fn listen(&self) -> Result<SocketAddr, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let _ = crate::serve_on(state, listener, std::future::pending()).await;
+        });
+        Ok(addr)
+    }
+
     /// Signs in with [`PASSWORD`]; the bearer token.
     pub async fn token(&self, email: &str) -> Result<String, String> {
         let r = self.login(email, PASSWORD).await;

@@ -78,16 +78,9 @@ async fn app(b: Backend) -> TestApp {
 
 /// A signed-in user with a role and tier; (user id, token).
 async fn user(a: &TestApp, name: &str, role: &str, tier: &str) -> (String, String) {
-    let email = format!("{name}@example.com");
-    let id = a.register_verified(&email).await.unwrap();
-    sqlx::query("UPDATE users SET role = $1, tier = $2 WHERE id = $3")
-        .bind(role)
-        .bind(tier)
-        .bind(&id)
-        .execute(a.state.db.pool())
+    a.user_with(&format!("{name}@example.com"), role, tier)
         .await
-        .unwrap();
-    (id, a.token(&email).await.unwrap())
+        .unwrap()
 }
 
 fn event_body(capacity: i64, starts_in_secs: f64, public_opens_in_secs: f64) -> Value {

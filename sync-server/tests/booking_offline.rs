@@ -5,8 +5,6 @@
 // Tests assert with unwrap/expect: a failure should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-
 use axum::http::StatusCode;
 use fitedge_core::crypto::StorageKey;
 use fitedge_core::db::Store;
@@ -30,15 +28,10 @@ async fn postgres_an_offline_booking_is_delivered_later() {
 }
 
 async fn user(a: &TestApp, name: &str, role: &str) -> String {
-    let email = format!("{name}@example.com");
-    let id = a.register_verified(&email).await.unwrap();
-    sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
-        .bind(role)
-        .bind(&id)
-        .execute(a.state.db.pool())
+    a.user_with(&format!("{name}@example.com"), role, "free")
         .await
-        .unwrap();
-    a.token(&email).await.unwrap()
+        .unwrap()
+        .1
 }
 
 async fn event(a: &TestApp, org: &str, capacity: i64) -> String {
@@ -56,21 +49,11 @@ async fn event(a: &TestApp, org: &str, capacity: i64) -> String {
     r.body["id"].as_str().unwrap().to_string()
 }
 
-async fn serve(a: &TestApp) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = a.state.clone();
-    tokio::spawn(async move {
-        let _ = fitedge_server::serve_on(state, listener, std::future::pending()).await;
-    });
-    addr
-}
-
 async fn an_offline_booking_is_delivered_later(b: Backend) {
     let a = TestApp::build(b, |_| {}, booking::register(Handlers::new()))
         .await
         .expect("test app");
-    let addr = serve(&a).await;
+    let addr = a.listen().await.unwrap();
     let org = user(&a, "org", "partner").await;
     let athlete = user(&a, "athlete", "user").await;
     let quicker = user(&a, "quicker", "user").await;

@@ -71,7 +71,7 @@ struct Server {
 
 async fn server_with(b: Backend, f: impl FnOnce(&mut fitedge_server::Config)) -> Server {
     let app = TestApp::with_config(b, f).await.expect("test app");
-    let addr = serve(app.state.clone()).await;
+    let addr = app.listen().await.expect("listen");
     Server { app, addr }
 }
 
