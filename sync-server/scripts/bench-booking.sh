@@ -163,7 +163,10 @@ printf '%-34s %12s\n' "pgbench one-row update (ceiling)" "$best_tps"
 echo "ratio bookings/ceiling: $ratio (target >= 0.25); $requests requests, held $held, seats_taken $taken, users with two bookings $users_twice; load average at start $load on $(nproc) cores"
 
 failed=0
-[ "$bad" = 0 ] || { echo "FAILED: $bad requests were not answered 201" >&2; failed=1; }
+[ "$bad" = 0 ] || {
+  echo "FAILED: $bad requests were not answered 201; the server's first warnings and errors:" >&2
+  grep -m 5 -E '"level":"(WARN|ERROR)"' "$WORK/booking.log" >&2 || true
+  failed=1; }
 # wrk counts completed responses; up to one request per connection may still have been in flight.
 [ "$held" = "$taken" ] && [ "$held" -ge "$requests" ] && [ "$((held - requests))" -le "$CONNECTIONS" ] \
   && [ "$users_twice" = 0 ] || {

@@ -97,6 +97,26 @@ pub async fn claim(
     let now = state.now().as_millis();
     let ttl_ms = (state.config.idempotency_ttl_secs as i64).saturating_mul(1000);
     let secret_id = state.secret_id.clone();
+    // The common case, a key never seen: one autocommit statement. The primary key on
+    // (scope, idem_key) makes it atomic, so two racing requests cannot both insert; whoever
+    // loses (and every repeat, expired or abandoned key) takes the transaction below.
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_records
+           (scope, idem_key, key_id, request_hash, state, created_at, locked_until)
+         VALUES ($1, $2, $3, $4, 'in_flight', $5, $6)
+         ON CONFLICT (scope, idem_key) DO NOTHING",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(&secret_id)
+    .bind(&hash)
+    .bind(now)
+    .bind(now + IN_FLIGHT_TIMEOUT_MS)
+    .execute(state.db.pool())
+    .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(Claim::Proceed);
+    }
     let (scope, key) = (scope.to_string(), key.to_string());
     let found = state
         .db

@@ -32,6 +32,11 @@ pub struct Event {
     pub attempts: i64,
 }
 
+/// The head of an insert of one event, for a caller that must fold it into a larger statement
+/// (see `booking::repo::hold_if_free`); the payload is JSON text, `next_attempt_at` = `created_at`.
+pub const INSERT_INTO: &str =
+    "INSERT INTO outbox (id, kind, aggregate_id, payload, created_at, next_attempt_at)";
+
 /// Writes an event inside the caller's transaction.
 pub async fn enqueue(
     tx: &mut Tx,
@@ -41,17 +46,15 @@ pub async fn enqueue(
     payload: serde_json::Value,
 ) -> Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
-    sqlx::query(
-        "INSERT INTO outbox (id, kind, aggregate_id, payload, created_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $5)",
-    )
-    .bind(&id)
-    .bind(kind)
-    .bind(aggregate_id)
-    .bind(payload.to_string())
-    .bind(now.as_millis())
-    .execute(&mut **tx)
-    .await?;
+    let sql = format!("{INSERT_INTO} VALUES ($1, $2, $3, $4, $5, $5)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&id)
+        .bind(kind)
+        .bind(aggregate_id)
+        .bind(payload.to_string())
+        .bind(now.as_millis())
+        .execute(&mut **tx)
+        .await?;
     Ok(id)
 }
 

@@ -42,6 +42,7 @@ conformance!(
     a_malformed_query_is_a_json_validation_error,
     deleting_an_account_frees_its_seats_and_forgets_its_bookings,
     a_transaction_running_past_30_seconds_is_rolled_back,
+    a_booking_cancelled_while_waiting_for_the_lock_leaks_nothing,
 );
 
 /// Found by schemathesis: a query string that does not parse must give the JSON error of
@@ -907,4 +908,117 @@ async fn a_transaction_running_past_30_seconds_is_rolled_back(b: Backend) {
     .unwrap();
     let (_, org) = user(&a, "org", "partner", "free").await;
     create(&a, &org, event_body(1, 10.0 * DAY, -HOUR)).await;
+}
+
+/// A booking request whose client hangs up while it waits for the booking lock (its future is
+/// dropped inside `BEGIN`) must leave nothing behind. sqlx 0.9.0 alone returns that connection
+/// to the pool inside an untracked transaction that then holds the lock, and swallows every
+/// later autocommit write made on it (transact-rs/sqlx#4393; it stalled the booking benchmark).
+async fn a_booking_cancelled_while_waiting_for_the_lock_leaks_nothing(b: Backend) {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::Notify;
+    let a = app(b).await;
+    let db = a.state.db.clone();
+    let insert = |tag: &'static str| {
+        format!(
+            "INSERT INTO booking_notifications
+               (outbox_event_id, user_id, kind, event_id, message, created_at)
+             VALUES ('{tag}', 'u', 'k', 'e', 'm', 0)"
+        )
+    };
+    // A holds the booking lock until told to finish.
+    let (holding, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let holder = {
+        let (db, holding, release, sql) =
+            (db.clone(), holding.clone(), release.clone(), insert("a"));
+        tokio::spawn(async move {
+            db.write_locked(booking::repo::LOCK, move |tx| {
+                let (holding, release, sql) = (holding.clone(), release.clone(), sql.clone());
+                Box::pin(async move {
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut **tx)
+                        .await?;
+                    holding.notify_one();
+                    release.notified().await;
+                    Ok(())
+                })
+            })
+            .await
+        })
+    };
+    holding.notified().await;
+    // B waits behind A and is dropped while waiting, as a request is when its client leaves.
+    let sql_b = insert("b");
+    let waited = tokio::time::timeout(
+        Duration::from_millis(300),
+        db.write_locked(booking::repo::LOCK, move |tx| {
+            let sql = sql_b.clone();
+            Box::pin(async move {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            })
+        }),
+    )
+    .await;
+    assert!(waited.is_err(), "B should still be waiting for the lock");
+    release.notify_one();
+    holder.await.unwrap().unwrap();
+    // Let B's BEGIN finish on the database side (it gets the lock once A commits).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if b == Backend::Postgres {
+        let stuck: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(a.state.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            stuck, 0,
+            "a pooled connection was left inside a transaction"
+        );
+    }
+    // Every later write, locked or not, commits promptly and is seen by everyone.
+    for i in 0..40 {
+        let sql = format!(
+            "INSERT INTO booking_notifications
+               (outbox_event_id, user_id, kind, event_id, message, created_at)
+             VALUES ('after-{i}', 'u', 'k', 'e', 'm', 0)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(a.state.db.pool())
+            .await
+            .unwrap();
+    }
+    let sql_c = insert("c");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        db.write_locked(booking::repo::LOCK, move |tx| {
+            let sql = sql_c.clone();
+            Box::pin(async move {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            })
+        }),
+    )
+    .await
+    .expect("the booking lock is free again")
+    .unwrap();
+    let tags: Vec<String> = sqlx::query_scalar(
+        "SELECT outbox_event_id FROM booking_notifications ORDER BY outbox_event_id",
+    )
+    .fetch_all(a.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(tags.len(), 42, "{tags:?}");
+    assert!(tags.contains(&"a".to_string()) && tags.contains(&"c".to_string()));
+    assert!(
+        !tags.contains(&"b".to_string()),
+        "B was cancelled before it ran"
+    );
 }

@@ -138,15 +138,18 @@ pub fn day_of(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Serialises booking writers. SQLite: `BEGIN IMMEDIATE` already did. PostgreSQL: a table lock
-/// taken before the transaction's first query, so the serializable snapshot is taken after the
-/// previous writer committed: hot-row writers queue instead of failing with 40001 and retrying.
-/// Plain reads (ACCESS SHARE) are not blocked.
+/// Serialises booking writers on PostgreSQL (SQLite's `BEGIN IMMEDIATE` already does): a table
+/// lock taken before the transaction's first query, so the serializable snapshot is taken after
+/// the previous writer committed: hot-row writers queue instead of failing with 40001 and
+/// retrying. Plain reads (ACCESS SHARE) are not blocked. Given to [`crate::db::Db::write_locked`],
+/// which sends it with `BEGIN`.
+pub const LOCK: &str = "LOCK TABLE booking_events IN SHARE ROW EXCLUSIVE MODE";
+
+/// [`LOCK`] inside a transaction someone else began (the outbox dispatcher's); it must come
+/// before the transaction's first query for the snapshot to be fresh.
 pub async fn lock(tx: &mut Tx, backend: Backend) -> Result<()> {
     if backend == Backend::Postgres {
-        sqlx::query("LOCK TABLE booking_events IN SHARE ROW EXCLUSIVE MODE")
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(LOCK).execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -187,6 +190,66 @@ pub async fn active_booking(tx: &mut Tx, event_id: &str, user_id: &str) -> Resul
     .bind(user_id)
     .fetch_optional(&mut **tx)
     .await?)
+}
+
+/// What a booking request needs to know about the caller and the event, in one round trip
+/// (the booking lock is held while it runs, so every statement saved is throughput).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerState {
+    /// The caller's held or confirmed booking of the event.
+    pub booking: Option<String>,
+    /// Whether the caller waits for this event (the entry is read again on that rare path).
+    pub waiting: bool,
+    /// The caller's held or confirmed bookings of other events on the event's `day`.
+    pub on_day: i64,
+    /// Whether some hold of the event ran out at `now` and must be expired first.
+    pub holds_due: bool,
+}
+
+/// The event and [`CallerState`] in one statement. `day` is the event's UTC day as the caller
+/// last saw it (read before the booking lock, to keep this the only read under it); if the
+/// event moved to another day since, the count is taken again for the new day.
+pub async fn event_and_caller(
+    tx: &mut Tx,
+    event_id: &str,
+    user_id: &str,
+    day: &str,
+    now: i64,
+) -> Result<Option<(EventRow, CallerState)>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS},
+           (SELECT id FROM bookings WHERE event_id = $1 AND user_id = $2
+              AND status IN ('held', 'confirmed') LIMIT 1) AS my_booking,
+           (SELECT COUNT(*) FROM booking_waitlist WHERE event_id = $1 AND user_id = $2
+              AND status = 'waiting') AS my_waiting,
+           (SELECT COUNT(*) FROM bookings WHERE user_id = $2 AND event_day = $3
+              AND status IN ('held', 'confirmed') AND event_id <> $1) AS my_on_day,
+           (SELECT COUNT(*) FROM (SELECT 1 FROM bookings WHERE status = 'held'
+              AND hold_expires_at <= $4 AND event_id = $1 LIMIT 1) d) AS holds_due
+         FROM booking_events WHERE id = $1"
+    );
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(event_id)
+        .bind(user_id)
+        .bind(day)
+        .bind(now)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let ev = event_from_row(&row)?;
+    let mut state = CallerState {
+        booking: col(&row, "my_booking")?,
+        waiting: col::<i64>(&row, "my_waiting")? > 0,
+        on_day: col(&row, "my_on_day")?,
+        holds_due: col::<i64>(&row, "holds_due")? > 0,
+    };
+    let actual = day_of(ev.starts_at);
+    if actual != day {
+        state.on_day = active_on_day(tx, user_id, &actual, event_id).await?;
+    }
+    Ok(Some((ev, state)))
 }
 
 /// Held or confirmed bookings of the user for other events on `day`.
@@ -243,16 +306,14 @@ pub async fn emit(
     Ok(())
 }
 
-/// Inserts a hold on a seat already taken with [`take_seat`].
-pub async fn insert_hold(
-    tx: &mut Tx,
+fn new_hold(
     now: i64,
     ev: &EventRow,
     user_id: &str,
     hold_ttl_ms: i64,
     from_waitlist: bool,
-) -> Result<BookingRow> {
-    let b = BookingRow {
+) -> BookingRow {
+    BookingRow {
         id: uuid::Uuid::new_v4().to_string(),
         event_id: ev.id.clone(),
         user_id: user_id.to_string(),
@@ -268,37 +329,93 @@ pub async fn insert_hold(
         refund_cents: 0,
         refund_status: None,
         from_waitlist,
-    };
-    sqlx::query(
-        "INSERT INTO bookings (id, event_id, user_id, status, event_day, amount_cents, held_at,
-           hold_expires_at, from_waitlist)
-         VALUES ($1, $2, $3, 'held', $4, $5, $6, $7, $8)",
-    )
-    .bind(&b.id)
-    .bind(&b.event_id)
-    .bind(&b.user_id)
-    .bind(&b.event_day)
-    .bind(b.amount_cents)
-    .bind(now)
-    .bind(b.hold_expires_at)
-    .bind(i64::from(from_waitlist))
-    .execute(&mut **tx)
-    .await?;
-    emit(
-        tx,
-        now,
-        BOOKING_HELD,
-        &b.id,
-        json!({
-            "booking_id": b.id, "event_id": b.event_id, "user_id": b.user_id,
-            "hold_expires_at": b.hold_expires_at, "from_waitlist": from_waitlist,
-            // A promotion is announced by WaitlistPromoted; a direct hold by this event.
-            "notify": if from_waitlist { vec![] } else { vec![b.user_id.clone()] },
-            "message": format!("a seat at {} is held for you until payment", ev.title),
-        }),
-    )
-    .await?;
+    }
+}
+
+fn held_payload(b: &BookingRow, ev: &EventRow) -> serde_json::Value {
+    json!({
+        "booking_id": b.id, "event_id": b.event_id, "user_id": b.user_id,
+        "hold_expires_at": b.hold_expires_at, "from_waitlist": b.from_waitlist,
+        // A promotion is announced by WaitlistPromoted; a direct hold by this event.
+        "notify": if b.from_waitlist { vec![] } else { vec![b.user_id.clone()] },
+        "message": format!("a seat at {} is held for you until payment", ev.title),
+    })
+}
+
+const INSERT_HOLD: &str = "INSERT INTO bookings (id, event_id, user_id, status, event_day,
+       amount_cents, held_at, hold_expires_at, from_waitlist)";
+
+/// Inserts a hold on a seat already taken with [`take_seat`].
+pub async fn insert_hold(
+    tx: &mut Tx,
+    now: i64,
+    ev: &EventRow,
+    user_id: &str,
+    hold_ttl_ms: i64,
+    from_waitlist: bool,
+) -> Result<BookingRow> {
+    let b = new_hold(now, ev, user_id, hold_ttl_ms, from_waitlist);
+    let sql = format!("{INSERT_HOLD} VALUES ($1, $2, $3, 'held', $4, $5, $6, $7, $8)");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&b.id)
+        .bind(&b.event_id)
+        .bind(&b.user_id)
+        .bind(&b.event_day)
+        .bind(b.amount_cents)
+        .bind(now)
+        .bind(b.hold_expires_at)
+        .bind(i64::from(from_waitlist))
+        .execute(&mut **tx)
+        .await?;
+    emit(tx, now, BOOKING_HELD, &b.id, held_payload(&b, ev)).await?;
     Ok(b)
+}
+
+/// Takes a seat if one is free and holds it for `user_id` ([`take_seat`], then [`insert_hold`]
+/// and BookingHeld); `None` when the event is full. On PostgreSQL the three writes are one
+/// statement, because the booking lock is held meanwhile and each round trip is time every
+/// other booking of the event waits (the booking benchmark).
+pub async fn hold_if_free(
+    tx: &mut Tx,
+    backend: Backend,
+    now: i64,
+    ev: &EventRow,
+    user_id: &str,
+    hold_ttl_ms: i64,
+) -> Result<Option<BookingRow>> {
+    if backend == Backend::Sqlite {
+        if !take_seat(tx, &ev.id, now).await? {
+            return Ok(None);
+        }
+        return insert_hold(tx, now, ev, user_id, hold_ttl_ms, false)
+            .await
+            .map(Some);
+    }
+    let b = new_hold(now, ev, user_id, hold_ttl_ms, false);
+    let sql = format!(
+        "WITH seat AS (
+           UPDATE booking_events SET seats_taken = seats_taken + 1, updated_at = $6
+           WHERE id = $2 AND status = 'scheduled' AND seats_taken < capacity RETURNING id
+         ), hold AS (
+           {INSERT_HOLD} SELECT $1, $2, $3, 'held', $4, $5, $6, $7, 0 FROM seat RETURNING id
+         )
+         {} SELECT $8, $9, hold.id, $10, $6, $6 FROM hold",
+        outbox::INSERT_INTO
+    );
+    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&b.id)
+        .bind(&b.event_id)
+        .bind(&b.user_id)
+        .bind(&b.event_day)
+        .bind(b.amount_cents)
+        .bind(now)
+        .bind(b.hold_expires_at)
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(BOOKING_HELD)
+        .bind(held_payload(&b, ev).to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok((r.rows_affected() == 1).then_some(b))
 }
 
 /// Position (1-based) of a waiting entry: premium and pro first, then by arrival.

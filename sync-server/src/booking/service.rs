@@ -1,4 +1,4 @@
-//! Booking use cases: each is one `Db::write` transaction (serialised with [`repo::lock`]),
+//! Booking use cases: each is one `Db::write_locked` transaction (serialised with [`repo::LOCK`]),
 //! except payment, whose provider call happens between two transactions.
 
 use std::sync::Arc;
@@ -65,16 +65,14 @@ fn notify_outbox(state: &AppState) {
 pub async fn create_event(state: &AppState, caller: &Caller, f: EventFields) -> Result<EventRow> {
     require_organizer(caller)?;
     let now = state.now().as_millis();
-    let backend = state.db.backend();
     let f = Arc::new(f);
     let organizer = caller.user_id.clone();
     let id = uuid::Uuid::new_v4().to_string();
     let ev = state
         .db
-        .write(move |tx: &mut Tx| {
+        .write_locked(repo::LOCK, move |tx: &mut Tx| {
             let (f, organizer, id) = (f.clone(), organizer.clone(), id.clone());
             Box::pin(async move {
-                repo::lock(tx, backend).await?;
                 sqlx::query(
                     "INSERT INTO booking_events (id, organizer_id, title, sport, venue_name, lat_e6,
                        lon_e6, starts_at, ends_at, capacity, price_cents, currency, min_age,
@@ -135,16 +133,14 @@ pub async fn update_event(
     apply: ApplyUpdate,
 ) -> Result<EventRow> {
     let now = state.now().as_millis();
-    let backend = state.db.backend();
     let s = settings::get().clone();
     let caller = Arc::new(caller.clone());
     let id = id.to_string();
     let ev = state
         .db
-        .write(move |tx: &mut Tx| {
+        .write_locked(repo::LOCK, move |tx: &mut Tx| {
             let (caller, id, apply, s) = (caller.clone(), id.clone(), apply.clone(), s.clone());
             Box::pin(async move {
-                repo::lock(tx, backend).await?;
                 let ev = repo::load_event(&mut **tx, &id)
                     .await?
                     .ok_or_else(ApiError::not_found)?;
@@ -221,15 +217,13 @@ pub async fn update_event(
 /// through the outbox), the waitlist is closed, everyone involved is notified.
 pub async fn cancel_event(state: &AppState, caller: &Caller, id: &str) -> Result<EventRow> {
     let now = state.now().as_millis();
-    let backend = state.db.backend();
     let caller = Arc::new(caller.clone());
     let id = id.to_string();
     let ev = state
         .db
-        .write(move |tx: &mut Tx| {
+        .write_locked(repo::LOCK, move |tx: &mut Tx| {
             let (caller, id) = (caller.clone(), id.clone());
             Box::pin(async move {
-                repo::lock(tx, backend).await?;
                 let ev = repo::load_event(&mut **tx, &id)
                     .await?
                     .ok_or_else(ApiError::not_found)?;
@@ -313,24 +307,34 @@ fn age_on_day(birth: &str, day_ms: i64) -> Option<i64> {
 /// Check, then hold a seat (or join the waitlist), in one transaction.
 pub async fn book(state: &AppState, caller: &Caller, event_id: &str) -> Result<BookOutcome> {
     let now = state.now().as_millis();
-    let backend = state.db.backend();
     let s = settings::get().clone();
     let user = caller.user_id.clone();
     let tier = caller.tier;
     let birth = caller.profile.birth_date.clone();
     let event_id = event_id.to_string();
+    // Read before the lock, so that one query under it reads everything (event_and_caller).
+    let day_seen = repo::load_event(state.db.pool(), &event_id)
+        .await?
+        .map(|e| repo::day_of(e.starts_at))
+        .unwrap_or_default();
+    let backend = state.db.backend();
     let out = state
         .db
-        .write(move |tx: &mut Tx| {
-            let (user, birth, event_id, s) =
-                (user.clone(), birth.clone(), event_id.clone(), s.clone());
+        .write_locked(repo::LOCK, move |tx: &mut Tx| {
+            let (user, birth, event_id, s, day_seen) = (
+                user.clone(),
+                birth.clone(),
+                event_id.clone(),
+                s.clone(),
+                day_seen.clone(),
+            );
             Box::pin(async move {
-                repo::lock(tx, backend).await?;
-                let ev = repo::load_event(&mut **tx, &event_id)
+                let (ev, mine) = repo::event_and_caller(tx, &event_id, &user, &day_seen, now)
                     .await?
                     .ok_or_else(ApiError::not_found)?;
                 check_can_book(&ev, tier, &birth, now)?;
-                if let Some(b) = repo::active_booking(tx, &event_id, &user).await? {
+                let day = repo::day_of(ev.starts_at);
+                if let Some(b) = mine.booking {
                     return Err(ApiError::conflict(
                         "already_booked",
                         "you already hold or have a seat at this event",
@@ -338,7 +342,12 @@ pub async fn book(state: &AppState, caller: &Caller, event_id: &str) -> Result<B
                     .with_details(json!({"booking_id": b}))
                     .into());
                 }
-                if let Some((w, pos)) = repo::waiting_entry(tx, &event_id, &user).await? {
+                let waiting = if mine.waiting {
+                    repo::waiting_entry(tx, &event_id, &user).await?
+                } else {
+                    None
+                };
+                if let Some((w, pos)) = waiting {
                     return Err(ApiError::conflict(
                         "already_waitlisted",
                         "you are already on this event's waitlist",
@@ -346,8 +355,7 @@ pub async fn book(state: &AppState, caller: &Caller, event_id: &str) -> Result<B
                     .with_details(json!({"waitlist_id": w, "position": pos}))
                     .into());
                 }
-                let day = repo::day_of(ev.starts_at);
-                if repo::active_on_day(tx, &user, &day, &event_id).await? >= s.daily_limit {
+                if mine.on_day >= s.daily_limit {
                     return Err(ApiError::conflict(
                         "daily_limit_reached",
                         format!(
@@ -359,9 +367,13 @@ pub async fn book(state: &AppState, caller: &Caller, event_id: &str) -> Result<B
                     .into());
                 }
                 // Holds that ran out go back first, to whoever waits longest.
-                repo::expire_due(tx, now, Some(&event_id), s.hold_ttl_ms, s.daily_limit).await?;
-                if repo::take_seat(tx, &event_id, now).await? {
-                    let b = repo::insert_hold(tx, now, &ev, &user, s.hold_ttl_ms, false).await?;
+                if mine.holds_due {
+                    repo::expire_due(tx, now, Some(&event_id), s.hold_ttl_ms, s.daily_limit)
+                        .await?;
+                }
+                if let Some(b) =
+                    repo::hold_if_free(tx, backend, now, &ev, &user, s.hold_ttl_ms).await?
+                {
                     return Ok(BookOutcome::Held(Box::new(b)));
                 }
                 let priority = match tier {
@@ -440,7 +452,6 @@ pub async fn pay(
     booking_id: &str,
     method: &str,
 ) -> Result<PayOutcome> {
-    let backend = state.db.backend();
     let s = settings::get().clone();
     let user = caller.user_id.clone();
     let id = booking_id.to_string();
@@ -449,10 +460,9 @@ pub async fn pay(
         let (user, id, s) = (user.clone(), id.clone(), s.clone());
         state
             .db
-            .write(move |tx: &mut Tx| {
+            .write_locked(repo::LOCK, move |tx: &mut Tx| {
                 let (user, id, s) = (user.clone(), id.clone(), s.clone());
                 Box::pin(async move {
-                    repo::lock(tx, backend).await?;
                     let b = owned_booking(tx, &id, &user).await?;
                     if b.status == "confirmed" {
                         return Ok(PayCheck::AlreadyConfirmed(Box::new(b)));
@@ -523,10 +533,9 @@ pub async fn pay(
     let now = state.now().as_millis();
     let out = state
         .db
-        .write(move |tx: &mut Tx| {
+        .write_locked(repo::LOCK, move |tx: &mut Tx| {
             let (user, id, s, payment_ref) = (user.clone(), id.clone(), s.clone(), payment_ref.clone());
             Box::pin(async move {
-                repo::lock(tx, backend).await?;
                 let b = owned_booking(tx, &id, &user).await?;
                 if b.status == "confirmed" {
                     return Ok(Ok(b));
@@ -621,16 +630,14 @@ pub async fn cancel_booking(
     booking_id: &str,
 ) -> Result<BookingRow> {
     let now = state.now().as_millis();
-    let backend = state.db.backend();
     let s = settings::get().clone();
     let user = caller.user_id.clone();
     let id = booking_id.to_string();
     let b = state
         .db
-        .write(move |tx: &mut Tx| {
+        .write_locked(repo::LOCK, move |tx: &mut Tx| {
             let (user, id, s) = (user.clone(), id.clone(), s.clone());
             Box::pin(async move {
-                repo::lock(tx, backend).await?;
                 let b = owned_booking(tx, &id, &user).await?;
                 if b.status != "held" && b.status != "confirmed" {
                     return Err(not_held(&b).into());
@@ -659,16 +666,14 @@ pub async fn cancel_booking(
 /// One sweep: expires every hold whose time is up and promotes from the waitlists.
 pub async fn sweep(state: &AppState) -> Result<usize> {
     let now = state.now().as_millis();
-    let backend = state.db.backend();
     let s = settings::get().clone();
     let n = state
         .db
-        .write(move |tx: &mut Tx| {
+        .write_locked(repo::LOCK, move |tx: &mut Tx| {
             let s = s.clone();
-            Box::pin(async move {
-                repo::lock(tx, backend).await?;
-                repo::expire_due(tx, now, None, s.hold_ttl_ms, s.daily_limit).await
-            })
+            Box::pin(
+                async move { repo::expire_due(tx, now, None, s.hold_ttl_ms, s.daily_limit).await },
+            )
         })
         .await?;
     if n > 0 {
