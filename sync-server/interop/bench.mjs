@@ -17,8 +17,18 @@
 //     unchanged, disconnects and reconnects; bytes it writes on the socket (CBOR frames as handed
 //     to ws; and on the TCP socket, with WebSocket framing and the HTTP upgrade) until it has been
 //     quiet for --quiet-ms (1000).
+// (e) memory with many stored documents after eviction (not in the default --only a,b,c,d; run
+//     with --only e): --clients (100) bare clients store --stored (100000) small documents, each
+//     connection storing --stored-per-connection (20) and closing, so the server keeps few loaded
+//     at a time. At each of --stored-samples (default 0, 10 %, 25 %, 50 %, 75 %, 100 % of
+//     --stored) every client is closed, the bench waits until the server's eviction sweep reports
+//     no document loaded (read from --server-log, the server's JSON log with
+//     RUST_LOG=fitedge_server::sync::evict=debug; without it, --evict-wait-ms) and reads VmRSS of
+//     --server-pid. Flat: VmRSS at the last sample within --flat-margin-pct (10) of VmRSS at the
+//     first sample after 0. Then --stored-verify (200) documents spread over the whole range are
+//     fetched back by a fresh client (loaded again from SQL) and checked.
 // Every wait is bounded (--timeout-ms per wait, --total-timeout-ms overall); exit 1 on failure.
-import { readFileSync, writeFileSync } from "node:fs"
+import { readFileSync, writeFileSync, statSync } from "node:fs"
 import {
   HarnessError, parseArgs, makeClient, whenPeered, withTimeout, waitForDoc, sleep, redact, clientUrl,
   RawClient, findWithRetry,
@@ -38,6 +48,14 @@ const spec = {
   "timeout-ms": { number: true, default: 60_000 },
   "total-timeout-ms": { number: true, default: 900_000 },
   only: { default: "a,b,c,d" },
+  stored: { number: true, default: 100_000 },
+  "stored-samples": {},
+  "stored-per-connection": { number: true, default: 20 },
+  "stored-verify": { number: true, default: 200 },
+  "server-log": {},
+  "server-db": {},
+  "evict-wait-ms": { number: true, default: 30_000 },
+  "flat-margin-pct": { number: true, default: 10 },
   json: {},
   label: { default: "" },
   "strip-undefined-metadata": { flag: true },
@@ -78,6 +96,17 @@ function rssKiB(pid) {
   const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+)\s+kB/m)
   if (!m) throw new HarnessError(`no VmRSS in /proc/${pid}/status`)
   return Number(m[1])
+}
+
+/** VmRSS, RssAnon, RssFile and VmHWM (peak) of `pid`, in KiB. */
+function memStatus(pid) {
+  const text = readFileSync(`/proc/${pid}/status`, "utf8")
+  const get = k => {
+    const m = text.match(new RegExp(`^${k}:\\s+(\\d+)\\s+kB`, "m"))
+    if (!m) throw new HarnessError(`no ${k} in /proc/${pid}/status`)
+    return Number(m[1])
+  }
+  return { rssKiB: get("VmRSS"), anonKiB: get("RssAnon"), fileKiB: get("RssFile"), hwmKiB: get("VmHWM") }
 }
 
 /**
@@ -337,6 +366,136 @@ async function reconnect() {
   await closeClients([c])
 }
 
+/**
+ * The eviction sweeps the server logged (RUST_LOG=fitedge_server::sync::evict=debug, JSON lines):
+ * `[{evicted, loaded}]` in order. Lines of other shapes are skipped.
+ */
+function sweeps(logFile) {
+  const out = []
+  for (const line of readFileSync(logFile, "utf8").split("\n")) {
+    if (!line.includes("sync: eviction sweep")) continue
+    let o
+    try { o = JSON.parse(line) } catch { continue }
+    const f = o.fields ?? o
+    if (typeof f.loaded === "number") out.push({ evicted: f.evicted, loaded: f.loaded })
+  }
+  return out
+}
+
+/**
+ * After every client has closed: waits for an eviction sweep that leaves no document loaded
+ * (sweeps logged after `seen`), bounded by --evict-wait-ms; the sweeps in between. Without
+ * --server-log, waits --evict-wait-ms and returns null (the count is not known).
+ */
+async function evicted(seen, what) {
+  const file = opts["server-log"]
+  const limit = opts["evict-wait-ms"]
+  if (!file) { await sleep(limit); return null }
+  const deadline = Date.now() + limit
+  for (;;) {
+    const s = sweeps(file)
+    const fresh = s.slice(seen)
+    // Skip the first new sweep: it may have run while the last connections were still closing.
+    if (fresh.length >= 2 && fresh[fresh.length - 1].loaded === 0) {
+      return { sweeps: s.length, evicted: fresh.reduce((n, x) => n + x.evicted, 0), loaded: 0 }
+    }
+    if (Date.now() > deadline) {
+      const last = fresh.length ? fresh[fresh.length - 1].loaded : "no sweep logged"
+      throw new HarnessError(`${what}: documents still loaded ${limit} ms after every client closed (last sweep: ${last}); is the server started with --sync-idle-secs 0 and RUST_LOG=fitedge_server::sync::evict=debug?`)
+    }
+    await sleep(200)
+  }
+}
+
+function fileKiB(path) {
+  if (!path) return null
+  let n = 0
+  for (const p of [path, `${path}-wal`]) {
+    try { n += statSync(p).size } catch { /* no WAL yet */ }
+  }
+  return Math.round(n / 1024)
+}
+
+/**
+ * (e) Stores --stored documents through the protocol, closing every connection at each sample
+ * point; samples the server's memory once eviction has emptied the hub.
+ */
+async function stored() {
+  const pid = opts["server-pid"]
+  if (!pid) throw new HarnessError("--only e needs --server-pid")
+  const total = opts.stored
+  const points = (opts["stored-samples"] ?? [0, 0.1, 0.25, 0.5, 0.75, 1].map(f => Math.round(f * total)).join(","))
+    .split(",").map(Number)
+  if (points.some(p => !Number.isInteger(p) || p < 0 || p > total) || points.some((p, i) => i > 0 && p <= points[i - 1])) {
+    throw new HarnessError(`--stored-samples must be increasing integers within 0..--stored, got ${points.join(",")}`)
+  }
+  const A = await import("@automerge/automerge")
+  const nc = opts.clients
+  const perConn = Math.max(1, opts["stored-per-connection"])
+  const verifyEvery = Math.max(1, Math.floor(total / Math.max(1, opts["stored-verify"])))
+  const toVerify = []
+  const samples = []
+  let done = 0
+  let seenSweeps = opts["server-log"] ? sweeps(opts["server-log"]).length : 0
+  const t0 = performance.now()
+  const sample = async () => {
+    const ev = await evicted(seenSweeps, `after ${done} stored`)
+    if (ev) seenSweeps = ev.sweeps
+    await sleep(1000)
+    const m = memStatus(pid)
+    if (ev && opts["server-log"]) {
+      // Still nothing loaded at the moment of the reading.
+      const s = sweeps(opts["server-log"])
+      if (s.length > seenSweeps && s[s.length - 1].loaded !== 0) throw new HarnessError(`after ${done} stored: a sweep reports ${s[s.length - 1].loaded} loaded with no client connected`)
+    }
+    const row = { stored: done, ...m, loaded: ev?.loaded ?? null, evictedSinceLast: ev?.evicted ?? null, dbKiB: fileKiB(opts["server-db"]), atMs: Math.round(performance.now() - t0) }
+    samples.push(row)
+    log(`stored: ${done} documents; VmRSS ${m.rssKiB} KiB (anon ${m.anonKiB}, file ${m.fileKiB}, peak ${m.hwmKiB}); loaded ${row.loaded ?? "?"}`)
+  }
+  for (const target of points) {
+    // Store up to `target`: each client opens a connection, stores up to --stored-per-connection,
+    // closes it and opens the next, until `target` documents are stored.
+    const tStart = performance.now()
+    const from = done
+    let next = done
+    await Promise.all(Array.from({ length: nc }, async (_, ci) => {
+      while (next < target) {
+        const c = new RawClient(opts.url, tokens[ci % tokens.length])
+        await c.connect(T)
+        try {
+          for (let k = 0; k < perConn && next < target; k++) {
+            const i = next++
+            const v = `s-${i}`
+            const url = await c.push(A.from({ v, kind: "stored", i }), T)
+            if (i % verifyEvery === 0) toVerify.push({ url, expect: v })
+            if (++done % 5000 === 0) log(`stored: ${done} of ${total} after ${Math.round((performance.now() - t0) / 1000)} s`)
+          }
+        } catch (e) {
+          throw new HarnessError(`stored: client ${ci}: ${e.message} (${done} stored by then)`)
+        } finally {
+          c.close()
+        }
+      }
+    }))
+    if (target > from) log(`stored: ${target - from} more in ${Math.round(performance.now() - tStart)} ms (${Math.round((target - from) / ((performance.now() - tStart) / 1000))} docs/s); every client closed, waiting for eviction`)
+    await sample()
+  }
+  const storeMs = Math.round(performance.now() - t0)
+  // Everything is still there: a spread of documents, loaded again from SQL.
+  await verifyAll(tokens[0], toVerify, "stored (verify)")
+  const first = samples.find(s => s.stored > 0) ?? samples[0]
+  const last = samples[samples.length - 1]
+  const growthKiB = last.rssKiB - first.rssKiB
+  const perDocB = last.stored > first.stored ? Math.round((growthKiB * 1024) / (last.stored - first.stored)) : null
+  const margin = opts["flat-margin-pct"]
+  results.stored = {
+    docs: total, clients: nc, perConnection: perConn, samples, storeMs, verified: toVerify.length,
+    flatFrom: first.stored, growthKiB, growthPct: +((100 * growthKiB) / first.rssKiB).toFixed(1), bytesPerStoredDoc: perDocB,
+    marginPct: margin, flat: growthKiB <= (first.rssKiB * margin) / 100,
+  }
+  log(`stored: ${total} documents in ${Math.round(storeMs / 1000)} s; VmRSS ${first.rssKiB} KiB at ${first.stored} -> ${last.rssKiB} KiB at ${last.stored} (${results.stored.flat ? "flat" : "NOT flat"} within ${margin} %)`)
+}
+
 /** Resolves once the adapter has sent and received nothing for `ms`; bounded by --timeout-ms. */
 function quiet(adapter, ms, what) {
   return withTimeout(new Promise(resolve => {
@@ -362,7 +521,18 @@ function table(r) {
   else if (m) rows.push(["(c) server RSS per loaded document", "n/a", m.skipped])
   const c = r.reconnect
   if (c) rows.push(["(d) bytes sent to reconnect, 1 device", `${c.payloadBytesSent} B`, `${c.docs} unchanged docs; ${c.framesSent} frames; ${c.wireBytesSent} B on TCP incl. upgrade + framing; received ${c.payloadBytesReceived} B in ${c.framesReceived} frames`])
-  return rows.map(row => `| ${row.join(" | ")} |`).join("\n")
+  const e = r.stored
+  if (e) {
+    rows.push(["(e) server memory with stored documents after eviction", e.flat ? "flat" : "NOT flat", `VmRSS ${e.growthKiB >= 0 ? "+" : ""}${e.growthKiB} KiB (${e.growthPct} %) from ${e.flatFrom} to ${e.docs} stored documents (${e.bytesPerStoredDoc} B per stored document); flat = within ${e.marginPct} %; ${e.verified} spread documents fetched back after eviction`])
+  }
+  let out = rows.map(row => `| ${row.join(" | ")} |`).join("\n")
+  if (e) {
+    const srows = [["stored documents", "VmRSS KiB", "RssAnon KiB", "RssFile KiB", "peak VmHWM KiB", "loaded (server)", "evicted since last", "database KiB", "at s"], Array(9).fill("---")]
+    for (const s of e.samples) srows.push([s.stored, s.rssKiB, s.anonKiB, s.fileKiB, s.hwmKiB, s.loaded ?? "n/a", s.evictedSinceLast ?? "n/a", s.dbKiB ?? "n/a", (s.atMs / 1000).toFixed(0)].map(String))
+    out += `\n\n(e) ${e.docs} documents stored by ${e.clients} clients, ${e.perConnection} per connection; each row after every client closed and the eviction sweep left nothing loaded\n\n`
+    out += srows.map(row => `| ${row.join(" | ")} |`).join("\n")
+  }
+  return out
 }
 
 async function main() {
@@ -377,6 +547,7 @@ async function main() {
   if (only.has("b")) await latency()
   if (only.has("a")) await throughput()
   if (only.has("d")) await reconnect()
+  if (only.has("e")) await stored()
   results.finishedAt = new Date().toISOString()
   if (opts.json) writeFileSync(opts.json, JSON.stringify(results, null, 2) + "\n")
   process.stdout.write(table(results) + "\n")

@@ -134,6 +134,11 @@ pub struct Config {
     #[arg(long, env = "FITEDGE_SYNC_IDLE_SECS", default_value_t = 300)]
     pub sync_idle_secs: u64,
 
+    /// Sync: how often (real seconds) idle documents are looked for and evicted; at least 1.
+    #[arg(long, env = "FITEDGE_SYNC_EVICT_EVERY_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_evict_every_secs: u64,
+
     /// Blobs (sample chunks): largest upload, in bytes.
     #[arg(long, env = "FITEDGE_BLOB_MAX_BYTES", default_value_t = 16 << 20)]
     pub blob_max_bytes: usize,
@@ -162,6 +167,7 @@ impl fmt::Debug for Config {
             .field("sync_max_frame_bytes", &self.sync_max_frame_bytes)
             .field("sync_compact_after", &self.sync_compact_after)
             .field("sync_idle_secs", &self.sync_idle_secs)
+            .field("sync_evict_every_secs", &self.sync_evict_every_secs)
             .field("blob_max_bytes", &self.blob_max_bytes)
             .finish()
     }
@@ -200,6 +206,7 @@ impl Config {
             sync_max_frame_bytes: 8 << 20,
             sync_compact_after: 64,
             sync_idle_secs: 300,
+            sync_evict_every_secs: 10,
             blob_max_bytes: 16 << 20,
         }
     }
@@ -231,6 +238,13 @@ mod tests {
         c.secret_key = Some("ab".repeat(32));
         let d = format!("{c:?}");
         assert!(!d.contains("hunter2") && !d.contains("abab"), "{d}");
+    }
+
+    #[test]
+    fn eviction_sweep_is_at_least_every_second() {
+        let parse = |v: &str| T::try_parse_from(["x", "--sync-evict-every-secs", v]);
+        assert_eq!(parse("1").unwrap().c.sync_evict_every_secs, 1);
+        assert!(parse("0").is_err(), "a zero interval would spin");
     }
 
     #[test]

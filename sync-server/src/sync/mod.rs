@@ -206,16 +206,27 @@ pub async fn run_background(state: AppState, stop: watch::Receiver<bool>) {
     let _ = evictor.await;
 }
 
+/// The log target of the eviction sweep: `RUST_LOG=fitedge_server::sync::evict=debug` logs every
+/// sweep with how many documents left memory and how many are still loaded (the sync benchmark's
+/// `--stored` mode reads it).
+pub const EVICT_LOG_TARGET: &str = "fitedge_server::sync::evict";
+
+/// Every `sync_evict_every_secs` (real time), evicts the documents idle for `sync_idle_secs` (by
+/// the injected clock).
 async fn run_evictor(state: AppState, mut stop: watch::Receiver<bool>) {
     let idle_ms =
         i64::try_from(state.config.sync_idle_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let every = Duration::from_secs(state.config.sync_evict_every_secs.max(1));
     loop {
-        let n = state.sync.evict_idle(state.now().as_millis(), idle_ms);
-        if n > 0 {
-            tracing::debug!(evicted = n, "sync: idle documents left memory");
-        }
+        let evicted = state.sync.evict_idle(state.now().as_millis(), idle_ms);
+        tracing::debug!(
+            target: EVICT_LOG_TARGET,
+            evicted,
+            loaded = state.sync.loaded_count(),
+            "sync: eviction sweep"
+        );
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
     }
