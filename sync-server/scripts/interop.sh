@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Interoperability of the sync endpoint (GET /api/v1/sync, automerge-repo sync protocol v1) with
-# the two published client implementations: the JavaScript automerge-repo (sync-server/interop/
-# interop.mjs) and the Rust samod (tests/tests/sync_interop.rs).
+# the two published client implementations, the JavaScript automerge-repo (sync-server/interop/
+# interop.mjs) and the Rust samod (tests/tests/sync_interop.rs), and of our device sync client
+# (fitedge-core `sync_once` on a Store in a temp SQLite file, tests/tests/device_interop.rs)
+# with both of them.
 #
 #   sync-server/scripts/interop.sh              # our server: --dev on a free port, temp SQLite,
 #                                               # users registered through the REST API
-#   sync-server/scripts/interop.sh --reference  # the same scenarios, no auth, against the
-#                                               # JavaScript reference server (checks the harness)
+#   sync-server/scripts/interop.sh --reference  # the Node and samod scenarios, no auth, against
+#                                               # the JavaScript reference server (checks the harness)
 #
 # Scenarios: node-basic (A creates and changes, B finds and sees it, B changes, A sees it; with our
 # server a second user must get doc-unavailable), samod-basic (the same with two samod clients),
-# cross (Node creates, samod finds, checks and changes it, Node sees the change).
+# cross-node-samod (Node creates, samod finds, checks and changes it, Node sees the change).
+# Our server only (the device needs a session token and GET /api/v1/sync/docs; --reference says
+# they are skipped), all as user 1 (the device on one session, the other client on another):
+#   device-node   the device records a workout, titles it and syncs; Node finds it (listed by the
+#                 server as fitedge.workout), checks the title, writes the notes; the device syncs
+#                 until its document and its workout read model have those notes.
+#   node-device   Node creates a workout document; a new device learns it from the server's
+#                 listing, reads it with the typed reader, writes its notes, syncs; Node sees them.
+#   device-samod  device-node with samod as the other client.
+#   samod-device  node-device with samod as the creator.
 #
 # Environment: FITEDGE_SERVER_BIN (use this server binary instead of building the release one),
 # CARGO_TARGET_DIR, INTEROP_TIMEOUT_MS (bound on each wait, default 15000), INTEROP_OUT (a folder
@@ -21,7 +32,7 @@ MODE=ours
 for arg in "$@"; do
   case "$arg" in
     --reference) MODE=reference ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "interop.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -52,12 +63,15 @@ if [ ! -d "$INTEROP/node_modules" ]; then
   (cd "$INTEROP" && npm install --no-audit --no-fund --no-save) >&2
 fi
 
-echo "== building the samod client (cargo test --no-run -p fitedge-tests --test sync_interop)" >&2
-SAMOD_BIN="$(cd "$ROOT" && cargo test -q -p fitedge-tests --test sync_interop --no-run --message-format=json \
+echo "== building the samod and device clients (cargo test --no-run -p fitedge-tests --test sync_interop --test device_interop)" >&2
+TEST_BINS="$(cd "$ROOT" && cargo test -q -p fitedge-tests --test sync_interop --test device_interop --no-run --message-format=json \
   | python3 -c 'import json,sys
-exe=[m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="sync_interop"]
-print(exe[-1] if exe else "")')"
-[ -x "$SAMOD_BIN" ] || { echo "interop.sh: could not find the sync_interop test binary" >&2; exit 1; }
+exe={m["target"]["name"]: m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable")}
+print(exe.get("sync_interop", "")); print(exe.get("device_interop", ""))')"
+SAMOD_BIN="$(sed -n 1p <<< "$TEST_BINS")"
+DEVICE_BIN="$(sed -n 2p <<< "$TEST_BINS")"
+[ -x "${SAMOD_BIN:-}" ] || { echo "interop.sh: could not find the sync_interop test binary" >&2; exit 1; }
+[ -x "${DEVICE_BIN:-}" ] || { echo "interop.sh: could not find the device_interop test binary" >&2; exit 1; }
 
 # --- the server ---
 TOKEN_A="" TOKEN_B="" TOKEN_OTHER=""
@@ -135,6 +149,30 @@ run samod-basic "$SAMOD_BIN" --ignored --exact samod_basic --nocapture
 run cross-node-samod node "$INTEROP/interop.mjs" "${NODE_ARGS[@]}" --scenario cross \
   --peer-cmd "'$SAMOD_BIN' --ignored --exact samod_cross_peer --nocapture"
 
+# Our device client with each of them. The driver of each scenario runs the other side as a child
+# process (FITEDGE_INTEROP_PEER_CMD, or --peer-cmd for Node) and hands it the document's URL, the
+# field to check and the value to write in FITEDGE_INTEROP_* variables, with token B (user 1).
+DEVICE_SCENARIOS="device-node node-device device-samod samod-device"
+SKIPPED=0
+if [ "$MODE" = ours ]; then
+  NODE_PEER="node '$INTEROP/interop.mjs' --url '$WS_URL' --timeout-ms $TIMEOUT_MS --scenario peer"
+  SAMOD_PEER="'$SAMOD_BIN' --ignored --exact samod_cross_peer --nocapture"
+  DEVICE_PEER="'$DEVICE_BIN' --ignored --exact device_peer --nocapture"
+  run device-node env FITEDGE_INTEROP_PEER_CMD="$NODE_PEER" \
+    "$DEVICE_BIN" --ignored --exact device_creates --nocapture
+  run node-device node "$INTEROP/interop.mjs" "${NODE_ARGS[@]}" --scenario cross --doc workout \
+    --peer-cmd "$DEVICE_PEER"
+  run device-samod env FITEDGE_INTEROP_PEER_CMD="$SAMOD_PEER" \
+    "$DEVICE_BIN" --ignored --exact device_creates --nocapture
+  run samod-device env FITEDGE_INTEROP_PEER_CMD="$DEVICE_PEER" \
+    "$SAMOD_BIN" --ignored --exact samod_creates --nocapture
+else
+  SKIPPED=4
+  echo "== SKIPPED for the reference server: $DEVICE_SCENARIOS (our device client signs in with a" \
+    "session token and learns its documents from GET /api/v1/sync/docs; the reference server has" \
+    "neither)" >&2
+fi
+
 if [ "$MODE" = ours ] && ! kill -0 "${SERVER_PIDS[0]}" 2> /dev/null; then
   echo "interop.sh: the server exited during the run; its log:" >&2
   tail -50 "$WORK/ours.log" >&2
@@ -142,7 +180,11 @@ if [ "$MODE" = ours ] && ! kill -0 "${SERVER_PIDS[0]}" 2> /dev/null; then
 fi
 [ "$MODE" = ours ] && cp "$WORK/ours.log" "$OUT/server.log" 2> /dev/null || true
 
-echo "interop ($MODE): $PASSED passed, $FAILED failed"
+if [ "$SKIPPED" -gt 0 ]; then
+  echo "interop ($MODE): $PASSED passed, $FAILED failed; skipped: $DEVICE_SCENARIOS (reference server: no auth, no document listing)"
+else
+  echo "interop ($MODE): $PASSED passed, $FAILED failed"
+fi
 if [ "$FAILED" -gt 0 ]; then
   echo "failed: ${FAILED_NAMES[*]}" >&2
   [ -n "${INTEROP_OUT:-}" ] || echo "(set INTEROP_OUT=DIR to keep each scenario's output)" >&2

@@ -13,18 +13,25 @@
 //!   (sent as `Authorization: Bearer` on the upgrade); unset means no authentication.
 //! - `FITEDGE_INTEROP_TOKEN_OTHER`: user 2's token; when set, user 2 must NOT get user 1's document.
 //! - `FITEDGE_INTEROP_TIMEOUT_MS`: bound on each wait (default 15000).
-//! - `samod_cross_peer` only (the Node harness sets these when it runs this test as the middle
-//!   peer): `FITEDGE_INTEROP_DOC_URL`, `FITEDGE_INTEROP_EXPECT`, `FITEDGE_INTEROP_PEER_VALUE`.
+//! - `samod_cross_peer` only (the Node harness and our device client's `device_creates` set these
+//!   when they run this test as the middle peer): `FITEDGE_INTEROP_DOC_URL`,
+//!   `FITEDGE_INTEROP_EXPECT_KEY` (default `expect`), `FITEDGE_INTEROP_EXPECT`,
+//!   `FITEDGE_INTEROP_PEER_KEY` (default `peer`), `FITEDGE_INTEROP_PEER_VALUE`, and optionally
+//!   `FITEDGE_INTEROP_DOC_KIND` (the document's `type`).
+//! - `samod_creates` only (scenario `samod-device`): `FITEDGE_INTEROP_PEER_CMD`, the command of
+//!   the middle peer (our device client's `device_peer` test, `device_interop.rs`); samod writes a
+//!   FitEdge workout document, hands the peer its URL with token B, and must see the peer's notes.
 //!
 //! The samod clients open the WebSocket themselves (tokio-tungstenite, so the upgrade can carry
 //! the `Authorization` header) and hand it to samod as a [`Transport`].
 
-use std::future::Future;
+mod interop_common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
+use automerge::{Automerge, ObjType, ROOT};
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
 use samod::{
@@ -35,31 +42,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-type Res<T> = Result<T, String>;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn required(name: &str) -> Res<String> {
-    env(name).ok_or_else(|| {
-        format!("{name} is not set: run through sync-server/scripts/interop.sh (see this file's header)")
-    })
-}
-
-fn wait_bound() -> Duration {
-    let ms = env("FITEDGE_INTEROP_TIMEOUT_MS")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(15_000);
-    Duration::from_millis(ms)
-}
-
-async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> Res<T> {
-    let bound = wait_bound();
-    tokio::time::timeout(bound, fut)
-        .await
-        .map_err(|_| format!("timed out after {} ms: {what}", bound.as_millis()))
-}
+use interop_common::{
+    bounded, env, nonce, peer_limit, rand_u64, read_string, required, run_peer, wait_bound,
+    PeerEnv, PeerTask, Res,
+};
 
 /// Opens the WebSocket with tokio-tungstenite, adding `Authorization: Bearer` when a token is set.
 #[derive(Debug)]
@@ -186,15 +172,6 @@ async fn find_as_new_client(
     ))
 }
 
-/// A string field whether written as text (the JavaScript default) or as a scalar string.
-fn read_string(doc: &Automerge, key: &str) -> Option<String> {
-    match doc.get(ROOT, key).ok()?? {
-        (Value::Scalar(s), _) => s.as_str().map(str::to_owned),
-        (Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
-        _ => None,
-    }
-}
-
 /// Writes a string field as text, as the JavaScript library does for plain strings.
 fn write_string(handle: &DocHandle, key: &str, value: &str) -> Res<()> {
     handle.with_document(|doc| {
@@ -208,25 +185,24 @@ fn write_string(handle: &DocHandle, key: &str, value: &str) -> Res<()> {
     })
 }
 
-/// Waits until `key` reads `expected` in the handle's document.
+/// Waits until `key` reads `expected` in the handle's document; a failure says what it read.
 async fn wait_for(handle: &DocHandle, who: &str, key: &str, expected: &str) -> Res<()> {
     let mut changes = handle.changes();
-    let seen =
-        |h: &DocHandle| h.with_document(|d| read_string(d, key)).as_deref() == Some(expected);
-    bounded(&format!("{who}: {key} = {expected:?}"), async {
-        while !seen(handle) {
+    let read = |h: &DocHandle| h.with_document(|d| read_string(d, key));
+    let waited = bounded(&format!("{who}: {key} = {expected:?}"), async {
+        while read(handle).as_deref() != Some(expected) {
             if changes.next().await.is_none() {
                 break;
             }
         }
     })
-    .await?;
-    if seen(handle) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{who}: the change stream ended before {key} = {expected:?}"
-        ))
+    .await;
+    match (waited, read(handle)) {
+        (_, Some(v)) if v == expected => Ok(()),
+        (Err(e), seen) => Err(format!("{e}; {key} reads {seen:?}")),
+        (Ok(()), seen) => Err(format!(
+            "{who}: the change stream ended before {key} = {expected:?}; it reads {seen:?}"
+        )),
     }
 }
 
@@ -238,17 +214,6 @@ async fn flushed(client: &Client, handle: &DocHandle, who: &str) -> Res<()> {
         handle.they_have_our_changes(conn),
     )
     .await
-}
-
-fn nonce() -> String {
-    format!("{:016x}", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
 }
 
 async fn basic() -> Res<()> {
@@ -290,14 +255,15 @@ async fn basic() -> Res<()> {
     Ok(())
 }
 
+/// The middle peer of a scenario another implementation drives (see [`PeerEnv`]): find the
+/// document, check the expected field, write ours, wait until the server has it.
 async fn cross_peer() -> Res<()> {
     let url = required("FITEDGE_INTEROP_URL")?;
-    let doc_url = required("FITEDGE_INTEROP_DOC_URL")?;
-    let expect = required("FITEDGE_INTEROP_EXPECT")?;
-    let value = required("FITEDGE_INTEROP_PEER_VALUE")?;
-    let doc_url: AutomergeUrl = doc_url
+    let task = PeerEnv::read()?;
+    let doc_url: AutomergeUrl = task
+        .doc_url
         .parse()
-        .map_err(|e| format!("FITEDGE_INTEROP_DOC_URL {doc_url}: {e:?}"))?;
+        .map_err(|e| format!("FITEDGE_INTEROP_DOC_URL {}: {e:?}", task.doc_url))?;
     let (peer, handle) = find_as_new_client(
         "samod peer",
         &url,
@@ -305,10 +271,114 @@ async fn cross_peer() -> Res<()> {
         doc_url.document_id(),
     )
     .await?;
-    wait_for(&handle, "samod peer", "expect", &expect).await?;
-    write_string(&handle, "peer", &value)?;
+    wait_for(&handle, "samod peer", &task.expect_key, &task.expect).await?;
+    if let Some(kind) = &task.doc_kind {
+        let ty = handle.with_document(|d| read_string(d, "type"));
+        if ty.as_deref() != Some(kind.as_str()) {
+            return Err(format!(
+                "samod peer: expected a {kind} document; type reads {ty:?}"
+            ));
+        }
+    }
+    write_string(&handle, &task.peer_key, &task.peer_value)?;
     flushed(&peer, &handle, "samod peer").await?;
     bounded("stop", peer.repo.stop()).await?;
+    Ok(())
+}
+
+/// A FitEdge workout document (schema version 2, completed, 30 minutes ending an hour ago)
+/// written with automerge's own API, as a third-party Rust client would: text for strings,
+/// integers for times and counts, floats for measures.
+fn workout_document(title: &str) -> Res<Automerge> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| format!("clock: {e}"))?
+        .as_millis();
+    let start = i64::try_from(now_ms).map_err(|e| format!("clock: {e}"))? - 5_400_000;
+    let (a, b) = (rand_u64(), rand_u64());
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    );
+    let mut doc = Automerge::new();
+    doc.transact::<_, _, automerge::AutomergeError>(|tx| {
+        tx.put(ROOT, "type", "fitedge.workout")?;
+        tx.put(ROOT, "schemaVersion", 2_i64)?;
+        tx.put(ROOT, "id", id.as_str())?;
+        tx.put(ROOT, "sport", "running")?;
+        tx.put(ROOT, "state", "completed")?;
+        let t = tx.put_object(ROOT, "title", ObjType::Text)?;
+        tx.splice_text(&t, 0, 0, title)?;
+        tx.put_object(ROOT, "notes", ObjType::Text)?;
+        tx.put(ROOT, "startTime", start)?;
+        tx.put(ROOT, "endTime", start + 1_800_000)?;
+        let s = tx.put_object(ROOT, "summary", ObjType::Map)?;
+        for (k, v) in [
+            ("elapsedS", 1800.0),
+            ("timerS", 1800.0),
+            ("movingS", 1750.0),
+            ("caloriesKcal", 320.0),
+            ("distanceM", 5000.5),
+        ] {
+            tx.put(&s, k, v)?;
+        }
+        tx.put_object(ROOT, "laps", ObjType::List)?;
+        let v = tx.put_object(ROOT, "validation", ObjType::Map)?;
+        for k in ["samples", "rejected", "flagged"] {
+            tx.put(&v, k, 0_i64)?;
+        }
+        tx.put_object(ROOT, "chunks", ObjType::List)?;
+        Ok(())
+    })
+    .map_err(|e| format!("writing the workout document: {:?}", e.error))?;
+    Ok(doc)
+}
+
+/// samod creates a workout document and runs `FITEDGE_INTEROP_PEER_CMD` (our device client,
+/// `device_interop.rs` `device_peer`) on it with user 1's other session: the peer must find it
+/// through the server's listing, read its title and write its notes; samod must see the notes.
+async fn creates() -> Res<()> {
+    let url = required("FITEDGE_INTEROP_URL")?;
+    let peer_cmd = required("FITEDGE_INTEROP_PEER_CMD")?;
+    let token = env("FITEDGE_INTEROP_TOKEN");
+    let token_b = env("FITEDGE_INTEROP_TOKEN_B")
+        .or_else(|| token.clone())
+        .unwrap_or_default();
+    let a = Client::connect("samod", &url, token).await?;
+    let title = format!("from-samod-{}", nonce());
+    let value = format!("from-peer-{}", nonce());
+    let handle = a
+        .repo
+        .create(workout_document(&title)?)
+        .await
+        .map_err(|_| "samod: repo stopped".to_owned())?;
+    flushed(&a, &handle, "samod").await?;
+    let doc_url = handle.url().to_string();
+    let peer_out = run_peer(
+        &peer_cmd,
+        &PeerTask {
+            token: &token_b,
+            doc_url: &doc_url,
+            doc_kind: "fitedge.workout",
+            expect_key: "title",
+            expect: &title,
+            peer_key: "notes",
+            peer_value: &value,
+        },
+        peer_limit(),
+    )
+    .await
+    .map_err(|e| format!("samod: the peer failed on {doc_url}: {e}"))?;
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("---- peer stdout (tail) ----\n{peer_out}");
+    }
+    wait_for(&handle, "samod", "notes", &value).await?;
+    bounded("stop", a.repo.stop()).await?;
     Ok(())
 }
 
@@ -319,7 +389,13 @@ async fn samod_basic() -> Res<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run by the Node harness (interop.mjs --scenario cross) as the middle peer"]
+#[ignore = "run as the middle peer by interop.mjs --scenario cross and by device_interop.rs"]
 async fn samod_cross_peer() -> Res<()> {
     cross_peer().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by sync-server/scripts/interop.sh with FITEDGE_INTEROP_PEER_CMD (scenario samod-device)"]
+async fn samod_creates() -> Res<()> {
+    creates().await
 }
