@@ -162,6 +162,13 @@ impl Db {
         self.backend
     }
 
+    /// How long a write transaction may run before it is rolled back (30 s unless
+    /// [`Db::with_tx_timeout`] said otherwise); work done inside the database in one statement
+    /// waits for locks at most this long too.
+    pub fn tx_timeout(&self) -> Duration {
+        self.tx_timeout
+    }
+
     /// `SELECT 1`, for the health check.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -1022,3 +1022,153 @@ async fn a_booking_cancelled_while_waiting_for_the_lock_leaks_nothing(b: Backend
         "B was cancelled before it ran"
     );
 }
+
+/// PostgreSQL's one-round-trip hold (`repo::fast_hold`, the database function of migration
+/// 0101) must take the plain case and decline, writing nothing, everything else; the general
+/// transaction then answers. The rule tests above pass either way (a fast path that always
+/// declined would hide behind the general one), so this one looks at the fast path itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fast_hold_takes_the_plain_case_and_declines_the_rest() {
+    use fitedge_server::booking::repo;
+    let a = app(Backend::Postgres).await;
+    let db = &a.state.db;
+    let pool = db.pool();
+    let (_, org) = user(&a, "org", "partner", "free").await;
+    let ev = create(&a, &org, event_body(2, 10.0 * DAY, -HOUR)).await;
+    let id = ev["id"].as_str().unwrap();
+    let (u1, _) = user(&a, "u1", "user", "free").await;
+    let (u2, _) = user(&a, "u2", "user", "free").await;
+    let (u3, _) = user(&a, "u3", "user", "free").await;
+    let now = a.state.now().as_millis();
+    let ttl = 30 * 60_000;
+    let seen = repo::load_event(pool, id).await.unwrap().unwrap();
+    let counts = || async {
+        let seats: i64 = sqlx::query_scalar("SELECT seats_taken FROM booking_events WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE kind = $1")
+            .bind(repo::BOOKING_HELD)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (seats, held)
+    };
+
+    let b1 = repo::fast_hold(db, now, &seen, &u1, ttl, 2).await.unwrap();
+    let b1 = b1.expect("a free seat, a new user: the fast path holds it");
+    assert_eq!((b1.status.as_str(), b1.event_id.as_str()), ("held", id));
+    let stored: String = sqlx::query_scalar("SELECT status FROM bookings WHERE id = $1")
+        .bind(&b1.id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "held");
+    assert_eq!(
+        counts().await,
+        (1, 1),
+        "one seat taken, one BookingHeld event"
+    );
+
+    // Declined, nothing written: the same user again; a due hold; an event changed since read.
+    assert!(repo::fast_hold(db, now, &seen, &u1, ttl, 2)
+        .await
+        .unwrap()
+        .is_none());
+    let after_expiry = b1.hold_expires_at;
+    assert!(repo::fast_hold(db, after_expiry, &seen, &u2, ttl, 2)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(repo::fast_hold(db, after_expiry - 1, &seen, &u2, ttl, 2)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(counts().await, (2, 2));
+    assert!(
+        repo::fast_hold(db, now, &seen, &u3, ttl, 2)
+            .await
+            .unwrap()
+            .is_none(),
+        "full"
+    );
+    sqlx::query("UPDATE booking_events SET capacity = 3, version = version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert!(
+        repo::fast_hold(db, now, &seen, &u3, ttl, 2)
+            .await
+            .unwrap()
+            .is_none(),
+        "the event changed since it was read"
+    );
+    let fresh = repo::load_event(pool, id).await.unwrap().unwrap();
+    assert!(
+        repo::fast_hold(db, now, &fresh, &u3, ttl, 0)
+            .await
+            .unwrap()
+            .is_none(),
+        "the daily limit (0 here) is reached"
+    );
+    assert_eq!(
+        counts().await,
+        (2, 2),
+        "nothing was written by a declined call"
+    );
+    assert!(repo::fast_hold(db, now, &fresh, &u3, ttl, 2)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(counts().await, (3, 3));
+
+    // Every hold is paid: the event's expiry bound stays where the first hold put it, so once
+    // that time passes the fast path declines; one look for expired holds (the general path's)
+    // finds none, makes the bound exact, and the fast path takes bookings again.
+    sqlx::query("UPDATE bookings SET status = 'confirmed' WHERE event_id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE booking_events SET capacity = 4, version = version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let later = after_expiry + 1;
+    let fresh = repo::load_event(pool, id).await.unwrap().unwrap();
+    let (u4, _) = user(&a, "u4", "user", "free").await;
+    assert!(
+        repo::fast_hold(db, later, &fresh, &u4, ttl, 2)
+            .await
+            .unwrap()
+            .is_none(),
+        "the bound says a hold may have run out"
+    );
+    let event = id.to_string();
+    let expired = db
+        .write(move |tx| {
+            let event = event.clone();
+            Box::pin(async move { repo::expire_due(tx, later, Some(&event), ttl, 2).await })
+        })
+        .await
+        .unwrap();
+    assert_eq!(expired, 0, "every hold was paid");
+    let bound = || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT first_hold_expiry FROM booking_events WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(bound().await, None, "no hold left: no bound");
+    assert!(repo::fast_hold(db, later, &fresh, &u4, ttl, 2)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(bound().await, Some(later + ttl), "the new hold's expiry");
+}

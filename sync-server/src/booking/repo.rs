@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::any::AnyRow;
 
 use super::refund::RefundPolicy;
-use crate::db::{col, Backend, Tx};
+use crate::db::{col, Backend, Db, Tx};
 use crate::error::{Error, Result};
 use crate::outbox;
 
@@ -224,8 +224,7 @@ pub async fn event_and_caller(
               AND status = 'waiting') AS my_waiting,
            (SELECT COUNT(*) FROM bookings WHERE user_id = $2 AND event_day = $3
               AND status IN ('held', 'confirmed') AND event_id <> $1) AS my_on_day,
-           (SELECT COUNT(*) FROM (SELECT 1 FROM bookings WHERE status = 'held'
-              AND hold_expires_at <= $4 AND event_id = $1 LIMIT 1) d) AS holds_due
+           first_hold_expiry
          FROM booking_events WHERE id = $1"
     );
     let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -243,7 +242,7 @@ pub async fn event_and_caller(
         booking: col(&row, "my_booking")?,
         waiting: col::<i64>(&row, "my_waiting")? > 0,
         on_day: col(&row, "my_on_day")?,
-        holds_due: col::<i64>(&row, "holds_due")? > 0,
+        holds_due: col::<Option<i64>>(&row, "first_hold_expiry")?.is_some_and(|t| t <= now),
     };
     let actual = day_of(ev.starts_at);
     if actual != day {
@@ -271,13 +270,17 @@ pub async fn active_on_day(
 }
 
 /// The guarded increment: true when a seat was free and is now taken.
-pub async fn take_seat(tx: &mut Tx, event_id: &str, now: i64) -> Result<bool> {
+pub async fn take_seat(tx: &mut Tx, event_id: &str, now: i64, hold_ttl_ms: i64) -> Result<bool> {
+    // The hold made on this seat expires at now + ttl: lower the event's bound (migration 0101).
     let r = sqlx::query(
-        "UPDATE booking_events SET seats_taken = seats_taken + 1, updated_at = $2
+        "UPDATE booking_events SET seats_taken = seats_taken + 1, updated_at = $2,
+           first_hold_expiry = CASE WHEN first_hold_expiry IS NULL OR first_hold_expiry > $3
+                               THEN $3 ELSE first_hold_expiry END
          WHERE id = $1 AND status = 'scheduled' AND seats_taken < capacity",
     )
     .bind(event_id)
     .bind(now)
+    .bind(hold_expiry(now, hold_ttl_ms))
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -306,6 +309,11 @@ pub async fn emit(
     Ok(())
 }
 
+/// When a hold made at `now` runs out.
+fn hold_expiry(now: i64, hold_ttl_ms: i64) -> i64 {
+    now.saturating_add(hold_ttl_ms)
+}
+
 fn new_hold(
     now: i64,
     ev: &EventRow,
@@ -321,7 +329,7 @@ fn new_hold(
         event_day: day_of(ev.starts_at),
         amount_cents: ev.price_cents,
         held_at: now,
-        hold_expires_at: now + hold_ttl_ms,
+        hold_expires_at: hold_expiry(now, hold_ttl_ms),
         confirmed_at: None,
         cancelled_at: None,
         cancel_reason: None,
@@ -372,50 +380,57 @@ pub async fn insert_hold(
 }
 
 /// Takes a seat if one is free and holds it for `user_id` ([`take_seat`], then [`insert_hold`]
-/// and BookingHeld); `None` when the event is full. On PostgreSQL the three writes are one
-/// statement, because the booking lock is held meanwhile and each round trip is time every
-/// other booking of the event waits (the booking benchmark).
+/// and BookingHeld); `None` when the event is full.
 pub async fn hold_if_free(
     tx: &mut Tx,
-    backend: Backend,
     now: i64,
     ev: &EventRow,
     user_id: &str,
     hold_ttl_ms: i64,
 ) -> Result<Option<BookingRow>> {
-    if backend == Backend::Sqlite {
-        if !take_seat(tx, &ev.id, now).await? {
-            return Ok(None);
-        }
-        return insert_hold(tx, now, ev, user_id, hold_ttl_ms, false)
-            .await
-            .map(Some);
+    if !take_seat(tx, &ev.id, now, hold_ttl_ms).await? {
+        return Ok(None);
     }
+    insert_hold(tx, now, ev, user_id, hold_ttl_ms, false)
+        .await
+        .map(Some)
+}
+
+/// PostgreSQL only: the plain hold in one round trip, by the database function
+/// `fitedge_book_fast_hold` (migrations/postgres/0101_booking_fast_hold.sql), which takes
+/// [`LOCK`], re-checks what the caller could not see from outside the lock, and writes the hold
+/// and its BookingHeld event. `ev` is the event as read before the lock, already checked
+/// against the caller's tier and age; if it changed since (another version), or anything but a
+/// plain hold could apply, nothing is written and `None` says: run the general transaction.
+pub async fn fast_hold(
+    db: &Db,
+    now: i64,
+    ev: &EventRow,
+    user_id: &str,
+    hold_ttl_ms: i64,
+    daily_limit: i64,
+) -> Result<Option<BookingRow>> {
     let b = new_hold(now, ev, user_id, hold_ttl_ms, false);
-    let sql = format!(
-        "WITH seat AS (
-           UPDATE booking_events SET seats_taken = seats_taken + 1, updated_at = $6
-           WHERE id = $2 AND status = 'scheduled' AND seats_taken < capacity RETURNING id
-         ), hold AS (
-           {INSERT_HOLD} SELECT $1, $2, $3, 'held', $4, $5, $6, $7, 0 FROM seat RETURNING id
-         )
-         {} SELECT $8, $9, hold.id, $10, $6, $6 FROM hold",
-        outbox::INSERT_INTO
-    );
-    let r = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&b.id)
-        .bind(&b.event_id)
-        .bind(&b.user_id)
-        .bind(&b.event_day)
-        .bind(b.amount_cents)
-        .bind(now)
-        .bind(b.hold_expires_at)
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(BOOKING_HELD)
-        .bind(held_payload(&b, ev).to_string())
-        .execute(&mut **tx)
-        .await?;
-    Ok((r.rows_affected() == 1).then_some(b))
+    let lock_timeout_ms = i64::try_from(db.tx_timeout().as_millis()).unwrap_or(i64::MAX);
+    let held: bool = sqlx::query_scalar(
+        "SELECT fitedge_book_fast_hold($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&b.event_id)
+    .bind(&b.user_id)
+    .bind(&b.event_day)
+    .bind(now)
+    .bind(daily_limit)
+    .bind(ev.version)
+    .bind(&b.id)
+    .bind(b.amount_cents)
+    .bind(b.hold_expires_at)
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(BOOKING_HELD)
+    .bind(held_payload(&b, ev).to_string())
+    .bind(lock_timeout_ms)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(held.then_some(b))
 }
 
 /// Position (1-based) of a waiting entry: premium and pro first, then by arrival.
@@ -535,7 +550,7 @@ pub async fn promote(
             .await?;
             continue;
         }
-        if !take_seat(tx, event_id, now).await? {
+        if !take_seat(tx, event_id, now, hold_ttl_ms).await? {
             return Ok(promoted);
         }
         let b = insert_hold(tx, now, &ev, &user, hold_ttl_ms, true).await?;
@@ -647,5 +662,23 @@ pub async fn expire_due(
     for e in events {
         promote(tx, now, &e, hold_ttl_ms, daily_limit).await?;
     }
+    // Make the bound of every event it may have concerned exact again, so that a bound left low
+    // by a payment or a cancellation does not send every later booking here.
+    let sql = format!(
+        "UPDATE booking_events SET first_hold_expiry =
+           (SELECT MIN(hold_expires_at) FROM bookings
+             WHERE bookings.event_id = booking_events.id AND bookings.status = 'held')
+         WHERE first_hold_expiry <= $1 {}",
+        if event_id.is_some() {
+            "AND id = $2"
+        } else {
+            ""
+        }
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    if let Some(e) = event_id {
+        q = q.bind(e.to_string());
+    }
+    q.execute(&mut **tx).await?;
     Ok(rows.len())
 }

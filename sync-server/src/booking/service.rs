@@ -11,7 +11,7 @@ use super::refund::RefundPolicy;
 use super::repo::{self, BookingRow, EventRow};
 use super::settings;
 use crate::auth::{Caller, Permission, Role, Tier};
-use crate::db::Tx;
+use crate::db::{Backend, Tx};
 use crate::error::{ApiError, Error, Result};
 use crate::state::AppState;
 
@@ -312,12 +312,23 @@ pub async fn book(state: &AppState, caller: &Caller, event_id: &str) -> Result<B
     let tier = caller.tier;
     let birth = caller.profile.birth_date.clone();
     let event_id = event_id.to_string();
-    // Read before the lock, so that one query under it reads everything (event_and_caller).
-    let day_seen = repo::load_event(state.db.pool(), &event_id)
-        .await?
-        .map(|e| repo::day_of(e.starts_at))
-        .unwrap_or_default();
-    let backend = state.db.backend();
+    // Read before the lock: the fast path needs the event's rules, and the general transaction
+    // then reads everything it needs in one query under the lock (event_and_caller).
+    let seen = repo::load_event(state.db.pool(), &event_id).await?;
+    if let Some(ev) = seen.as_ref() {
+        // The plain hold, the case of a popular event opening, in one round trip on
+        // PostgreSQL; anything else (and a refusal, for its answer) takes the general path.
+        if state.db.backend() == Backend::Postgres && check_can_book(ev, tier, &birth, now).is_ok()
+        {
+            if let Some(b) =
+                repo::fast_hold(&state.db, now, ev, &user, s.hold_ttl_ms, s.daily_limit).await?
+            {
+                notify_outbox(state);
+                return Ok(BookOutcome::Held(Box::new(b)));
+            }
+        }
+    }
+    let day_seen = seen.map(|e| repo::day_of(e.starts_at)).unwrap_or_default();
     let out = state
         .db
         .write_locked(repo::LOCK, move |tx: &mut Tx| {
@@ -371,9 +382,7 @@ pub async fn book(state: &AppState, caller: &Caller, event_id: &str) -> Result<B
                     repo::expire_due(tx, now, Some(&event_id), s.hold_ttl_ms, s.daily_limit)
                         .await?;
                 }
-                if let Some(b) =
-                    repo::hold_if_free(tx, backend, now, &ev, &user, s.hold_ttl_ms).await?
-                {
+                if let Some(b) = repo::hold_if_free(tx, now, &ev, &user, s.hold_ttl_ms).await? {
                     return Ok(BookOutcome::Held(Box::new(b)));
                 }
                 let priority = match tier {
