@@ -29,7 +29,7 @@ use rusqlite::{
 use crate::crypto::{CryptoError, StorageKey};
 use crate::error::{Error, Result};
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const V1: &str = "CREATE TABLE workouts (
         id TEXT PRIMARY KEY,
@@ -179,12 +179,27 @@ const V3: &str = "ALTER TABLE sample_chunks ADD COLUMN sha256 TEXT;
      );
      CREATE INDEX outbox_pending ON outbox(status, seq);";
 
+/// v4: workout documents from other devices enter the read models ([`crate::sync::apply`]).
+/// Per document: the heads the read models reflect (`applied`), why it is not applied
+/// (`problem`), and whether another user shared it (`shared`: not this user's history); per
+/// received workout, whether its samples are stored and its records judged. The data step
+/// gives the documents of workouts recorded here what another device needs to open them.
+const V4: &str = "ALTER TABLE sync_docs ADD COLUMN applied TEXT;
+     ALTER TABLE sync_docs ADD COLUMN problem TEXT;
+     ALTER TABLE sync_docs ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE sync_received (
+        workout_id TEXT PRIMARY KEY REFERENCES workouts(id) ON DELETE CASCADE,
+        samples INTEGER NOT NULL DEFAULT 0,
+        records_judged INTEGER NOT NULL DEFAULT 0
+     ) WITHOUT ROWID;";
+
 type DataStep = fn(&Transaction<'_>, Option<&StorageKey>) -> Result<()>;
 
 const LADDER: &[(&str, Option<DataStep>)] = &[
     (V1, None),
     (V2, Some(crate::store::migrate_v1_samples)),
     (V3, Some(crate::sync::local::migrate_v3_documents)),
+    (V4, Some(crate::sync::local::migrate_v4_documents)),
 ];
 
 /// Applies the ladder up to `target` (tests use a lower target to build old databases).

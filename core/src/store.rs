@@ -36,7 +36,10 @@ pub enum Saved {
 
 // --- chunks ------------------------------------------------------------------------------------
 
-fn aad(workout: &str, channel: Channel, seq: i64) -> Vec<u8> {
+/// The associated data a sealed chunk is bound to: its workout, channel and sequence number.
+/// Another device of the user opens a received chunk with the same (the workout document's
+/// chunk reference carries the sequence number, see [`crate::sync::docs`]).
+pub(crate) fn chunk_aad(workout: &str, channel: Channel, seq: i64) -> Vec<u8> {
     format!("fitedge/chunk/v1/{workout}/{}/{seq}", channel.as_str()).into_bytes()
 }
 
@@ -55,7 +58,7 @@ pub(crate) fn put_chunk(
     let plain = codec::encode(channel, samples);
     let (sealed, data) = if channel.is_health() {
         let key = key.ok_or(Error::KeyRequired)?;
-        (true, key.seal(&aad(workout, channel, seq), &plain)?)
+        (true, key.seal(&chunk_aad(workout, channel, seq), &plain)?)
     } else {
         (false, plain)
     };
@@ -108,7 +111,7 @@ fn open_chunk(
 ) -> Result<Vec<Sample>> {
     let plain = if sealed {
         let key = key.ok_or(Error::KeyRequired)?;
-        key.open(&aad(workout, ch, seq), &data)
+        key.open(&chunk_aad(workout, ch, seq), &data)
             .map_err(|e| match e {
                 crate::crypto::CryptoError::Authentication => Error::WrongKey,
                 e => Error::Crypto(e),
@@ -368,6 +371,14 @@ pub(crate) fn insert_workout_row(
         to_json(s)?,
         device.map(to_json).transpose()?
     ])?;
+    let events = store_records(tx, s)?;
+    crate::sync::local::create_workout_doc(tx, s, now)?;
+    Ok(events)
+}
+
+/// Judges a stored workout's efforts against the current personal records and keeps the ones
+/// it beats; returns the events.
+pub(crate) fn store_records(tx: &Transaction<'_>, s: &WorkoutSummary) -> Result<Vec<DomainEvent>> {
     let current = current_records(tx)?;
     let (new, events) = records::new_records(s, &current);
     for (r, previous) in new {
@@ -384,7 +395,6 @@ pub(crate) fn insert_workout_row(
             ],
         )?;
     }
-    crate::sync::local::create_workout_doc(tx, s, now)?;
     Ok(events)
 }
 
@@ -596,12 +606,16 @@ impl Store {
         })
     }
 
+    /// Deletes a workout with its samples and records. Its document (if it has one) is kept as
+    /// `cancelled`, so the deletion reaches the user's other devices at the next sync and a
+    /// later edit made elsewhere cannot bring the workout back.
     pub fn delete_workout(&self, id: &str) -> Result<()> {
-        let n = self.write(|tx| Ok(tx.execute("DELETE FROM workouts WHERE id = ?1", [id])?))?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("workout {id}")));
-        }
-        Ok(())
+        self.write(|tx| {
+            if tx.execute("DELETE FROM workouts WHERE id = ?1", [id])? == 0 {
+                return Err(Error::NotFound(format!("workout {id}")));
+            }
+            crate::sync::local::cancel_workout_doc(tx, id)
+        })
     }
 
     pub fn workout_count(&self) -> Result<u64> {

@@ -538,7 +538,7 @@ fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
 }
 
 #[test]
-fn a_v2_database_migrates_to_v3_with_a_document_per_workout_and_the_profile() {
+fn a_v2_database_migrates_to_v4_with_a_document_per_workout() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("v2.db");
     let (summary, samples) = workout_at(T0, 5, Sport::Cycling);
@@ -578,23 +578,22 @@ fn a_v2_database_migrates_to_v3_with_a_document_per_workout_and_the_profile() {
         .unwrap();
     }
     let upgraded = Store::open(&old, Some(key())).unwrap();
-    assert_eq!(upgraded.schema_version().unwrap(), 3);
+    assert_eq!(upgraded.schema_version().unwrap(), 4);
     let fresh_path = dir.path().join("fresh.db");
     drop(Store::open(&fresh_path, Some(key())).unwrap());
     assert_eq!(schema(&old), schema(&fresh_path));
 
+    // The workout's document; the profile's waits for the user to be known (ADR 0012).
     let docs = upgraded.documents().unwrap();
-    assert_eq!(docs.len(), 2);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0].kind, crate::sync::local::LocalKind::Workout);
     let ctx = crate::sync::docs::ValidationContext {
         now: Timestamp(T0 + 86_400_000),
     };
-    let profile = docs
-        .iter()
-        .find(|d| d.kind == crate::sync::local::LocalKind::Profile)
+    let profile_id = upgraded
+        .set_sync_user("user-1", Timestamp(T0 + 86_400_000))
         .unwrap();
-    let p = upgraded
-        .load_document(&profile.doc_id.parse().unwrap())
-        .unwrap();
+    let p = upgraded.load_document(&profile_id).unwrap();
     let p = crate::sync::docs::ProfileDoc::read(&p, &ctx).unwrap();
     assert_eq!(p.physiology.weight_kg, Some(71.5));
 
@@ -605,18 +604,20 @@ fn a_v2_database_migrates_to_v3_with_a_document_per_workout_and_the_profile() {
     assert_eq!(w.start_time, summary.start_time);
     assert_eq!(w.end_time, Some(summary.end_time));
     // One reference per stored chunk, addressed by the SHA-256 of its stored bytes.
-    let stored: Vec<(String, Vec<u8>)> = Connection::open(&old)
+    let stored: Vec<(String, Vec<u8>, u64, bool)> = Connection::open(&old)
         .unwrap()
-        .prepare("SELECT sha256, data FROM sample_chunks ORDER BY channel, seq")
+        .prepare("SELECT sha256, data, seq, sealed FROM sample_chunks ORDER BY channel, seq")
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .unwrap()
         .map(Result::unwrap)
         .collect();
     assert_eq!(stored.len(), 3, "heart rate, position, power");
     assert_eq!(w.chunks.len(), stored.len());
-    for (c, (sha, data)) in w.chunks.iter().zip(&stored) {
+    for ((c, place), (sha, data, seq, sealed)) in w.chunks.iter().zip(&w.chunk_places).zip(&stored)
+    {
         assert_eq!(&c.sha256, sha);
+        assert_eq!((place.seq, place.sealed), (Some(*seq), *sealed));
         assert_eq!(&crate::sync::local::sha256_hex(data), sha);
         assert_eq!(
             upgraded.blob(sha).unwrap().as_deref(),
@@ -624,10 +625,173 @@ fn a_v2_database_migrates_to_v3_with_a_document_per_workout_and_the_profile() {
         );
     }
     // Opening again changes nothing.
+    let docs = upgraded.documents().unwrap();
     drop(upgraded);
     let again = Store::open(&old, Some(key())).unwrap();
     assert_eq!(again.documents().unwrap(), docs);
     assert_eq!(again.integrity_check().unwrap(), "ok");
+}
+
+/// A v3 database as the v3 build left it: a workout recorded here whose document's chunk
+/// references lack `seq` (another device could not open its heart rate), a profile document
+/// under a random id never synced, and one that was synced.
+#[test]
+fn a_v3_database_migrates_to_v4_and_its_workouts_open_on_another_device() {
+    use crate::sync::docs;
+    use crate::sync::protocol::DocumentId;
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("v3.db");
+    let (summary, samples) = workout_at(T0, 5, Sport::Cycling);
+    let (synced_profile, unsynced_profile) = (DocumentId::random(), DocumentId::random());
+    {
+        let s = Store::open_at_version(&old, Some(key()), 3).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 3);
+        s.write(|tx| {
+            crate::store::put_samples(tx, Some(&key()), &summary.id.0, &samples, 0)?;
+            tx.execute(
+                "INSERT INTO workouts (id, sport, start_time, end_time, timer_s, distance_m,
+                    created_at, status, title)
+                 VALUES (?1, 'cycling', ?2, ?3, ?4, ?5, 0, 'completed', 'Old ride')",
+                rusqlite::params![
+                    summary.id.0,
+                    summary.start_time.0,
+                    summary.end_time.0,
+                    summary.metrics.timer_s,
+                    summary.metrics.distance_m,
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO workout_docs (workout_id, summary_json) VALUES (?1, ?2)",
+                rusqlite::params![summary.id.0, serde_json::to_string(&summary).unwrap()],
+            )?;
+            // The document the v3 build made: references without `seq` or `sealed`.
+            let chunks: Vec<(i64, String, i64, i64, i64)> = tx
+                .prepare(
+                    "SELECT channel, lower(hex(data)), t_first, t_last, count FROM sample_chunks
+                     WHERE workout_id = ?1 ORDER BY channel, seq",
+                )?
+                .query_map([&summary.id.0], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let id = uuid::Uuid::parse_str(&summary.id.0).unwrap();
+            let mut doc = docs::new_workout(None, id, Sport::Cycling, summary.start_time).unwrap();
+            for (ch, hex, t0, t1, n) in chunks {
+                let bytes: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect();
+                let sha = crate::sync::local::sha256_hex(&bytes);
+                tx.execute(
+                    "UPDATE sample_chunks SET sha256 = ?1 WHERE workout_id = ?2 AND channel = ?3",
+                    rusqlite::params![sha, summary.id.0, ch],
+                )?;
+                docs::push_chunk(
+                    &mut doc,
+                    &docs::ChunkRef {
+                        sha256: sha,
+                        channel: Channel::ALL[ch as usize],
+                        start_time: Timestamp(t0),
+                        end_time: Timestamp(t1),
+                        count: n as u64,
+                    },
+                )
+                .unwrap();
+            }
+            let m = &summary.metrics;
+            docs::complete_workout(
+                &mut doc,
+                summary.end_time,
+                &docs::DocSummary {
+                    elapsed_s: m.elapsed_s,
+                    timer_s: m.timer_s,
+                    moving_s: m.moving_s,
+                    calories_kcal: m.calories_kcal,
+                    distance_m: m.distance_m,
+                    avg_hr_bpm: m.avg_hr_bpm,
+                    max_hr_bpm: m.max_hr_bpm,
+                    avg_power_w: m.avg_power_w,
+                    max_power_w: m.max_power_w,
+                    ..docs::DocSummary::default()
+                },
+                docs::DocValidationCounts {
+                    samples: summary.samples,
+                    ..docs::DocValidationCounts::default()
+                },
+            )
+            .unwrap();
+            doc.commit();
+            tx.execute(
+                "INSERT INTO sync_docs (doc_id, kind, workout_id, bytes, heads, updated_at)
+                 VALUES (?1, 'workout', ?2, ?3, '', 0)",
+                rusqlite::params![
+                    DocumentId::from_bytes(*id.as_bytes()).to_string(),
+                    summary.id.0,
+                    doc.save()
+                ],
+            )?;
+            for p in [synced_profile, unsynced_profile] {
+                let mut d = docs::new_profile(None).unwrap();
+                tx.execute(
+                    "INSERT INTO sync_docs (doc_id, kind, workout_id, bytes, heads, updated_at)
+                     VALUES (?1, 'profile', NULL, ?2, '', 0)",
+                    rusqlite::params![p.to_string(), d.save()],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO sync_states (server, doc_id, state) VALUES ('s', ?1, x'00')",
+                [synced_profile.to_string()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let upgraded = Store::open(&old, Some(key())).unwrap();
+    assert_eq!(upgraded.schema_version().unwrap(), 4);
+    let fresh_path = dir.path().join("fresh.db");
+    drop(Store::open(&fresh_path, Some(key())).unwrap());
+    assert_eq!(schema(&old), schema(&fresh_path));
+    let held: Vec<String> = upgraded
+        .documents()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.doc_id)
+        .collect();
+    assert!(held.contains(&synced_profile.to_string()));
+    assert!(!held.contains(&unsynced_profile.to_string()));
+
+    // The workout's document now says where each chunk sits and that the sport was chosen.
+    let now = Timestamp(T0 + 86_400_000);
+    let doc_id = upgraded.workout_document_id(&summary.id.0).unwrap();
+    let doc = upgraded.load_document(&doc_id).unwrap();
+    let w = docs::WorkoutDoc::read(&doc, &docs::ValidationContext { now }).unwrap();
+    assert!(w.chunk_places.iter().all(|p| p.seq == Some(0)));
+    assert_eq!(
+        w.chunk_places.iter().map(|p| p.sealed).collect::<Vec<_>>(),
+        [true, false, false],
+        "heart rate sealed; position and power not"
+    );
+    assert_eq!(w.sport_detected, Some(false));
+    // Recorded here: applied already, nothing pending.
+    assert_eq!(upgraded.apply_documents(now).unwrap(), vec![]);
+
+    // Another device of the user (same key) given the document and the blobs opens them all.
+    let other = Store::open_in_memory(Some(key())).unwrap();
+    for sha in crate::sync::local::chunk_shas(&doc) {
+        other
+            .put_blob(&sha, &upgraded.blob(&sha).unwrap().unwrap())
+            .unwrap();
+    }
+    other.save_document(&doc_id, &doc, now).unwrap();
+    assert_eq!(
+        other.samples(&summary.id.0).unwrap(),
+        upgraded.samples(&summary.id.0).unwrap()
+    );
+    assert_eq!(
+        other.summary(&summary.id.0).unwrap().metrics.hr_zones,
+        summary.metrics.hr_zones
+    );
+    assert_eq!(upgraded.integrity_check().unwrap(), "ok");
 }
 
 #[test]

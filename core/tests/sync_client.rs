@@ -34,6 +34,8 @@ use fitedge_core::{Profile, Sport};
 
 const T0: i64 = 1_763_700_000_000;
 const TOKEN: &str = "device-token";
+/// The user the token belongs to (`GET /api/v1/me`).
+const USER: &str = "7d1e2b7a-5c3f-4e8a-9b1d-2f6a0c4e8d10";
 
 // ------------------------------------------------------------------------------- responder
 
@@ -172,6 +174,11 @@ async fn serve_http(stream: TcpStream, state: Shared) {
             let mut resp = hyper::Response::builder();
             let (status, out) = if !authorized(auth.as_deref()) {
                 (401, Vec::new())
+            } else if method == "GET" && path == "/api/v1/me" {
+                (
+                    200,
+                    serde_json::to_vec(&serde_json::json!({"id": USER})).unwrap(),
+                )
             } else if method == "GET" && path == "/api/v1/sync/docs" {
                 // The server's listing: every document it holds (one user here).
                 let st = state.lock().unwrap();
@@ -341,9 +348,11 @@ async fn two_devices_edit_one_workout_offline_and_converge() {
         .corrupt
         .insert(shas[0].clone(), b"not the chunk".to_vec());
     let rb = sync_once(&b, &config(&url), &clock).await.unwrap();
-    assert_eq!(rb.docs_discovered, 2, "A's workout and profile: {rb:?}");
+    // The profile document is the user's one, whose id B derived itself.
+    assert_eq!(rb.docs_discovered, 1, "A's workout: {rb:?}");
     println!("B first round: {rb:?}");
-    assert_eq!(rb.docs_received, 2, "A's workout and profile");
+    // Neither device has profile values: both made the identical profile document.
+    assert_eq!(rb.docs_received, 1, "A's workout");
     assert_eq!(rb.blobs_downloaded, 1);
     assert_eq!(rb.errors.len(), 1, "{:?}", rb.errors);
     assert!(b.blob(&shas[0]).unwrap().is_none());
@@ -353,11 +362,10 @@ async fn two_devices_edit_one_workout_offline_and_converge() {
     assert_eq!(b.blob(&shas[0]).unwrap(), a.blob(&shas[0]).unwrap());
     assert_eq!(heads(&a, &doc_id), heads(&b, &doc_id));
     let listed = b.documents().unwrap();
-    // Each device made its own profile document (a known gap: one user, two profile documents).
     assert_eq!(
         listed.len(),
-        3,
-        "the workout document, A's profile document and B's own"
+        2,
+        "the workout document and the user's profile"
     );
     let w = listed
         .iter()
@@ -556,7 +564,7 @@ async fn unauthorized_is_reported_and_never_retried() {
         "{err:?}"
     );
     assert!(sleeper.slept.lock().unwrap().is_empty());
-    // Without blobs to upload, the refusal comes from the WebSocket upgrade.
+    // A device with nothing to upload is refused as early (asking who the user is).
     let b = device();
     let err = sync_once(&b, &bad, &clock).await.unwrap_err();
     assert!(
@@ -675,4 +683,378 @@ async fn the_outbox_is_sent_in_order_with_its_idempotency_key() {
         listed[1].response_body.as_deref(),
         Some("{\"error\":\"empty comment\"}")
     );
+}
+
+// ------------------------------------------------------- received workouts and the profile
+
+/// What `list` shows of every workout, in order.
+fn listed(store: &Store) -> Vec<fitedge_core::store::WorkoutListItem> {
+    store
+        .list(&fitedge_core::store::ListFilter::default(), 100, None)
+        .unwrap()
+        .items
+}
+
+#[tokio::test]
+async fn a_workout_recorded_on_one_device_enters_the_others_history() {
+    let (url, _server) = start_server().await;
+    let clock = now();
+    let (a, b) = (device(), device());
+    let workout = record_workout(&a, T0, 3);
+    a.set_workout_text(&workout, Some("Hill repeats"), Some("Windy."), clock.now())
+        .unwrap();
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    let rb = sync_once(&b, &config(&url), &clock).await.unwrap();
+    println!("B's first round: {rb:?}");
+    assert_eq!(rb.errors, Vec::<String>::new());
+    assert_eq!(
+        (rb.workouts_added, rb.workouts_updated, rb.workouts_removed),
+        (1, 0, 0)
+    );
+
+    // `list` on B shows A's workout with A's figures, through B's own read model.
+    let (la, lb) = (listed(&a), listed(&b));
+    assert_eq!(lb.len(), 1);
+    assert_eq!(la, lb);
+    assert_eq!(lb[0].title.as_deref(), Some("Hill repeats"));
+    // `summary`: the document's figures as A computed them, and the heart-rate figures the
+    // document does not carry (zones, TRIMP) computed on B from the sealed chunks it opened.
+    let (sa, sb) = (a.summary(&workout).unwrap(), b.summary(&workout).unwrap());
+    println!(
+        "A: avg HR {:?}, zones {:?}, TRIMP {:?}; B: avg HR {:?}, zones {:?}, TRIMP {:?}",
+        sa.metrics.avg_hr_bpm,
+        sa.metrics.hr_zones,
+        sa.metrics.trimp,
+        sb.metrics.avg_hr_bpm,
+        sb.metrics.hr_zones,
+        sb.metrics.trimp
+    );
+    assert_eq!(sb.notes.as_deref(), Some("Windy."));
+    assert_eq!(
+        (
+            sb.start_time,
+            sb.end_time,
+            sb.samples,
+            sb.rejected,
+            sb.flagged
+        ),
+        (
+            sa.start_time,
+            sa.end_time,
+            sa.samples,
+            sa.rejected,
+            sa.flagged
+        )
+    );
+    let (ma, mb) = (&sa.metrics, &sb.metrics);
+    assert_eq!(
+        (
+            ma.sport,
+            ma.elapsed_s,
+            ma.timer_s,
+            ma.moving_s,
+            ma.calories_kcal
+        ),
+        (
+            mb.sport,
+            mb.elapsed_s,
+            mb.timer_s,
+            mb.moving_s,
+            mb.calories_kcal
+        )
+    );
+    assert_eq!(
+        (ma.avg_hr_bpm, ma.max_hr_bpm, ma.avg_power_w, ma.max_power_w),
+        (mb.avg_hr_bpm, mb.max_hr_bpm, mb.avg_power_w, mb.max_power_w)
+    );
+    assert!(
+        mb.hr_zones.is_some(),
+        "computed from the opened heart-rate chunk"
+    );
+    assert_eq!(ma.hr_zones, mb.hr_zones);
+    assert_eq!(ma.trimp, mb.trimp);
+    assert_eq!(ma.normalized_power_w, mb.normalized_power_w);
+    assert_eq!(ma.best_powers, mb.best_powers);
+    // The samples themselves, heart rate included, open on B with the shared key.
+    let hr = |s: &Store| {
+        s.samples_of(&workout, &[fitedge_core::Channel::HeartRate])
+            .unwrap()
+    };
+    assert_eq!(hr(&b).len(), 180);
+    assert_eq!(hr(&a), hr(&b));
+    assert_eq!(a.samples(&workout).unwrap(), b.samples(&workout).unwrap());
+    let received = b.received_workouts().unwrap();
+    assert_eq!(received.len(), 1);
+    assert!(received[0].samples_stored && received[0].problem.is_none());
+    // Personal records: the chosen sport, every channel clean, no pause: judged on B too.
+    let records = |s: &Store| {
+        let mut r: Vec<(String, f64)> = s
+            .personal_records()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.record, r.value))
+            .collect();
+        r.sort_by(|x, y| x.0.cmp(&y.0));
+        r
+    };
+    assert!(!records(&b).is_empty());
+    assert_eq!(records(&a), records(&b));
+
+    // Idempotent: more rounds, and the same document saved again, change nothing.
+    for _ in 0..2 {
+        let r = sync_once(&b, &config(&url), &clock).await.unwrap();
+        assert_eq!(
+            (r.workouts_added, r.workouts_updated, r.docs_received),
+            (0, 0, 0),
+            "{r:?}"
+        );
+    }
+    let doc_id = b.workout_document_id(&workout).unwrap();
+    let copy = Automerge::load(&a.load_document(&doc_id).unwrap().save()).unwrap();
+    b.save_document(&doc_id, &copy, clock.now()).unwrap();
+    assert_eq!(b.apply_documents(clock.now()).unwrap(), vec![]);
+    assert_eq!(listed(&b), lb);
+    assert_eq!(b.workout_count().unwrap(), 1);
+    assert_eq!(b.summary(&workout).unwrap(), sb);
+    assert_eq!(records(&b), records(&a));
+    assert_eq!(
+        b.samples(&workout).unwrap().len(),
+        a.samples(&workout).unwrap().len()
+    );
+}
+
+#[tokio::test]
+async fn edits_and_deletions_on_one_device_update_the_others_history() {
+    let (url, _server) = start_server().await;
+    let clock = now();
+    let (a, b) = (device(), device());
+    let workout = record_workout(&a, T0, 2);
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    sync_once(&b, &config(&url), &clock).await.unwrap();
+    assert_eq!(listed(&b)[0].title, None);
+
+    // Edited on A: B's entry follows, and only that entry moves.
+    a.set_workout_text(&workout, Some("Recovery spin"), Some("Easy."), clock.now())
+        .unwrap();
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    let r = sync_once(&b, &config(&url), &clock).await.unwrap();
+    assert_eq!(
+        (r.workouts_added, r.workouts_updated, r.workouts_removed),
+        (0, 1, 0),
+        "{r:?}"
+    );
+    assert_eq!(listed(&b)[0].title.as_deref(), Some("Recovery spin"));
+    assert_eq!(b.summary(&workout).unwrap().notes.as_deref(), Some("Easy."));
+    assert_eq!(listed(&a), listed(&b));
+
+    // Edited on B (a workout it did not record): A's own entry follows.
+    b.set_workout_text(&workout, Some("Recovery spin, flat"), None, clock.now())
+        .unwrap();
+    sync_once(&b, &config(&url), &clock).await.unwrap();
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    assert_eq!(listed(&a)[0].title.as_deref(), Some("Recovery spin, flat"));
+    assert_eq!(listed(&a), listed(&b));
+
+    // Deleted on B: gone from A too, with its records, and a later round does not bring it
+    // back.
+    assert!(!a.personal_records().unwrap().is_empty());
+    b.delete_workout(&workout).unwrap();
+    sync_once(&b, &config(&url), &clock).await.unwrap();
+    let r = sync_once(&a, &config(&url), &clock).await.unwrap();
+    assert_eq!(r.workouts_removed, 1, "{r:?}");
+    assert!(listed(&a).is_empty());
+    assert!(a.personal_records().unwrap().is_empty());
+    assert!(a.samples(&workout).is_err());
+    for d in [&a, &b] {
+        sync_once(d, &config(&url), &clock).await.unwrap();
+        assert!(listed(d).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_workout_document_that_fails_validation_is_reported_and_not_applied() {
+    let (url, server) = start_server().await;
+    let clock = now();
+    let b = device();
+    // Another client's workout of 30 s, "completed": the rules do not record it.
+    let id = DocumentId::random();
+    let mut doc = docs::new_workout(
+        None,
+        uuid::Uuid::from_bytes(*id.as_bytes()),
+        Sport::Running,
+        Timestamp(T0),
+    )
+    .unwrap();
+    docs::complete_workout(
+        &mut doc,
+        Timestamp(T0 + 30_000),
+        &docs::DocSummary {
+            elapsed_s: 30.0,
+            timer_s: 30.0,
+            moving_s: 30.0,
+            calories_kcal: 5.0,
+            ..docs::DocSummary::default()
+        },
+        docs::DocValidationCounts::default(),
+    )
+    .unwrap();
+    doc.commit();
+    server
+        .lock()
+        .unwrap()
+        .docs
+        .insert(id, doc.document().clone());
+
+    let r = sync_once(&b, &config(&url), &clock).await.unwrap();
+    println!("{r:?}");
+    assert_eq!(r.workouts_added, 0);
+    assert!(listed(&b).is_empty());
+    let line = r
+        .errors
+        .iter()
+        .find(|e| e.contains(&id.to_string()))
+        .expect("the refusal is reported");
+    assert!(line.contains("at least one minute"), "{line}");
+    let info = b
+        .documents()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.doc_id == id.to_string())
+        .unwrap();
+    assert!(info.problem.unwrap().contains("not applied"));
+    // The document itself is kept (it is the user's; a fix made elsewhere will arrive).
+    assert_eq!(
+        b.load_document(&id).unwrap().get_heads(),
+        doc.document().get_heads()
+    );
+}
+
+#[tokio::test]
+async fn a_device_with_another_storage_key_lists_the_workout_and_says_why_it_has_no_samples() {
+    let (url, _server) = start_server().await;
+    let clock = now();
+    let a = device();
+    let other = Store::open_in_memory(Some(StorageKey::new(&[9u8; 32]).unwrap())).unwrap();
+    let workout = record_workout(&a, T0, 2);
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    let r = sync_once(&other, &config(&url), &clock).await.unwrap();
+    println!("{r:?}");
+    assert_eq!(r.workouts_added, 1);
+    assert_eq!(listed(&other), listed(&a), "the document's figures");
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.contains("does not open with this device's storage key")),
+        "{:?}",
+        r.errors
+    );
+    assert!(other.samples(&workout).unwrap().is_empty());
+    assert!(other.personal_records().unwrap().is_empty());
+    let received = other.received_workouts().unwrap();
+    assert!(!received[0].samples_stored);
+    assert!(received[0].problem.is_some());
+    // Said once, not every round.
+    let again = sync_once(&other, &config(&url), &clock).await.unwrap();
+    assert_eq!(again.errors, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn two_devices_make_their_profiles_offline_and_end_with_one() {
+    let (url, server) = start_server().await;
+    let clock = now();
+    let (a, b) = (device(), device());
+    // Offline, before either ever synced, each sets up the athlete's profile.
+    use fitedge_core::gear::AthleteProfile;
+    a.update_profile(
+        0,
+        &AthleteProfile {
+            weight_kg: Some(70.0),
+            hr_max_bpm: Some(188),
+            ..AthleteProfile::default()
+        },
+    )
+    .unwrap();
+    b.update_profile(
+        0,
+        &AthleteProfile {
+            weight_kg: Some(72.0),
+            ftp_w: Some(250),
+            ..AthleteProfile::default()
+        },
+    )
+    .unwrap();
+    record_workout(&a, T0, 2);
+    // Without knowing the user, a device makes no profile document at all.
+    for d in [&a, &b] {
+        d.ensure_documents(clock.now()).unwrap();
+        assert!(d
+            .documents()
+            .unwrap()
+            .iter()
+            .all(|d| d.kind != LocalKind::Profile));
+    }
+
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    sync_once(&b, &config(&url), &clock).await.unwrap();
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+
+    let profile_id = docs::profile_document_id(USER);
+    let profiles = |s: &Store| -> Vec<String> {
+        s.documents()
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.kind == LocalKind::Profile)
+            .map(|d| d.doc_id)
+            .collect()
+    };
+    assert_eq!(profiles(&a), vec![profile_id.to_string()]);
+    assert_eq!(profiles(&b), vec![profile_id.to_string()]);
+    assert_eq!(a.profile_document_id().unwrap(), Some(profile_id));
+    let st = server.lock().unwrap();
+    let on_server: Vec<&DocumentId> = st
+        .docs
+        .iter()
+        .filter(|(_, d)| docs::kind_of(*d).unwrap().0 == docs::DocKind::Profile)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(on_server, vec![&profile_id]);
+    let (pa, pb) = (
+        a.load_document(&profile_id).unwrap(),
+        b.load_document(&profile_id).unwrap(),
+    );
+    assert_eq!(pa.get_heads(), pb.get_heads());
+    assert_eq!(pa.get_heads(), st.docs[&profile_id].get_heads());
+    // Both devices' values merged field by field: B's FTP, A's maximum heart rate, and one
+    // weight (the two devices set it concurrently; both show the same one).
+    let ctx = docs::ValidationContext { now: clock.now() };
+    let p = docs::ProfileDoc::read(&pa, &ctx).unwrap();
+    println!("merged physiology: {:?}", p.physiology);
+    assert_eq!(p.physiology.ftp_w, Some(250.0));
+    assert_eq!(p.physiology.hr_max_bpm, Some(188.0));
+    assert!([Some(70.0), Some(72.0)].contains(&p.physiology.weight_kg));
+    assert_eq!(docs::ProfileDoc::read(&pb, &ctx).unwrap(), p);
+}
+
+#[tokio::test]
+async fn a_database_that_synced_as_one_user_refuses_another() {
+    let (url, _server) = start_server().await;
+    let clock = now();
+    let a = device();
+    a.set_sync_user("someone-else", clock.now()).unwrap();
+    let err = sync_once(&a, &config(&url), &clock).await.unwrap_err();
+    assert!(
+        matches!(&err, SyncError::Config(m) if m.contains("someone-else") && m.contains(USER)),
+        "{err:?}"
+    );
+    assert!(a
+        .documents()
+        .unwrap()
+        .iter()
+        .all(|d| d.heads.is_empty() || {
+            // Nothing was sent: no sync state was kept for any document.
+            let id: DocumentId = d.doc_id.parse().unwrap();
+            a.sync_state(url.trim_start_matches("http://"), &id)
+                .unwrap()
+                .is_none()
+        }));
 }

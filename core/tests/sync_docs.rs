@@ -557,3 +557,130 @@ fn concurrent_title_edits_merge() {
     );
     assert_eq!(check(&a), Vec::<String>::new());
 }
+
+#[test]
+fn chunk_places_read_back_and_older_references_still_read() {
+    // Written before `seq` existed: it reads, with no place, and health channels count as
+    // sealed.
+    let old = workout();
+    let Validated::Workout(w) = validate(&old, &ctx()).unwrap() else {
+        panic!("not a workout")
+    };
+    assert_eq!(
+        w.chunk_places,
+        vec![
+            ChunkPlace {
+                seq: None,
+                sealed: true
+            },
+            ChunkPlace {
+                seq: None,
+                sealed: false
+            }
+        ]
+    );
+    assert_eq!(w.sport_detected, None);
+
+    let mut doc = old.clone();
+    set_chunk_place(&mut doc, 0, 7, true).unwrap();
+    set_chunk_place(&mut doc, 1, 0, false).unwrap();
+    set_sport_detected(&mut doc, false).unwrap();
+    let c = ChunkRef {
+        sha256: sha(9),
+        channel: Channel::HeartRate,
+        start_time: Timestamp(START + 60_000),
+        end_time: Timestamp(START + 120_000),
+        count: 60,
+    };
+    push_chunk_at(&mut doc, &c, 8, true).unwrap();
+    doc.commit();
+    let Validated::Workout(w) = validate(&doc, &ctx()).unwrap() else {
+        panic!("not a workout")
+    };
+    let seqs: Vec<Option<u64>> = w.chunk_places.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [Some(7), Some(0), Some(8)]);
+    assert_eq!(w.chunks[2], c);
+    assert_eq!(w.sport_detected, Some(false));
+    // Still schema version 2: the additions are optional.
+    assert_eq!(w.schema_version, 2);
+
+    // Two heart-rate chunks in one place, a health chunk stored in the clear, a negative seq.
+    let mut twice = doc.clone();
+    set_chunk_place(&mut twice, 2, 7, true).unwrap();
+    assert_eq!(check(&twice), ["chunks[2].seq"]);
+    let mut clear = doc.clone();
+    set_chunk_place(&mut clear, 0, 7, false).unwrap();
+    assert_eq!(check(&clear), ["chunks[0].sealed"]);
+    let mut negative = doc.clone();
+    let list = negative.get(ROOT, "chunks").unwrap().unwrap().1;
+    let first = negative.get(&list, 0).unwrap().unwrap().1;
+    negative.put(&first, "seq", -1_i64).unwrap();
+    assert_eq!(check(&negative), ["chunks[0].seq"]);
+}
+
+#[test]
+fn every_device_makes_the_same_first_change_of_a_users_profile() {
+    let user = "7d1e2b7a-5c3f-4e8a-9b1d-2f6a0c4e8d10";
+    let (id_a, mut a) = new_user_profile(user).unwrap();
+    let (id_b, mut b) = new_user_profile(user).unwrap();
+    assert_eq!(id_a, id_b);
+    assert_eq!(id_a, profile_document_id(user));
+    assert_ne!(id_a, profile_document_id("another user"));
+    assert_eq!(a.get_heads(), b.get_heads());
+    // Each device then writes as itself; the copies merge field by field.
+    a.set_actor(automerge::ActorId::from(&[1u8; 16][..]));
+    b.set_actor(automerge::ActorId::from(&[2u8; 16][..]));
+    assert!(put_physiology(
+        &mut a,
+        &Physiology {
+            weight_kg: Some(70.0),
+            ..Physiology::default()
+        }
+    )
+    .unwrap());
+    assert!(put_physiology(
+        &mut b,
+        &Physiology {
+            ftp_w: Some(250.0),
+            ..Physiology::default()
+        }
+    )
+    .unwrap());
+    // An unset field is left alone, and writing the same value writes nothing.
+    assert!(!put_physiology(&mut b, &Physiology::default()).unwrap());
+    a.commit();
+    b.commit();
+    a.merge(&mut b).unwrap();
+    let Validated::Profile(p) = validate(&a, &ctx()).unwrap() else {
+        panic!("not a profile")
+    };
+    assert_eq!(p.physiology.weight_kg, Some(70.0));
+    assert_eq!(p.physiology.ftp_w, Some(250.0));
+    // With independent first changes (the old way) one device's whole map would hide the
+    // other's.
+    let mut c = new_profile(None).unwrap();
+    let mut d = new_profile(None).unwrap();
+    put_physiology(
+        &mut c,
+        &Physiology {
+            weight_kg: Some(70.0),
+            ..Physiology::default()
+        },
+    )
+    .unwrap();
+    put_physiology(
+        &mut d,
+        &Physiology {
+            ftp_w: Some(250.0),
+            ..Physiology::default()
+        },
+    )
+    .unwrap();
+    c.commit();
+    d.commit();
+    c.merge(&mut d).unwrap();
+    let Validated::Profile(q) = validate(&c, &ctx()).unwrap() else {
+        panic!("not a profile")
+    };
+    assert!(q.physiology.weight_kg.is_none() || q.physiology.ftp_w.is_none());
+}

@@ -5,7 +5,10 @@
 //! the backoff schedule ([`crate::sync::backoff`]).
 //!
 //! # One round ([`sync_once`])
-//! 1. Make any missing documents (every stored workout, the profile).
+//! 0. Learn who the user is (`GET /api/v1/me`): the profile document's id derives from the
+//!    user id (ADR 0012), and a database that synced as one user refuses to sync as another.
+//!    A server without the route (404) is synced without a profile document.
+//! 1. Make any missing documents (every stored workout, the user's profile).
 //! 2. Upload the chunk blobs local workout documents reference and the server has not
 //!    confirmed: `PUT /api/v1/blobs/{sha256}` (200, 201 and 204 count as done and are
 //!    remembered per server).
@@ -13,18 +16,25 @@
 //!    shared) and track the ids this device has never seen, so the round asks for them: the
 //!    protocol has no listing, and without this a new phone would never see the watch's
 //!    workouts. A server without the route (404: a plain automerge-repo server) is skipped.
+//!    Documents the listing marks as shared by another user are remembered as such: they are
+//!    kept and synced, but they are not this user's history.
 //! 4. Open `ws://host/api/v1/sync` with `Authorization: Bearer <token>`, send `join` with this
 //!    device's stable peer id and `storageId`, wait for `peer`.
 //! 5. For every stored document restore the sync state kept for this server and send the first
 //!    message (`request` for a document held only as an id, `sync` otherwise). With the shared
 //!    heads restored, an unchanged document costs one small message each way.
-//! 6. Apply what arrives; after each message, merge the document into the store and keep the
-//!    sync state, in one transaction (an interrupted round keeps what it got; the next round
-//!    starts from there). Documents the server sends unasked are stored too.
+//! 6. Apply what arrives; after each message, merge the document into the store, apply a
+//!    workout document to the history ([`crate::sync::apply`]) and keep the sync state, in one
+//!    transaction (an interrupted round keeps what it got; the next round starts from there).
+//!    Documents the server sends unasked are stored too.
 //! 7. The round ends when every document is quiet: the server has spoken about it on this link
 //!    and the heads we share with it are our heads (or it answered `doc-unavailable`).
 //! 8. Download chunk blobs referenced by stored documents and missing here
 //!    (`GET /api/v1/blobs/{sha256}`), checking each one's SHA-256 before keeping it.
+//! 9. Apply what is still pending: received workouts whose chunks just arrived get their
+//!    samples (opened with the storage key the user's devices share), the figures computed from
+//!    them and their personal records. Documents refused by validation, and samples that cannot
+//!    be opened, are reported in [`SyncReport::errors`].
 //!
 //! [`sync_with_retry`] repeats a round that failed on the network, waiting
 //! [`Backoff::RECONNECT`] with jitter between attempts on an injected [`Sleeper`]; it never
@@ -43,6 +53,7 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::db::Store;
 use crate::error::Error;
+use crate::sync::apply::{Applied, Change};
 use crate::sync::backoff::Backoff;
 use crate::sync::net::{Http, ServerAddr};
 use crate::sync::outbox::{Attempt, OutboxStatus};
@@ -89,7 +100,14 @@ pub struct SyncReport {
     pub bytes_received: u64,
     pub blobs_uploaded: u64,
     pub blobs_downloaded: u64,
-    /// Problems that did not stop the round (a blob the server refused or lacks, ...).
+    /// Workouts recorded on other devices that entered this device's history this round.
+    pub workouts_added: u64,
+    /// History entries that changed this round (edited elsewhere, samples arrived).
+    pub workouts_updated: u64,
+    /// History entries removed this round (cancelled or deleted elsewhere).
+    pub workouts_removed: u64,
+    /// Problems that did not stop the round (a blob the server refused or lacks, a document
+    /// refused by validation and not applied, samples that cannot be opened, ...).
     pub errors: Vec<String>,
 }
 
@@ -165,13 +183,105 @@ pub async fn sync_once(
 ) -> Result<SyncReport, SyncError> {
     let addr = addr_of(config)?;
     let mut report = SyncReport::default();
-    store.ensure_documents(clock.now())?;
     let mut http = http_of(&addr, config);
+    learn_user(store, &mut http, clock, &mut report).await?;
+    store.ensure_documents(clock.now())?;
     upload_blobs(store, &addr, &mut http, &mut report).await?;
     discover_documents(store, &mut http, clock, &mut report).await?;
-    sync_documents(store, &addr, config, clock, &mut report).await?;
+    let mut applied = AppliedLog::default();
+    sync_documents(store, &addr, config, clock, &mut report, &mut applied).await?;
     download_blobs(store, &addr, &mut http, &mut report).await?;
+    for (id, a) in store.apply_documents(clock.now())? {
+        applied.note(id, a);
+    }
+    applied.report(&mut report);
     Ok(report)
+}
+
+/// What applying documents did during a round, the latest outcome per document.
+#[derive(Default)]
+struct AppliedLog {
+    added: HashSet<DocumentId>,
+    updated: HashSet<DocumentId>,
+    removed: HashSet<DocumentId>,
+    problems: HashMap<DocumentId, Option<String>>,
+}
+
+impl AppliedLog {
+    fn note(&mut self, id: DocumentId, a: Applied) {
+        match a.change {
+            Change::None => {}
+            Change::Added => {
+                self.removed.remove(&id);
+                self.added.insert(id);
+            }
+            Change::Updated => {
+                if !self.added.contains(&id) {
+                    self.updated.insert(id);
+                }
+            }
+            Change::Removed => {
+                // Added and removed within one round: never visible.
+                if !self.added.remove(&id) {
+                    self.removed.insert(id);
+                }
+                self.updated.remove(&id);
+            }
+        }
+        self.problems.insert(id, a.problem);
+    }
+
+    fn report(self, report: &mut SyncReport) {
+        report.workouts_added = self.added.len() as u64;
+        report.workouts_updated = self.updated.len() as u64;
+        report.workouts_removed = self.removed.len() as u64;
+        let mut problems: Vec<(DocumentId, String)> = self
+            .problems
+            .into_iter()
+            .filter_map(|(id, p)| p.map(|p| (id, p)))
+            .collect();
+        problems.sort();
+        for (id, p) in problems {
+            report.errors.push(format!("document {id}: {p}"));
+        }
+    }
+}
+
+/// Step 0: the user this device syncs as.
+async fn learn_user(
+    store: &Store,
+    http: &mut Http,
+    clock: &dyn Clock,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    // Asked every round, not once: a token of another user must be caught before anything of
+    // this database is sent.
+    let path = "/api/v1/me";
+    let resp = http
+        .request("GET", path, &[], Vec::new())
+        .await
+        .map_err(SyncError::Network)?;
+    if let Some(e) = unauthorized(resp.status) {
+        return Err(e);
+    }
+    match resp.status {
+        200 => {}
+        404 => return Ok(()),
+        s => {
+            report.errors.push(format!("GET {path}: HTTP {s}"));
+            return Ok(());
+        }
+    }
+    let me: serde_json::Value = serde_json::from_slice(&resp.body)
+        .map_err(|e| SyncError::Protocol(format!("GET {path}: not JSON: {e}")))?;
+    let Some(id) = me["id"].as_str() else {
+        return Err(SyncError::Protocol(format!("GET {path}: no id in {me}")));
+    };
+    match store.set_sync_user(id, clock.now()) {
+        Ok(_) => Ok(()),
+        Err(Error::Conflict(m)) => Err(SyncError::Config(m)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// [`sync_once`], repeated after network failures: at most `max_attempts` rounds, waiting
@@ -280,18 +390,22 @@ async fn discover_documents(
                 .push(format!("GET {path}: an entry without document_id: {entry}"));
             continue;
         };
-        if known.contains(id) {
-            continue;
-        }
-        match id.parse::<DocumentId>() {
-            Ok(doc_id) => {
-                store.track_document(&doc_id, clock.now())?;
-                report.docs_discovered += 1;
+        let doc_id = match id.parse::<DocumentId>() {
+            Ok(d) => d,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("GET {path}: bad document id {id:?}: {e}"));
+                continue;
             }
-            Err(e) => report
-                .errors
-                .push(format!("GET {path}: bad document id {id:?}: {e}")),
+        };
+        if !known.contains(id) {
+            store.track_document(&doc_id, clock.now())?;
+            report.docs_discovered += 1;
         }
+        // Without `access` (an older server) a listed document counts as the user's own.
+        let shared = entry["access"].as_str().is_some_and(|a| a != "owner");
+        store.set_document_shared(&doc_id, shared)?;
     }
     Ok(())
 }
@@ -445,6 +559,7 @@ async fn sync_documents(
     config: &SyncConfig,
     clock: &dyn Clock,
     report: &mut SyncReport,
+    applied: &mut AppliedLog,
 ) -> Result<(), SyncError> {
     let server = addr.key();
     let (peer_id, storage_id) = store.sync_identity()?;
@@ -576,13 +691,16 @@ async fn sync_documents(
                 }
                 let state = conn.sync_state(&document_id);
                 if changed || state != entry.saved_state {
-                    store.save_synced(
+                    let (_, outcome) = store.save_synced_applied(
                         &server,
                         &document_id,
                         &entry.doc,
                         state.as_deref(),
                         clock.now(),
                     )?;
+                    if let Some(a) = outcome {
+                        applied.note(document_id, a);
+                    }
                     entry.saved_state = state;
                 }
                 if let Some(m) = conn

@@ -23,6 +23,14 @@
 //! ```
 //! Version 1 kept the physiology fields at the root; [`migrate`] moves them.
 //!
+//! There is one profile document per user, at the id [`profile_document_id`] derives from the
+//! server's user id, and every device starts it from the same first change
+//! ([`new_user_profile`]: a fixed actor, time 0), so two devices that make it without having
+//! seen each other's copy still share its root objects and their own writes merge field by
+//! field (`docs/adr/0012-one-profile-document-per-user.md`). That first change is frozen:
+//! changing [`new_profile`]'s skeleton would give devices of different builds different first
+//! changes, so later schema versions go through [`migrate`] instead.
+//!
 //! ## Workout (schema version 2)
 //! ```text
 //! { type, schemaVersion, id: uuid, sport: Sport::as_str, state: "recording"|"completed"|"cancelled",
@@ -32,11 +40,25 @@
 //!                 maxCadenceRpm?, minSpo2Pct? },
 //!   laps:       [ { startTime, endTime, timerS, distanceM } ],
 //!   validation: { samples, rejected, flagged },
-//!   chunks:     [ { sha256: 64 lowercase hex, channel: Channel::as_str, startTime, endTime, count } ] }
+//!   chunks:     [ { sha256: 64 lowercase hex, channel: Channel::as_str, startTime, endTime, count,
+//!                   seq?: integer >= 0, sealed?: bool } ],
+//!   sportDetected?: bool }
 //! ```
 //! `title` and `notes` are Automerge text objects, so concurrent edits on two devices merge
 //! character by character; readers also accept a plain string (what version 1 wrote).
 //! Version 1 stored `start` and `end` in seconds (floats); [`migrate`] converts them.
+//!
+//! A chunk's `seq` is the recording device's sequence number of the chunk within its channel,
+//! and `sealed` says whether its bytes are sealed (AES-256-GCM, `nonce || ciphertext || tag`)
+//! under the user's storage key; absent, `sealed` means "a health channel"
+//! ([`Channel::is_health`]), which is what the store seals. The associated data of a sealed
+//! chunk is `fitedge/chunk/v1/<workout id>/<channel>/<seq>`, so another device of the same user
+//! (holding the same key: the host app's keystore shares it, FitEdge does no key exchange)
+//! opens a chunk only with its `seq`. `seq`, `sealed` and `sportDetected` (the sport was guessed
+//! by the engine, not chosen; personal records need `false`) were added without a version
+//! bump: they are optional, older readers ignore them, and documents written before them still
+//! read (their chunks cannot be opened elsewhere until the recording device fills `seq` in,
+//! which it does for its own chunks).
 //!
 //! Numbers are read leniently (integer, unsigned or float), because the JavaScript library writes
 //! every number as a float unless told otherwise; they are written as floats, times as integers.
@@ -64,6 +86,7 @@ use automerge::{ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value
 use crate::metrics::energy::MAX_KCAL_PER_HOUR_PER_KG;
 use crate::sample::Channel;
 use crate::sport::Sport;
+use crate::sync::protocol::DocumentId;
 use crate::time::Timestamp;
 use crate::validation::limits;
 use crate::workout::WorkoutConfig;
@@ -833,6 +856,16 @@ pub struct ChunkRef {
     pub count: u64,
 }
 
+/// Where a chunk belongs and how it is stored: see the module documentation. Kept apart from
+/// [`ChunkRef`] so that code building chunk references stays as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkPlace {
+    /// The recording device's sequence number within the channel; `None` in documents written
+    /// before it was carried.
+    pub seq: Option<u64>,
+    pub sealed: bool,
+}
+
 /// A workout document, read and checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkoutDoc {
@@ -848,6 +881,10 @@ pub struct WorkoutDoc {
     pub laps: Vec<DocLap>,
     pub validation: DocValidationCounts,
     pub chunks: Vec<ChunkRef>,
+    /// One per entry of `chunks`, in the same order.
+    pub chunk_places: Vec<ChunkPlace>,
+    /// `None` when the document does not say (written before the field existed).
+    pub sport_detected: Option<bool>,
 }
 
 /// True for exactly 64 lowercase hexadecimal digits.
@@ -960,6 +997,7 @@ impl WorkoutDoc {
             }
         }
         let mut chunks = Vec::new();
+        let mut chunk_places = Vec::new();
         if let Ok(Some(_)) = doc.get(ROOT, "chunks") {
             if let Some(l) = r.object(doc, &ROOT, "chunks", ObjType::List, "chunks") {
                 if doc.length(&l) > MAX_CHUNKS {
@@ -989,6 +1027,18 @@ impl WorkoutDoc {
                         let n = r
                             .int(doc, &c, "count", &format!("{path}.count"))
                             .unwrap_or(0);
+                        let seq = match r.int(doc, &c, "seq", &format!("{path}.seq")) {
+                            Some(q) if q >= 0 => Some(q.unsigned_abs()),
+                            Some(_) => {
+                                r.problem(format!("{path}.seq"), "must not be negative");
+                                None
+                            }
+                            None => None,
+                        };
+                        let sealed = r
+                            .bool(doc, &c, "sealed", &format!("{path}.sealed"))
+                            .unwrap_or_else(|| channel.is_health());
+                        chunk_places.push(ChunkPlace { seq, sealed });
                         chunks.push(ChunkRef {
                             sha256: sha,
                             channel,
@@ -1013,6 +1063,8 @@ impl WorkoutDoc {
             laps,
             validation,
             chunks,
+            chunk_places,
+            sport_detected: r.bool(doc, &ROOT, "sportDetected", "sportDetected"),
         };
         w.check(&mut r, ctx);
         if r.problems.is_empty() {
@@ -1109,6 +1161,23 @@ impl WorkoutDoc {
             r.problem("validation", "rejected + flagged exceeds samples");
         }
         let mut seen = std::collections::HashSet::new();
+        let mut places = std::collections::HashSet::new();
+        for (i, (c, place)) in self.chunks.iter().zip(&self.chunk_places).enumerate() {
+            if c.channel.is_health() && !place.sealed {
+                r.problem(
+                    format!("chunks[{i}].sealed"),
+                    "health channels are stored sealed",
+                );
+            }
+            if let Some(seq) = place.seq {
+                if !places.insert((c.channel, seq)) {
+                    r.problem(
+                        format!("chunks[{i}].seq"),
+                        format!("another {} chunk has seq {seq}", c.channel.as_str()),
+                    );
+                }
+            }
+        }
         for (i, c) in self.chunks.iter().enumerate() {
             let p = format!("chunks[{i}]");
             if !is_sha256_hex(&c.sha256) {
@@ -1356,8 +1425,40 @@ pub fn new_profile(actor: Option<ActorId>) -> Result<AutoCommit, DocError> {
     doc.put_object(&z, "powerW", ObjType::List)?;
     doc.put_object(ROOT, "gear", ObjType::Map)?;
     doc.put_object(ROOT, "plans", ObjType::Map)?;
-    doc.commit();
+    // Time 0 and no message: `new_user_profile` relies on this change being the same wherever
+    // it is made.
+    doc.commit_with(CommitOptions::default().with_time(0));
     Ok(doc)
+}
+
+/// The id of a user's profile document: the first 16 bytes of SHA-256 over a fixed prefix and
+/// the server's user id. Every device of the user finds the same document without asking, so
+/// two devices cannot make two profiles (ADR 0012). The server can check a profile document's
+/// id against its owner with this same function.
+pub fn profile_document_id(user_id: &str) -> DocumentId {
+    let mut seed = Vec::with_capacity(32 + user_id.len());
+    seed.extend_from_slice(b"fitedge.profile/v1\0");
+    seed.extend_from_slice(user_id.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &seed);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest.as_ref()[..16]);
+    DocumentId::from_bytes(id)
+}
+
+/// The first change of a user's profile document, identical on every device: the
+/// [`new_profile`] skeleton made by an actor derived from the document id, at time 0, with no
+/// message. Two devices that each make it offline produce the same change (same hash), so
+/// merging their copies keeps one `settings`, one `physiology`, ... and their later writes merge
+/// field by field instead of one device's whole map hiding the other's.
+pub fn new_user_profile(user_id: &str) -> Result<(DocumentId, AutoCommit), DocError> {
+    let id = profile_document_id(user_id);
+    let mut seed = Vec::with_capacity(48);
+    seed.extend_from_slice(b"fitedge.profile.skeleton/v1\0");
+    seed.extend_from_slice(id.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &seed);
+    let actor = ActorId::from(&digest.as_ref()[..16]);
+    let doc = new_profile(Some(actor))?;
+    Ok((id, doc))
 }
 
 /// Writes only the physiology fields that differ, so concurrent edits of other fields merge.
@@ -1390,6 +1491,32 @@ pub fn set_physiology(doc: &mut AutoCommit, p: &Physiology) -> Result<(), DocErr
         }
     }
     Ok(())
+}
+
+/// Writes the physiology fields that are set in `p` and differ from the document's, leaving
+/// the others alone (unlike [`set_physiology`], an unset field is not removed). Returns whether
+/// anything was written.
+pub fn put_physiology(doc: &mut AutoCommit, p: &Physiology) -> Result<bool, DocError> {
+    let ph = map_at(doc, &ROOT, "physiology")?;
+    let mut r = Reader::default();
+    let current = read_physiology(&mut r, doc, &ph, "");
+    let mut wrote = false;
+    if let Some(y) = p.birth_year.filter(|y| current.birth_year != Some(*y)) {
+        doc.put(&ph, "birthYear", y)?;
+        wrote = true;
+    }
+    for (key, old, new) in [
+        ("weightKg", current.weight_kg, p.weight_kg),
+        ("hrMaxBpm", current.hr_max_bpm, p.hr_max_bpm),
+        ("hrRestBpm", current.hr_rest_bpm, p.hr_rest_bpm),
+        ("ftpW", current.ftp_w, p.ftp_w),
+    ] {
+        if let Some(v) = new.filter(|v| old != Some(*v)) {
+            doc.put(&ph, key, v)?;
+            wrote = true;
+        }
+    }
+    Ok(wrote)
 }
 
 /// Adds or replaces one piece of gear.
@@ -1445,6 +1572,50 @@ pub fn push_chunk(doc: &mut AutoCommit, c: &ChunkRef) -> Result<(), DocError> {
     doc.put(&m, "startTime", c.start_time.as_millis())?;
     doc.put(&m, "endTime", c.end_time.as_millis())?;
     doc.put(&m, "count", c.count)?;
+    Ok(())
+}
+
+/// Appends a sample-chunk reference with its place (sequence number and sealing), which another
+/// device of the user needs to open it.
+pub fn push_chunk_at(
+    doc: &mut AutoCommit,
+    c: &ChunkRef,
+    seq: u64,
+    sealed: bool,
+) -> Result<(), DocError> {
+    push_chunk(doc, c)?;
+    let list = match doc.get(ROOT, "chunks")? {
+        Some((Value::Object(ObjType::List), id)) => id,
+        _ => return Err(DocError::Automerge("chunks is not a list".into())),
+    };
+    let at = doc.length(&list).saturating_sub(1);
+    set_chunk_place(doc, at, seq, sealed)
+}
+
+/// Sets the place of the chunk reference at `index` (for references written before `seq`
+/// existed; only the recording device knows it).
+pub fn set_chunk_place(
+    doc: &mut AutoCommit,
+    index: usize,
+    seq: u64,
+    sealed: bool,
+) -> Result<(), DocError> {
+    let list = match doc.get(ROOT, "chunks")? {
+        Some((Value::Object(ObjType::List), id)) => id,
+        _ => return Err(DocError::Automerge("chunks is not a list".into())),
+    };
+    let m = match doc.get(&list, index)? {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        _ => return Err(DocError::Automerge(format!("chunks[{index}] is not a map"))),
+    };
+    doc.put(&m, "seq", seq)?;
+    doc.put(&m, "sealed", sealed)?;
+    Ok(())
+}
+
+/// Says whether the workout's sport was guessed by the engine.
+pub fn set_sport_detected(doc: &mut AutoCommit, detected: bool) -> Result<(), DocError> {
+    doc.put(ROOT, "sportDetected", detected)?;
     Ok(())
 }
 

@@ -1,26 +1,32 @@
-//! The device's own copies of its Automerge documents, in the local store (schema v3).
+//! The device's own copies of its Automerge documents, in the local store (schema v3, v4).
 //!
 //! | table | holds |
 //! |---|---|
-//! | `sync_docs` | one row per document: id (Base58Check), kind, the workout it describes, the saved bytes, the heads |
+//! | `sync_docs` | one row per document: id (Base58Check), kind, the workout it describes, the saved bytes, the heads; the heads the read models reflect (`applied`), why not (`problem`), whether another user shared it (`shared`) |
 //! | `sync_states` | per (server, document): automerge's persistent sync state (the shared heads) |
 //! | `sync_uploaded` | per (server, sha256): blobs the server confirmed |
-//! | `sync_blobs` | chunks downloaded for documents made on other devices, by sha256 |
+//! | `sync_blobs` | chunks downloaded for documents made on other devices, by sha256, until they are stored as the workout's sample chunks |
+//! | `sync_received` | per workout received from another device: samples stored, records judged |
 //!
 //! Every stored workout has a workout document, made in the same transaction that stores the
 //! workout (metadata, summary, laps, validation counts, and one chunk reference per stored sample
-//! chunk with the SHA-256 of the chunk's stored bytes, the blob the server keeps). The workout
-//! document's id is the workout's UUID, so a workout and its document can be found from each
-//! other. The store makes one profile document from the stored profile the first time
-//! [`Store::ensure_documents`] runs.
+//! chunk with the SHA-256 of the chunk's stored bytes, the blob the server keeps, and its
+//! sequence number, which another device needs to open a sealed chunk). The workout document's
+//! id is the workout's UUID, so a workout and its document can be found from each other.
+//!
+//! The profile document is one per user, at an id derived from the server's user id; it is made
+//! when the sync client has learned the user ([`Store::set_sync_user`]), from the shared first
+//! change plus this device's profile values (ADR 0012).
 //!
 //! Title and notes are edited through the document ([`Store::set_workout_text`]): Automerge text,
-//! so two devices editing offline merge. The `workouts.title` column and the summary's title and
-//! notes are a projection of the document, refreshed whenever the document is saved.
+//! so two devices editing offline merge. Whenever a workout document is saved, it is applied to
+//! the read models in the same transaction ([`crate::sync::apply`]): the title and notes of a
+//! workout recorded here, the whole entry of one recorded elsewhere.
 //!
 //! Saving never loses anything: [`Store::save_document`] merges what it is given into what is
 //! stored, inside one transaction, so a sync round and a local edit that overlap both survive.
 
+use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Automerge, ChangeHash, ObjType, ReadDoc, Value, ROOT};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -28,8 +34,9 @@ use crate::crypto::StorageKey;
 use crate::db::Store;
 use crate::error::{Error, Result};
 use crate::sample::Channel;
+use crate::sync::apply::{self, Applied};
 use crate::sync::docs::{
-    self, ChunkRef, DocError, DocKind, DocLap, DocSummary, DocValidationCounts,
+    self, ChunkRef, DocError, DocKind, DocLap, DocSummary, DocValidationCounts, Physiology,
 };
 use crate::sync::protocol::DocumentId;
 use crate::time::Timestamp;
@@ -80,6 +87,9 @@ pub struct DocInfo {
     /// Hex change hashes; empty while the document is only tracked (not received yet).
     pub heads: Vec<String>,
     pub updated_at: Timestamp,
+    /// Why this document is not (fully) reflected in the history: refused by validation, its
+    /// samples unreadable, ... `None` when all is well.
+    pub problem: Option<String>,
 }
 
 /// A document error as the store reports it: the edit or document is invalid.
@@ -135,13 +145,16 @@ pub(crate) fn device_string(tx: &Transaction<'_>, key: &str, prefix: &str) -> Re
     Ok(v)
 }
 
+/// A chunk reference with the chunk's sequence number and whether it is sealed.
+type PlacedChunk = (ChunkRef, u64, bool);
+
 /// Fills the content address of a workout's chunks that lack one and returns its chunk
 /// references in (channel, seq) order.
-fn chunk_refs(tx: &Transaction<'_>, workout_id: &str) -> Result<Vec<ChunkRef>> {
-    type Row = (i64, i64, i64, i64, i64, Option<String>, Vec<u8>);
+fn chunk_refs(tx: &Transaction<'_>, workout_id: &str) -> Result<Vec<PlacedChunk>> {
+    type Row = (i64, i64, i64, i64, i64, Option<String>, Vec<u8>, bool);
     let rows: Vec<Row> = {
         let mut stmt = tx.prepare_cached(
-            "SELECT channel, seq, t_first, t_last, count, sha256, data FROM sample_chunks
+            "SELECT channel, seq, t_first, t_last, count, sha256, data, sealed FROM sample_chunks
              WHERE workout_id = ?1 ORDER BY channel, seq",
         )?;
         let rows = stmt.query_map([workout_id], |r| {
@@ -153,12 +166,13 @@ fn chunk_refs(tx: &Transaction<'_>, workout_id: &str) -> Result<Vec<ChunkRef>> {
                 r.get(4)?,
                 r.get(5)?,
                 r.get(6)?,
+                r.get(7)?,
             ))
         })?;
         rows.collect::<std::result::Result<_, _>>()?
     };
     let mut out = Vec::with_capacity(rows.len());
-    for (channel, seq, t_first, t_last, count, sha, data) in rows {
+    for (channel, seq, t_first, t_last, count, sha, data, sealed) in rows {
         let ch = usize::try_from(channel)
             .ok()
             .and_then(|i| Channel::ALL.get(i).copied())
@@ -175,13 +189,18 @@ fn chunk_refs(tx: &Transaction<'_>, workout_id: &str) -> Result<Vec<ChunkRef>> {
                 s
             }
         };
-        out.push(ChunkRef {
-            sha256: sha,
-            channel: ch,
-            start_time: Timestamp(t_first),
-            end_time: Timestamp(t_last),
-            count: count.unsigned_abs(),
-        });
+        let seq = u64::try_from(seq).map_err(|_| Error::Corrupt(format!("chunk seq {seq}")))?;
+        out.push((
+            ChunkRef {
+                sha256: sha,
+                channel: ch,
+                start_time: Timestamp(t_first),
+                end_time: Timestamp(t_last),
+                count: count.unsigned_abs(),
+            },
+            seq,
+            sealed,
+        ));
     }
     Ok(out)
 }
@@ -204,7 +223,7 @@ fn hex_lower(bytes: &[u8]) -> String {
 fn workout_document(
     actor: ActorId,
     s: &WorkoutSummary,
-    chunks: &[ChunkRef],
+    chunks: &[PlacedChunk],
 ) -> std::result::Result<AutoCommit, DocError> {
     let id = uuid::Uuid::parse_str(&s.id.0).unwrap_or_else(|_| uuid::Uuid::new_v4());
     let mut doc = docs::new_workout(Some(actor), id, s.metrics.sport, s.start_time)?;
@@ -225,9 +244,10 @@ fn workout_document(
             },
         )?;
     }
-    for c in chunks {
-        docs::push_chunk(&mut doc, c)?;
+    for (c, seq, sealed) in chunks {
+        docs::push_chunk_at(&mut doc, c, *seq, *sealed)?;
     }
+    docs::set_sport_detected(&mut doc, s.metrics.sport_detected)?;
     let m = &s.metrics;
     // The recorder can report a GPS average speed with a maximum of 0 (no speed sensor); the
     // document's validator (rightly) refuses an average above the maximum, so a maximum below
@@ -287,66 +307,148 @@ pub(crate) fn create_workout_doc(
     let actor = device_actor(tx)?;
     let mut doc = workout_document(actor, s, &chunks).map_err(doc_error)?;
     let heads = doc.get_heads();
+    // The read model is the workout itself: applied at these heads.
+    let heads = heads_text(&heads);
     tx.execute(
-        "INSERT INTO sync_docs (doc_id, kind, workout_id, bytes, heads, updated_at)
-         VALUES (?1, 'workout', ?2, ?3, ?4, ?5)",
+        "INSERT INTO sync_docs (doc_id, kind, workout_id, bytes, heads, updated_at, applied)
+         VALUES (?1, 'workout', ?2, ?3, ?4, ?5, ?4)",
         params![
             doc_id_of_workout(&s.id.0).to_string(),
             s.id.0,
             doc.save(),
-            heads_text(&heads),
+            heads,
             now.0
         ],
     )?;
     Ok(())
 }
 
-fn create_profile_doc(tx: &Transaction<'_>, now: Timestamp) -> Result<bool> {
-    let exists: Option<String> = tx
+/// Marks a deleted workout's document `cancelled` (see [`Store::delete_workout`]). The workout
+/// row is already gone; the document's `updated_at` is left alone (no clock here).
+pub(crate) fn cancel_workout_doc(tx: &Transaction<'_>, workout_id: &str) -> Result<()> {
+    let found: Option<(String, Vec<u8>)> = tx
         .query_row(
-            "SELECT doc_id FROM sync_docs WHERE kind = 'profile' LIMIT 1",
-            [],
-            |r| r.get(0),
+            "SELECT doc_id, bytes FROM sync_docs WHERE workout_id = ?1",
+            [workout_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    if exists.is_some() {
-        return Ok(false);
+    let Some((doc_id, bytes)) = found else {
+        return Ok(());
+    };
+    if bytes.is_empty() {
+        return Ok(());
     }
+    let mut doc =
+        AutoCommit::load(&bytes).map_err(|e| Error::Corrupt(format!("automerge document: {e}")))?;
+    doc.set_actor(device_actor(tx)?);
+    doc.put(ROOT, "state", docs::WorkoutDocState::Cancelled.as_str())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    doc.commit();
+    let heads = heads_text(&doc.get_heads());
+    tx.execute(
+        "UPDATE sync_docs SET bytes = ?1, heads = ?2, applied = ?2, problem = NULL
+         WHERE doc_id = ?3",
+        params![doc.save(), heads, doc_id],
+    )?;
+    Ok(())
+}
+
+fn meta_text(tx: &Connection, key: &str) -> Result<Option<String>> {
+    let found: Option<Vec<u8>> = tx
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    found
+        .map(|b| String::from_utf8(b).map_err(|e| Error::Corrupt(format!("meta {key}: {e}"))))
+        .transpose()
+}
+
+fn put_meta_text(tx: &Transaction<'_>, key: &str, value: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value.as_bytes()],
+    )?;
+    Ok(())
+}
+
+/// This device's profile values (the set ones) written into a profile document. A value the
+/// document's validator refuses (the local profile is checked more loosely) is left out rather
+/// than making a change the server would refuse.
+fn write_local_profile(tx: &Transaction<'_>, doc: &mut AutoCommit, now: Timestamp) -> Result<()> {
     let json: Option<String> = tx
         .query_row("SELECT json FROM profile WHERE id = 1", [], |r| r.get(0))
         .optional()?;
     let p: crate::gear::AthleteProfile = match json {
         Some(j) => serde_json::from_str(&j).map_err(|e| Error::Corrupt(format!("profile: {e}")))?,
-        None => crate::gear::AthleteProfile::default(),
+        None => return Ok(()),
     };
-    let mut doc = docs::new_profile(Some(device_actor(tx)?)).map_err(doc_error)?;
-    docs::set_physiology(
-        &mut doc,
-        &docs::Physiology {
+    let ctx = docs::ValidationContext { now };
+    let fields = [
+        Physiology {
             weight_kg: p.weight_kg,
-            birth_year: p.birth_year.map(i64::from),
-            hr_max_bpm: p.hr_max_bpm.map(f64::from),
-            hr_rest_bpm: p.hr_rest_bpm.map(f64::from),
-            ftp_w: p.ftp_w.map(f64::from),
+            ..Physiology::default()
         },
-    )
-    .map_err(doc_error)?;
-    doc.commit();
-    let heads = doc.get_heads();
-    tx.execute(
-        "INSERT INTO sync_docs (doc_id, kind, workout_id, bytes, heads, updated_at)
-         VALUES (?1, 'profile', NULL, ?2, ?3, ?4)",
-        params![
-            DocumentId::random().to_string(),
-            doc.save(),
-            heads_text(&heads),
-            now.0
-        ],
-    )?;
-    Ok(true)
+        Physiology {
+            birth_year: p.birth_year.map(i64::from),
+            ..Physiology::default()
+        },
+        Physiology {
+            hr_max_bpm: p.hr_max_bpm.map(f64::from),
+            ..Physiology::default()
+        },
+        Physiology {
+            hr_rest_bpm: p.hr_rest_bpm.map(f64::from),
+            ..Physiology::default()
+        },
+        Physiology {
+            ftp_w: p.ftp_w.map(f64::from),
+            ..Physiology::default()
+        },
+    ];
+    for f in fields {
+        let mut trial = doc.fork();
+        if !docs::put_physiology(&mut trial, &f).map_err(doc_error)? {
+            continue;
+        }
+        trial.commit();
+        if docs::validate(trial.document(), &ctx).is_ok() {
+            docs::put_physiology(doc, &f).map_err(doc_error)?;
+        }
+    }
+    Ok(())
 }
 
-/// Creates the documents of every stored workout lacking one, and the profile document.
+/// Makes the user's profile document here (or merges into the copy already held), once per
+/// user: the shared first change, then this device's own profile values as its own change.
+/// Does nothing until the sync client has learned the user ([`Store::set_sync_user`]).
+fn ensure_user_profile(tx: &Transaction<'_>, now: Timestamp) -> Result<Option<DocumentId>> {
+    let Some(user) = meta_text(tx, "sync_user_id")? else {
+        return Ok(None);
+    };
+    let (id, mut doc) = docs::new_user_profile(&user).map_err(doc_error)?;
+    if meta_text(tx, "sync_profile_merged")?.as_deref() == Some(user.as_str()) {
+        return Ok(Some(id));
+    }
+    // On top of what is already held (a copy another device made), so this device's values
+    // are a later change than the ones it has seen.
+    if let Some(b) = stored_bytes(tx, &id)?.filter(|b| !b.is_empty()) {
+        let mut held = load(&b)?;
+        held.merge(&mut doc.document().clone())
+            .map_err(|e| Error::Corrupt(format!("profile document: {e}")))?;
+        doc = AutoCommit::load(&held.save())
+            .map_err(|e| Error::Corrupt(format!("profile document: {e}")))?;
+    }
+    doc.set_actor(device_actor(tx)?);
+    write_local_profile(tx, &mut doc, now)?;
+    doc.commit();
+    save_merged(tx, &id, doc.document(), now, None)?;
+    put_meta_text(tx, "sync_profile_merged", &user)?;
+    Ok(Some(id))
+}
+
+/// Creates the documents of every stored workout lacking one, and the user's profile document
+/// once the user is known.
 fn ensure_documents_tx(tx: &Transaction<'_>, now: Timestamp) -> Result<usize> {
     let missing: Vec<String> = {
         let mut stmt = tx.prepare(
@@ -365,16 +467,107 @@ fn ensure_documents_tx(tx: &Transaction<'_>, now: Timestamp) -> Result<usize> {
         create_workout_doc(tx, &s, now)?;
         made += 1;
     }
-    if create_profile_doc(tx, now)? {
+    let had_profile = match meta_text(tx, "sync_user_id")? {
+        Some(u) => stored_bytes(tx, &docs::profile_document_id(&u))?.is_some(),
+        None => true,
+    };
+    if ensure_user_profile(tx, now)?.is_some() && !had_profile {
         made += 1;
     }
     Ok(made)
 }
 
-/// The data step of migration v3: every workout already stored gets its document.
-pub(crate) fn migrate_v3_documents(tx: &Transaction<'_>, _key: Option<&StorageKey>) -> Result<()> {
-    // A migration has no clock; the documents' `updated_at` is 0 ("before sync existed").
-    ensure_documents_tx(tx, Timestamp(0)).map(|_| ())
+/// The data step of migration v3. It used to make the documents; v4's step does now, so that
+/// they are made by the code that knows the v4 columns.
+pub(crate) fn migrate_v3_documents(_tx: &Transaction<'_>, _key: Option<&StorageKey>) -> Result<()> {
+    Ok(())
+}
+
+/// The data step of migration v4. Every workout already stored gets its document; the
+/// documents an earlier build made for workouts recorded here get what another device needs to
+/// open and judge them (each chunk's `seq` and `sealed`, `sportDetected`); all of them count as
+/// applied. A profile document made under a random id and never synced is dropped (the
+/// profile document is now one per user, made when the user is known; a synced one stays on
+/// the server and is no longer written). Documents received from other devices are applied at
+/// the next sync round, which has a clock.
+pub(crate) fn migrate_v4_documents(tx: &Transaction<'_>, _key: Option<&StorageKey>) -> Result<()> {
+    // A migration has no clock; new documents' `updated_at` is 0 ("before sync existed").
+    ensure_documents_tx(tx, Timestamp(0))?;
+    let own: Vec<(String, String, Vec<u8>, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT d.doc_id, d.workout_id, d.bytes, w.summary_json FROM sync_docs d
+             JOIN workout_docs w ON w.workout_id = d.workout_id
+             WHERE d.kind = 'workout' ORDER BY d.doc_id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<std::result::Result<_, _>>()?
+    };
+    let actor = device_actor(tx)?;
+    for (doc_id, workout_id, bytes, summary_json) in own {
+        if bytes.is_empty() {
+            continue;
+        }
+        let mut doc = AutoCommit::load(&bytes)
+            .map_err(|e| Error::Corrupt(format!("automerge document {doc_id}: {e}")))?;
+        doc.set_actor(actor.clone());
+        let mut changed = false;
+        for (i, sha) in chunk_list(&doc) {
+            let Some(sha) = sha else { continue };
+            let place: Option<(i64, bool)> = tx
+                .query_row(
+                    "SELECT seq, sealed FROM sample_chunks WHERE workout_id = ?1 AND sha256 = ?2",
+                    params![workout_id, sha],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((seq, sealed)) = place {
+                let seq = u64::try_from(seq).map_err(|_| Error::Corrupt(format!("seq {seq}")))?;
+                docs::set_chunk_place(&mut doc, i, seq, sealed).map_err(doc_error)?;
+                changed = true;
+            }
+        }
+        if doc.get(ROOT, "sportDetected").ok().flatten().is_none() {
+            if let Ok(s) = serde_json::from_str::<WorkoutSummary>(&summary_json) {
+                docs::set_sport_detected(&mut doc, s.metrics.sport_detected).map_err(doc_error)?;
+                changed = true;
+            }
+        }
+        if changed {
+            doc.commit();
+        }
+        let heads = heads_text(&doc.get_heads());
+        tx.execute(
+            "UPDATE sync_docs SET bytes = ?1, heads = ?2, applied = ?2 WHERE doc_id = ?3",
+            params![doc.save(), heads, doc_id],
+        )?;
+    }
+    tx.execute(
+        "DELETE FROM sync_docs WHERE kind = 'profile'
+           AND NOT EXISTS (SELECT 1 FROM sync_states s WHERE s.doc_id = sync_docs.doc_id)",
+        [],
+    )?;
+    Ok(())
+}
+
+/// The chunk references of a workout document lacking a `seq`: (index, sha256).
+fn chunk_list<D: ReadDoc>(doc: &D) -> Vec<(usize, Option<String>)> {
+    let Ok(Some((Value::Object(ObjType::List), list))) = doc.get(ROOT, "chunks") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..doc.length(&list) {
+        if let Ok(Some((Value::Object(ObjType::Map), m))) = doc.get(&list, i) {
+            if doc.get(&m, "seq").ok().flatten().is_some() {
+                continue;
+            }
+            let sha = match doc.get(&m, "sha256") {
+                Ok(Some((Value::Scalar(s), _))) => s.as_str().map(str::to_string),
+                _ => None,
+            };
+            out.push((i, sha));
+        }
+    }
+    out
 }
 
 /// Reads a text field leniently (a text object or a plain string).
@@ -403,14 +596,16 @@ fn stored_bytes(conn: &Connection, id: &DocumentId) -> Result<Option<Vec<u8>>> {
         .optional()?)
 }
 
-/// Merges `doc` into the stored copy (creating it), refreshes heads, kind and the workout
-/// projection. Returns the stored heads after the merge.
+/// Merges `doc` into the stored copy (creating it), refreshes heads and kind, and applies a
+/// workout document to the read models ([`crate::sync::apply`]). Returns the stored heads after
+/// the merge, and what applying did (`None` when nothing changed or it is not a workout).
 pub(crate) fn save_merged(
     tx: &Transaction<'_>,
     id: &DocumentId,
     doc: &Automerge,
     now: Timestamp,
-) -> Result<Vec<ChangeHash>> {
+    key: Option<&StorageKey>,
+) -> Result<(Vec<ChangeHash>, Option<Applied>)> {
     let mut stored = match stored_bytes(tx, id)? {
         Some(b) => load(&b)?,
         None => Automerge::new(),
@@ -421,7 +616,7 @@ pub(crate) fn save_merged(
         .map_err(|e| Error::Invalid(format!("document {id}: {e}")))?;
     let heads = stored.get_heads();
     if heads == before && !before.is_empty() {
-        return Ok(heads);
+        return Ok((heads, None));
     }
     let kind = LocalKind::of(&stored);
     tx.execute(
@@ -437,46 +632,12 @@ pub(crate) fn save_merged(
             now.0
         ],
     )?;
-    if kind == LocalKind::Workout {
-        project_workout(tx, id, &stored)?;
-    }
-    Ok(heads)
-}
-
-/// Keeps the workout row's title and the summary's title and notes equal to the document's.
-fn project_workout(tx: &Transaction<'_>, id: &DocumentId, doc: &Automerge) -> Result<()> {
-    let workout_id: Option<String> = match read_text(doc, "id") {
-        Some(w) => Some(w),
-        None => tx
-            .query_row(
-                "SELECT workout_id FROM sync_docs WHERE doc_id = ?1",
-                [id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten(),
+    let applied = if kind == LocalKind::Workout {
+        Some(apply::apply_workout_doc(tx, id, &stored, now, key, true)?)
+    } else {
+        None
     };
-    let Some(workout_id) = workout_id else {
-        return Ok(());
-    };
-    // Another document may already claim this workout; the first one keeps it.
-    tx.execute(
-        "UPDATE OR IGNORE sync_docs SET workout_id = ?1 WHERE doc_id = ?2 AND workout_id IS NULL",
-        params![workout_id, id.to_string()],
-    )?;
-    let nonempty = |s: Option<String>| s.filter(|t| !t.is_empty());
-    let title = nonempty(read_text(doc, "title"));
-    let notes = nonempty(read_text(doc, "notes"));
-    tx.execute(
-        "UPDATE workouts SET title = ?1 WHERE id = ?2",
-        params![title, workout_id],
-    )?;
-    tx.execute(
-        "UPDATE workout_docs SET summary_json = json_set(summary_json, '$.title', ?1, '$.notes', ?2)
-         WHERE workout_id = ?3",
-        params![title, notes, workout_id],
-    )?;
-    Ok(())
+    Ok((heads, applied))
 }
 
 impl Store {
@@ -491,7 +652,8 @@ impl Store {
     pub fn documents(&self) -> Result<Vec<DocInfo>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT doc_id, kind, workout_id, heads, updated_at FROM sync_docs ORDER BY doc_id",
+                "SELECT doc_id, kind, workout_id, heads, updated_at, problem FROM sync_docs
+                 ORDER BY doc_id",
             )?;
             let rows = stmt.query_map([], |r| {
                 let heads: String = r.get(3)?;
@@ -505,6 +667,7 @@ impl Store {
                         .map(str::to_string)
                         .collect(),
                     updated_at: Timestamp(r.get(4)?),
+                    problem: r.get(5)?,
                 })
             })?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -527,7 +690,8 @@ impl Store {
         doc: &Automerge,
         now: Timestamp,
     ) -> Result<Vec<ChangeHash>> {
-        self.write(|tx| save_merged(tx, id, doc, now))
+        let key = self.key();
+        self.write(|tx| save_merged(tx, id, doc, now, key).map(|(h, _)| h))
     }
 
     /// Remembers a document id this device should hold (learned from the server or a shared
@@ -582,7 +746,7 @@ impl Store {
             edit(&mut doc).map_err(doc_error)?;
             doc.commit();
             docs::validate(doc.document(), &docs::ValidationContext { now }).map_err(doc_error)?;
-            save_merged(tx, id, doc.document(), now)
+            save_merged(tx, id, doc.document(), now, self.key()).map(|(h, _)| h)
         })
     }
 
@@ -629,11 +793,25 @@ impl Store {
         state: Option<&[u8]>,
         now: Timestamp,
     ) -> Result<Vec<ChangeHash>> {
+        self.save_synced_applied(server, id, doc, state, now)
+            .map(|(h, _)| h)
+    }
+
+    /// [`Store::save_synced`], also saying what applying the document to the read models did.
+    pub fn save_synced_applied(
+        &self,
+        server: &str,
+        id: &DocumentId,
+        doc: &Automerge,
+        state: Option<&[u8]>,
+        now: Timestamp,
+    ) -> Result<(Vec<ChangeHash>, Option<Applied>)> {
+        let key = self.key();
         self.write(|tx| {
-            let heads = if doc.get_heads().is_empty() {
-                Vec::new()
+            let saved = if doc.get_heads().is_empty() {
+                (Vec::new(), None)
             } else {
-                save_merged(tx, id, doc, now)?
+                save_merged(tx, id, doc, now, key)?
             };
             if let Some(s) = state {
                 tx.execute(
@@ -642,7 +820,53 @@ impl Store {
                     params![server, id.to_string(), s],
                 )?;
             }
-            Ok(heads)
+            Ok(saved)
+        })
+    }
+
+    /// Remembers the user this database syncs as (the server's user id, from `GET
+    /// /api/v1/me`) and makes the user's profile document: one per user, at an id derived from
+    /// the user (ADR 0012), with this device's profile values merged in. A database that already
+    /// belongs to another user is refused with [`Error::Conflict`]: its workouts must not be
+    /// sent to someone else's account. Returns the profile document's id.
+    pub fn set_sync_user(&self, user_id: &str, now: Timestamp) -> Result<DocumentId> {
+        if user_id.is_empty() || user_id.len() > 200 {
+            return Err(Error::Invalid(format!("user id {user_id:?}")));
+        }
+        self.write(|tx| {
+            match meta_text(tx, "sync_user_id")? {
+                Some(u) if u != user_id => {
+                    return Err(Error::Conflict(format!(
+                        "this database syncs as user {u}, not {user_id}"
+                    )))
+                }
+                Some(_) => {}
+                None => put_meta_text(tx, "sync_user_id", user_id)?,
+            }
+            ensure_user_profile(tx, now)?
+                .ok_or_else(|| Error::Corrupt("the sync user was not kept".into()))
+        })
+    }
+
+    /// The user this database syncs as, once a sync round has learned it.
+    pub fn sync_user(&self) -> Result<Option<String>> {
+        self.read(|c| meta_text(c, "sync_user_id"))
+    }
+
+    /// The user's profile document, once the user is known.
+    pub fn profile_document_id(&self) -> Result<Option<DocumentId>> {
+        Ok(self.sync_user()?.map(|u| docs::profile_document_id(&u)))
+    }
+
+    /// Records whether a document belongs to another user who shared it with this one (the
+    /// server's listing says so). Shared workouts are not this user's history.
+    pub fn set_document_shared(&self, id: &DocumentId, shared: bool) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE sync_docs SET shared = ?1 WHERE doc_id = ?2 AND shared <> ?1",
+                params![shared, id.to_string()],
+            )?;
+            Ok(())
         })
     }
 
@@ -699,7 +923,14 @@ impl Store {
                 .doc_id
                 .parse()
                 .map_err(|e| Error::Corrupt(format!("document id: {e}")))?;
-            for sha in chunk_shas(&self.load_document(&id)?) {
+            let doc = self.load_document(&id)?;
+            // A cancelled workout's samples are gone here and nowhere needed.
+            if read_text(&doc, "state").as_deref()
+                == Some(docs::WorkoutDocState::Cancelled.as_str())
+            {
+                continue;
+            }
+            for sha in chunk_shas(&doc) {
                 if self.read(|c| local_blob(c, &sha))?.is_none() && !out.contains(&sha) {
                     out.push(sha);
                 }
@@ -742,7 +973,7 @@ impl Store {
     }
 }
 
-fn local_blob(c: &Connection, sha256: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) fn local_blob(c: &Connection, sha256: &str) -> Result<Option<Vec<u8>>> {
     let local: Option<Vec<u8>> = c
         .query_row(
             "SELECT data FROM sample_chunks WHERE sha256 = ?1 LIMIT 1",

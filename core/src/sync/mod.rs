@@ -12,7 +12,8 @@
 //!
 //! The device side lives here too, next to the store:
 //!
-//! - [`local`]: the device's documents, sync states and blobs in SQLite (schema v3);
+//! - [`local`]: the device's documents, sync states and blobs in SQLite (schema v3, v4);
+//! - [`apply`]: workout documents from other devices into the store's read models (v4);
 //! - [`outbox`]: the offline REST outbox and its state machine;
 //! - [`backoff`]: the retry schedule;
 //! - `client` (cargo feature `net`, the only I/O): one sync round over the WebSocket, blobs and the
@@ -21,6 +22,7 @@
 //! The WebSocket endpoint, storage and access control of the server live in `fitedge-server`
 //! (`src/sync/`).
 
+pub mod apply;
 pub mod backoff;
 #[cfg(feature = "net")]
 pub mod client;
