@@ -255,8 +255,17 @@ struct SessionInfo {
     /// When the device closed the session (its `timestamp`). Only an upper bound: a device may
     /// write it when the file is saved, long after the end.
     closed: Option<Timestamp>,
+    /// The session's laps as the file indexes them (`first_lap_index`, `num_laps`), if it does.
+    laps: Option<(usize, usize)>,
     sport: Option<Sport>,
     device: DeviceTotals,
+}
+
+/// One lap message: when it started and when it was closed.
+#[derive(Clone, Copy, Debug)]
+struct LapInfo {
+    start: Option<Timestamp>,
+    end: Option<Timestamp>,
 }
 
 fn session_info(m: &FitDataRecord) -> SessionInfo {
@@ -265,9 +274,14 @@ fn session_info(m: &FitDataRecord) -> SessionInfo {
     let sub = f.text("sub_sport");
     let mapped = sport.as_deref().and_then(|s| map_sport(s, sub.as_deref()));
     let start = f.time("start_time");
+    let laps = match (f.num("first_lap_index"), f.num("num_laps")) {
+        (Some(first), Some(n)) if first >= 0.0 && n >= 1.0 => Some((first as usize, n as usize)),
+        _ => None,
+    };
     SessionInfo {
         start,
         closed: f.time("timestamp"),
+        laps,
         sport: mapped,
         device: DeviceTotals {
             sport,
@@ -475,6 +489,7 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
     let mut records = 0usize;
     let mut compressed = CompressedDistance::default();
     let mut beats = HrMessages::default();
+    let mut laps: Vec<LapInfo> = Vec::new();
     for m in &messages {
         match m.kind() {
             MesgNum::Record => {
@@ -519,7 +534,13 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
                 }
             }
             MesgNum::Lap => {
-                if let Some(t) = Fields::of(m).time("timestamp") {
+                let f = Fields::of(m);
+                let end = f.time("timestamp");
+                laps.push(LapInfo {
+                    start: f.time("start_time"),
+                    end,
+                });
+                if let Some(t) = end {
                     steps.push((t, Step::Lap));
                 }
             }
@@ -548,31 +569,28 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
         infos.push(SessionInfo {
             start: steps.first().map(|s| s.0),
             closed: None,
+            laps: None,
             sport: file_sport,
             device: DeviceTotals::default(),
         });
     }
-    let mut starts: Vec<Timestamp> = Vec::with_capacity(infos.len());
-    for (i, s) in infos.iter().enumerate() {
-        let fallback = if i == 0 {
-            steps.first().map(|s| s.0)
-        } else {
-            starts.last().copied()
-        };
-        starts.push(s.start.or(fallback).unwrap_or(Timestamp(0)));
-    }
+    let starts = session_starts(&infos, &laps, steps.first().map(|s| s.0));
 
     let mut out = Vec::with_capacity(infos.len());
     for (i, info) in infos.into_iter().enumerate() {
         let from = starts[i];
-        let to = match (starts.get(i + 1).copied(), info.closed) {
-            (Some(next), Some(closed)) if closed >= from => Some(next.min(closed)),
-            (next, _) => next,
-        };
+        // A record at the next session's start is that session's first (FIT devices write it
+        // as the new session opens, e.g. with its distance counter reset), so the window is
+        // half-open.
+        let next = starts.get(i + 1).copied();
         let window: Vec<&(Timestamp, Step)> = steps
             .iter()
-            .filter(|(t, _)| *t >= from && to.is_none_or(|to| *t <= to))
+            .filter(|(t, _)| *t >= from && next.is_none_or(|n| *t < n))
             .collect();
+        let bound = next.map(|next| SessionBound {
+            next,
+            closed: info.closed,
+        });
         let mut profile = overrides.or(file_profile);
         if overrides.ftp_w.is_none() {
             if let Some(ftp) = info.device.threshold_power_w.filter(|w| *w > 0.0) {
@@ -580,7 +598,7 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
             }
         }
         let id = WorkoutId::derived(key, &i.to_string());
-        match replay(i, id, info, profile, from, &window) {
+        match replay(i, id, info, profile, from, bound, &window) {
             Some(s) => out.push(s),
             None => warnings.push(format!("session {i} could not be replayed and was skipped")),
         }
@@ -593,29 +611,101 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
     })
 }
 
+/// Where each session starts: its `start_time`, or the start of its first lap when that is
+/// earlier. A session is the summary of its laps (FIT SDK, Activity file: a session message
+/// summarises the lap messages `first_lap_index` .. `+ num_laps`, and its `start_time` is that
+/// of the first lap), so a session whose stated start is later than its own first lap's start
+/// (a fenix2 multisport file states 08:00:01 for a leg whose lap and records begin at 07:14:44)
+/// began with the lap. Laps are matched by index when the session gives one, else by time: a
+/// lap belongs to the session whose window holds its end. A start is never moved before the
+/// previous session's, nor is a lap start later than the stated start ever used.
+fn session_starts(
+    infos: &[SessionInfo],
+    laps: &[LapInfo],
+    first_step: Option<Timestamp>,
+) -> Vec<Timestamp> {
+    let mut stated: Vec<Timestamp> = Vec::with_capacity(infos.len());
+    for (i, s) in infos.iter().enumerate() {
+        let fallback = if i == 0 {
+            first_step
+        } else {
+            stated.last().copied()
+        };
+        stated.push(s.start.or(fallback).unwrap_or(Timestamp(0)));
+    }
+    let mut starts = stated.clone();
+    for (i, s) in infos.iter().enumerate() {
+        let from = stated[i];
+        let next = stated.get(i + 1).copied();
+        let own: Vec<&LapInfo> = match s.laps {
+            Some((first, n)) => laps.iter().skip(first).take(n).collect(),
+            None => laps
+                .iter()
+                .filter(|l| {
+                    l.end
+                        .is_some_and(|e| e > from && next.is_none_or(|next| e <= next))
+                })
+                .collect(),
+        };
+        let floor = if i == 0 { None } else { Some(starts[i - 1]) };
+        if let Some(lap_start) = own.iter().filter_map(|l| l.start).min() {
+            if lap_start < from && floor.is_none_or(|f| lap_start > f) {
+                starts[i] = lap_start;
+            }
+        }
+    }
+    starts
+}
+
+/// A session that another follows: when the next one starts, and when the device closed this
+/// one (its `timestamp`).
+#[derive(Clone, Copy, Debug)]
+struct SessionBound {
+    next: Timestamp,
+    closed: Option<Timestamp>,
+}
+
 /// How far apart the final timer stop and the last sample may be and still be one moment
 /// (devices flush a record just before or after the stop).
 const STOP_NEAR_LAST_SAMPLE_MS: i64 = 5_000;
 
-/// When the session ended: the device's final timer stop when it closely follows (or precedes)
-/// the last sample, else the last sample (a device that wrote its stop only when the file was
-/// saved recorded nothing in between). Lap messages are written when the file is saved and do
-/// not count.
-fn session_end(window: &[&(Timestamp, Step)], start: Timestamp) -> Timestamp {
+/// When the session ended.
+///
+/// - The timer stopped (its last event in the session is a stop): the device's final timer
+///   stop when it closely follows (or precedes) the last sample, else the last sample (a device
+///   that wrote its stop only when the file was saved recorded nothing in between).
+/// - The timer still ran when the next session began (a multisport transition): the session's
+///   own `timestamp`, which in a summary-last file "approximates the end time of the summary
+///   message" (FIT SDK, Activity file; Garmin, "Important FIT Activity File Message Change",
+///   2023), kept between the last sample and the next session's start (a summary-first file
+///   writes the file's creation time there, which the next start bounds).
+/// - The last session, with the timer still running: the last sample.
+///
+/// Lap messages are written when the file is saved and do not count.
+fn session_end(
+    window: &[&(Timestamp, Step)],
+    start: Timestamp,
+    bound: Option<SessionBound>,
+) -> Timestamp {
     let last_sample = window
         .iter()
         .filter(|(_, s)| matches!(s, Step::Sample(_)))
         .map(|(t, _)| *t)
         .max()
         .unwrap_or(start);
-    let final_stop = window
+    let last_timer = window
         .iter()
         .rfind(|(_, s)| matches!(s, Step::Pause | Step::Resume))
-        .filter(|(_, s)| matches!(s, Step::Pause))
-        .map(|(t, _)| *t);
-    let end = match final_stop {
-        Some(stop) if (stop.0 - last_sample.0).abs() <= STOP_NEAR_LAST_SAMPLE_MS => stop,
-        _ => last_sample,
+        .map(|(t, s)| (*t, matches!(s, Step::Pause)));
+    let end = match (last_timer, bound) {
+        (Some((stop, true)), _) if (stop.0 - last_sample.0).abs() <= STOP_NEAR_LAST_SAMPLE_MS => {
+            stop
+        }
+        (Some((_, true)), _) | (_, None) => last_sample,
+        (_, Some(b)) => b
+            .closed
+            .unwrap_or(b.next)
+            .clamp(last_sample.min(b.next), b.next),
     };
     end.max(start)
 }
@@ -626,6 +716,7 @@ fn replay(
     info: SessionInfo,
     profile: Profile,
     start: Timestamp,
+    bound: Option<SessionBound>,
     window: &[&(Timestamp, Step)],
 ) -> Option<ImportedSession> {
     // The timer's first start is the real beginning; the session's start_time is rounded.
@@ -634,7 +725,7 @@ fn replay(
         .find(|(_, s)| !matches!(s, Step::Sample(_) | Step::Lap))
         .filter(|(t, s)| matches!(s, Step::Resume) && t.0 - start.0 <= STOP_NEAR_LAST_SAMPLE_MS)
         .map_or(start, |(t, _)| *t);
-    let end = session_end(window, start);
+    let end = session_end(window, start, bound);
     let mut w = Workout::new(id, info.sport, profile.resolve(), WorkoutConfig::import());
     let mut samples = Vec::new();
     let started = w.start(start);
@@ -650,7 +741,8 @@ fn replay(
                 let _ = w.pause(*t);
             }
             Step::Pause => {}
-            Step::Lap if *t < end => {
+            // A lap closed at the session's start is the previous session's last.
+            Step::Lap if *t > start && *t < end => {
                 let _ = w.lap(*t);
             }
             Step::Lap => {}
