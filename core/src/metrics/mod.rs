@@ -354,8 +354,8 @@ impl Metrics {
                 });
             }
             Reading::Altitude { m, source } => match source {
-                AltitudeSource::Barometric => self.baro.push(t, m, active),
-                AltitudeSource::Gps => self.gps_alt.push(t, m, active),
+                AltitudeSource::Barometric => self.baro.push(t, m, timer),
+                AltitudeSource::Gps => self.gps_alt.push(t, m, timer),
             },
         }
     }
