@@ -1,8 +1,16 @@
 //! Power: 1 Hz resampling, average, normalized power, intensity factor, TSS, best powers.
 //!
 //! Normalized power (Coggan, in Allen & Coggan, "Training and Racing with a Power Meter", 2nd
-//! ed. 2010): the fourth root of the mean of the fourth powers of the 30 s rolling average of
-//! 1 s power. IF = NP / FTP. TSS = (t x NP x IF) / (FTP x 3600) x 100 with t the timer time.
+//! ed. 2010): "starting at the 30 s mark", the 30 s rolling average of 1 s power, raised to the
+//! fourth power, averaged, and the fourth root taken. The 1 s series is the timer's running
+//! seconds. A rolling average is an average of the preceding 30 s of riding, so it does not
+//! reach across a stretch without power data longer than its own 30 s (a stop with the timer
+//! paused, a meter that dropped out): the riding after such a gap starts its own 30 s mark.
+//! Across a shorter gap (a two-second pause at a light) the window runs on over the recorded
+//! seconds as if the gap were not there. A window across a long stop would average efforts
+//! minutes apart that no 30 s of the ride ever held; on a stop-and-go ride it lowers NP by
+//! 2 % and TSS, which squares it, by 4 % (the ELEMNT file of the accuracy table).
+//! IF = NP / FTP. TSS = (t x NP x IF) / (FTP x 3600) x 100 with t the timer time.
 
 use std::collections::VecDeque;
 
@@ -33,8 +41,8 @@ pub struct SecondBins {
 }
 
 impl SecondBins {
-    /// Adds `[a, b)` (ms) at value `v`; `out(bin_mean)` for every bin finished.
-    pub fn add(&mut self, a: i64, b: i64, v: f64, out: &mut impl FnMut(f64)) {
+    /// Adds `[a, b)` (ms) at value `v`; `out(second, bin_mean)` for every bin finished.
+    pub fn add(&mut self, a: i64, b: i64, v: f64, out: &mut impl FnMut(i64, f64)) {
         let mut lo = a;
         while lo < b {
             let sec = lo.div_euclid(1000);
@@ -50,9 +58,9 @@ impl SecondBins {
         }
     }
 
-    pub fn finish(&mut self, out: &mut impl FnMut(f64)) {
-        if self.weight > 0.0 {
-            out(self.sum / self.weight);
+    pub fn finish(&mut self, out: &mut impl FnMut(i64, f64)) {
+        if let (true, Some(sec)) = (self.weight > 0.0, self.current) {
+            out(sec, self.sum / self.weight);
         }
         self.sum = 0.0;
         self.weight = 0.0;
@@ -77,6 +85,9 @@ pub struct Power {
     best: [Option<f64>; BEST_POWER_WINDOWS_S.len()],
     np_sum4: f64,
     np_count: u64,
+    /// Seconds of power since the last gap longer than the NP window.
+    np_run: usize,
+    last_sec: Option<i64>,
     bins_seen: u64,
 }
 
@@ -92,12 +103,17 @@ impl Default for Power {
             best: [None; BEST_POWER_WINDOWS_S.len()],
             np_sum4: 0.0,
             np_count: 0,
+            np_run: 0,
+            last_sec: None,
             bins_seen: 0,
         }
     }
 }
 
 const NP_WINDOW: usize = 30;
+/// The longest gap (s) between two seconds of power that a rolling NP window reaches across:
+/// the window's own length.
+const NP_MAX_GAP_S: i64 = NP_WINDOW as i64;
 const RING: usize = 3600;
 
 impl Power {
@@ -106,7 +122,7 @@ impl Power {
         self.work_j += w * secs;
         self.seconds += secs;
         let mut bins = std::mem::take(&mut self.bins);
-        bins.add(a, b, w, &mut |m| self.bin(m));
+        bins.add(a, b, w, &mut |sec, m| self.bin(sec, m));
         self.bins = bins;
     }
 
@@ -114,8 +130,14 @@ impl Power {
         self.max_w = Some(self.max_w.map_or(w, |m| m.max(w)));
     }
 
-    fn bin(&mut self, w: f64) {
+    fn bin(&mut self, sec: i64, w: f64) {
         self.bins_seen += 1;
+        // Seconds 1 apart are consecutive: a gap of g seconds skips g - 1 of them.
+        if self.last_sec.is_some_and(|p| sec - p - 1 > NP_MAX_GAP_S) {
+            self.np_run = 0;
+        }
+        self.last_sec = Some(sec);
+        self.np_run += 1;
         self.ring.push_back(w);
         let n = self.ring.len();
         for (k, &(len, _)) in BEST_POWER_WINDOWS_S.iter().enumerate() {
@@ -130,7 +152,7 @@ impl Power {
                 }
             }
         }
-        if n >= NP_WINDOW {
+        if self.np_run >= NP_WINDOW {
             let rolling: f64 = self.ring.iter().rev().take(NP_WINDOW).sum::<f64>() / 30.0;
             self.np_sum4 += rolling.powi(4);
             self.np_count += 1;
@@ -143,7 +165,7 @@ impl Power {
     /// Closes the last partial second (at completion).
     pub fn finish(&mut self) {
         let mut bins = std::mem::take(&mut self.bins);
-        bins.finish(&mut |m| self.bin(m));
+        bins.finish(&mut |sec, m| self.bin(sec, m));
         self.bins = bins;
     }
 
@@ -224,9 +246,39 @@ mod tests {
         let mut out = vec![];
         for q in 0..8 {
             let w = if q % 2 == 0 { 100.0 } else { 300.0 };
-            bins.add(q * 250, (q + 1) * 250, w, &mut |m| out.push(m));
+            bins.add(q * 250, (q + 1) * 250, w, &mut |sec, m| out.push((sec, m)));
         }
-        bins.finish(&mut |m| out.push(m));
-        assert_eq!(out, vec![200.0, 200.0]);
+        bins.finish(&mut |sec, m| out.push((sec, m)));
+        assert_eq!(out, vec![(0, 200.0), (1, 200.0)]);
+    }
+
+    /// 60 s at 300 W, a gap of `gap_s` seconds without power, 60 s at 100 W.
+    fn two_efforts(gap_s: i64) -> Power {
+        let mut p = Power::default();
+        for s in 0..60 {
+            p.interval(s * 1000, (s + 1) * 1000, 300.0);
+        }
+        for s in 60 + gap_s..120 + gap_s {
+            p.interval(s * 1000, (s + 1) * 1000, 100.0);
+        }
+        p.finish();
+        p
+    }
+
+    #[test]
+    fn the_np_window_reaches_across_a_gap_of_its_own_length_only() {
+        // Within 30 s the windows run on as if the gap were not there: 91 windows, 29 of them
+        // mixing the two efforts.
+        let within = two_efforts(NP_MAX_GAP_S);
+        let none = two_efforts(0);
+        assert_eq!(within.np_count, 91);
+        assert_eq!(within.normalized_w(), none.normalized_w());
+        // One second more and each effort is its own series: 31 + 31 full windows, none mixed.
+        let beyond = two_efforts(NP_MAX_GAP_S + 1);
+        assert_eq!(beyond.np_count, 62);
+        let expect = ((31.0 * 300f64.powi(4) + 31.0 * 100f64.powi(4)) / 62.0).powf(0.25);
+        assert!((beyond.normalized_w().unwrap() - expect).abs() < 1e-9);
+        // Best powers still look across the gap (the same 120 s of bins).
+        assert_eq!(beyond.best_powers().len(), none.best_powers().len());
     }
 }
