@@ -18,6 +18,8 @@ struct Row {
     engine: Option<f64>,
     tolerance: String,
     ok: bool,
+    /// How the engine got its figure, where it has a choice (the calorie method).
+    note: String,
 }
 
 fn within_pct(device: f64, engine: f64, pct: f64) -> bool {
@@ -81,6 +83,10 @@ fn engine_matches_devices_within_tolerance() {
                         engine,
                         tolerance: tol,
                         ok: ok_,
+                        note: match (metric, m) {
+                            ("calories_kcal", Some(m)) => format!("{:?}", m.calories_method),
+                            _ => String::new(),
+                        },
                     });
                 }
             };
@@ -159,8 +165,8 @@ fn engine_matches_devices_within_tolerance() {
     }
 
     println!(
-        "\n{:<42} {:>2} {:<19} {:>11} {:>11} {:>8}  {:<14} {}",
-        "file", "s", "metric", "device", "engine", "error", "tolerance", "ok"
+        "\n{:<42} {:>2} {:<19} {:>11} {:>11} {:>8}  {:<14} {:<4} {}",
+        "file", "s", "metric", "device", "engine", "error", "tolerance", "ok", "how"
     );
     for r in &rows {
         let (eng, err) = match r.engine {
@@ -172,7 +178,7 @@ fn engine_matches_devices_within_tolerance() {
             None => ("-".into(), "-".into()),
         };
         println!(
-            "{:<42} {:>2} {:<19} {:>11.1} {:>11} {:>8}  {:<14} {}",
+            "{:<42} {:>2} {:<19} {:>11.1} {:>11} {:>8}  {:<14} {:<4} {}",
             r.file,
             r.session,
             r.metric,
@@ -180,7 +186,8 @@ fn engine_matches_devices_within_tolerance() {
             eng,
             err,
             r.tolerance,
-            if r.ok { "ok" } else { "FAIL" }
+            if r.ok { "ok" } else { "FAIL" },
+            r.note
         );
     }
     let mut per_metric: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -226,17 +233,17 @@ fn engine_matches_devices_within_tolerance() {
     assert!(regressed.is_empty(), "accuracy regressed: {regressed:?}");
 }
 
-/// The pass counts measured on 2026-11-21 (see BENCHMARKS.md). A ratchet: raise a floor when
+/// The pass counts measured on 2026-12-06 (see BENCHMARKS.md). A ratchet: raise a floor when
 /// the engine improves; never lower one to make a change pass. Metrics below the 90 % target
 /// are listed in the note with the reasons.
 const FLOOR: [(&str, usize); 9] = [
-    ("ascent_m", 22),
+    ("ascent_m", 24),
     ("avg_hr", 18),
     ("calories_kcal", 19),
-    ("distance_m", 27),
+    ("distance_m", 29),
     ("elapsed_s", 23),
     ("max_hr", 18),
     ("normalized_power_w", 4),
-    ("timer_s", 26),
-    ("tss", 3),
+    ("timer_s", 27),
+    ("tss", 4),
 ];
