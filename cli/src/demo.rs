@@ -7,8 +7,13 @@
 //!    sensor notifications, the sensor hub and a crash-safe store recording.
 //! 4. Both devices sync (WebSocket, automerge-repo protocol; sample chunks as blobs).
 //! 5. Offline again, both edit the title and notes of the same workout.
-//! 6. They reconnect and sync until nothing moves; their histories and the server's documents
-//!    are compared. The exit status is 0 only when everything converged.
+//! 6. They reconnect and sync until nothing moves; their histories (each device's own `list`
+//!    and `summary`, the read path a user has) and the server's documents are compared, with the
+//!    heart rate each device opens from the sealed chunks and the user's one profile document.
+//!    The exit status is 0 only when everything converged.
+//!
+//! Both devices hold the same storage key, as the host app's keystore would give every device
+//! of one user; without it a device lists the other's workouts but cannot open their heart rate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,11 +23,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use automerge::Automerge;
 use fitedge_core::crypto::StorageKey;
 use fitedge_core::fit;
+use fitedge_core::gear::AthleteProfile;
 use fitedge_core::recording::Recording;
-use fitedge_core::sample::Sample;
-use fitedge_core::store::Store;
+use fitedge_core::sample::{Channel, Sample};
+use fitedge_core::store::{ListFilter, Store};
 use fitedge_core::sync::client::{sync_once, SyncConfig, SyncReport};
-use fitedge_core::sync::docs::{ValidationContext, WorkoutDoc};
+use fitedge_core::sync::docs::{DocKind, ProfileDoc, ValidationContext, WorkoutDoc};
 use fitedge_core::sync::local::LocalKind;
 use fitedge_core::sync::protocol::DocumentId;
 use fitedge_core::time::{Clock, ManualClock, SystemClock, Timestamp};
@@ -153,6 +159,8 @@ async fn demo(args: &DemoArgs) -> Result<bool> {
         json!({ "token": dev_token }),
     )
     .await?;
+    // One key for the user's devices (the host app's keystore shares it).
+    let key = random_key()?;
     let mut devices_ = vec![];
     for name in ["watch", "phone"] {
         let r = http(
@@ -169,21 +177,42 @@ async fn demo(args: &DemoArgs) -> Result<bool> {
             .to_string();
         let store = Arc::new(Store::open(
             &dir.join(format!("{name}.db")),
-            Some(random_key()?),
+            Some(StorageKey::new(&key).map_err(|e| anyhow!("{e}"))?),
         )?);
         devices_.push(Device {
             name,
             store,
             sync: SyncConfig::new(base.clone(), token),
         });
-        outln!("  {name}: signed in, own database {name}.db (health channels encrypted)");
+        outln!(
+            "  {name}: signed in, own database {name}.db (health channels encrypted with the user's key)"
+        );
     }
     let [watch, phone] = <[Device; 2]>::try_from(devices_).map_err(|_| anyhow!("two devices"))?;
 
     step(
         3,
         t0,
-        "offline: each device records a workout by replaying a real recording through its sensors",
+        "offline: each device sets up the athlete's profile and records a workout by replaying a real recording through its sensors",
+    );
+    watch.store.update_profile(
+        0,
+        &AthleteProfile {
+            weight_kg: Some(68.0),
+            hr_max_bpm: Some(186),
+            ..AthleteProfile::default()
+        },
+    )?;
+    phone.store.update_profile(
+        0,
+        &AthleteProfile {
+            weight_kg: Some(68.5),
+            ftp_w: Some(240),
+            ..AthleteProfile::default()
+        },
+    )?;
+    outln!(
+        "  watch: profile weight 68 kg, maximum heart rate 186; phone: weight 68.5 kg, FTP 240 W"
     );
     let watch_workout = record(&watch, &watch_file).await?;
     let phone_workout = record(&phone, &phone_file).await?;
@@ -258,37 +287,81 @@ async fn demo(args: &DemoArgs) -> Result<bool> {
     step(
         7,
         t0,
-        "compare: both devices' histories and the server's documents",
+        "compare: each device's own history (`list` and `summary`), the heart rate it opens, its profile, and the server's documents",
     );
     let mut views = vec![];
     for d in [&watch, &phone] {
         let h = history(&d.store)?;
-        outln!("  {}:", d.name);
+        outln!("  {} (`fitedge list`):", d.name);
         for w in &h {
             outln!(
-                "    {}  {}  {:>6.2} km  {:?}  notes {:?}",
+                "    {}  {}  {:>6.2} km  {:>7.1} s  avg HR {:>5}  {:?}  notes {:?}",
                 w["start_time"].as_str().unwrap_or(""),
                 w["sport"].as_str().unwrap_or(""),
                 w["distance_m"].as_f64().unwrap_or(0.0) / 1000.0,
+                w["timer_s"].as_f64().unwrap_or(0.0),
+                w["avg_hr"]
+                    .as_f64()
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.1}")),
                 w["title"].as_str().unwrap_or(""),
                 w["notes"].as_str().unwrap_or("")
             );
         }
-        views.push(json!({ "history": h, "documents": documents(&d.store)? }));
+        for w in &h {
+            outln!(
+                "    {}: {} heart-rate samples opened from its sealed chunks",
+                short(w["id"].as_str().unwrap_or("")),
+                w["hr_samples"]
+            );
+        }
+        let profiles = profile_documents(&d.store)?;
+        views.push(json!({
+            "history": h, "documents": documents(&d.store)?, "profiles": profiles.0,
+            "physiology": profiles.1,
+        }));
     }
-    let (server_docs, server_history) = server_view(&state).await?;
+    let (server_docs, server_history, server_profiles) = server_view(&state).await?;
     outln!(
-        "  server: {} documents, {} workouts",
+        "  server: {} documents, {} workouts, profile documents {:?}",
         server_docs.as_object().map_or(0, |m| m.len()),
-        server_history.len()
+        server_history.len(),
+        server_profiles
     );
+    outln!("  profile on both devices: {}", views[0]["physiology"]);
+    // Compared on what the server's documents carry.
+    let shared_fields = |h: &Value| -> Value {
+        Value::Array(
+            h.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|w| {
+                            let mut w = w.clone();
+                            if let Some(m) = w.as_object_mut() {
+                                m.remove("avg_hr");
+                                m.remove("hr_samples");
+                            }
+                            w
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    };
     let same_histories = views[0]["history"] == views[1]["history"]
-        && json!(server_history) == views[0]["history"]
+        && json!(server_history) == shared_fields(&views[0]["history"])
         && server_history.len() == 2;
     let same_docs = views[0]["documents"] == views[1]["documents"];
     let server_same = views[0]["documents"] == server_docs;
+    let hr_opened = same_heart_rate(&watch.store, &phone.store)?;
+    let one_profile = views[0]["profiles"] == views[1]["profiles"]
+        && views[0]["profiles"] == json!(server_profiles)
+        && server_profiles.len() == 1
+        && views[0]["physiology"] == views[1]["physiology"];
     outln!(
         "\n  histories identical (watch, phone, server): {same_histories}; device documents identical (heads): {same_docs}; server holds the same heads: {server_same}"
+    );
+    outln!(
+        "  heart rate opened from the sealed chunks, identical on both devices: {hr_opened}; one profile document for the user (watch, phone, server): {one_profile}"
     );
 
     let _ = stop_tx.send(());
@@ -297,7 +370,7 @@ async fn demo(args: &DemoArgs) -> Result<bool> {
         let kept = tmp.keep();
         outln!("  kept {}", kept.display());
     }
-    let ok = same_histories && same_docs && server_same;
+    let ok = same_histories && same_docs && server_same && hr_opened && one_profile;
     outln!(
         "\n[{:5.1} s] {}",
         t0.elapsed().as_secs_f64(),
@@ -306,14 +379,14 @@ async fn demo(args: &DemoArgs) -> Result<bool> {
     Ok(ok)
 }
 
-/// A fresh 32-byte storage key per simulated device.
-fn random_key() -> Result<StorageKey> {
+/// A fresh 32-byte storage key for the simulated user.
+fn random_key() -> Result<[u8; 32]> {
     use ring::rand::SecureRandom;
     let mut k = [0u8; 32];
     ring::rand::SystemRandom::new()
         .fill(&mut k)
         .map_err(|_| anyhow!("no system randomness for a storage key"))?;
-    StorageKey::new(&k).map_err(|e| anyhow!("{e}"))
+    Ok(k)
 }
 
 fn short(id: &str) -> &str {
@@ -509,11 +582,10 @@ async fn sync_until_quiet(devices: &[&Device]) -> Result<()> {
     Ok(())
 }
 
-/// The title and notes a device shows for a workout (its document's).
+/// The title and notes a device shows for a workout (its `summary`).
 fn text_of(store: &Store, workout_id: &str) -> Result<(String, String)> {
-    let id = store.workout_document_id(workout_id)?;
-    let w = WorkoutDoc::read(&store.load_document(&id)?, &ctx())?;
-    Ok((w.title.unwrap_or_default(), w.notes.unwrap_or_default()))
+    let s = store.summary(workout_id)?;
+    Ok((s.title.unwrap_or_default(), s.notes.unwrap_or_default()))
 }
 
 fn ctx() -> ValidationContext {
@@ -522,7 +594,18 @@ fn ctx() -> ValidationContext {
     }
 }
 
-/// Workout documents as a comparable history, oldest first.
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn sort_history(out: &mut [Value]) {
+    out.sort_by(|a, b| {
+        (a["start_time"].as_str(), a["id"].as_str())
+            .cmp(&(b["start_time"].as_str(), b["id"].as_str()))
+    });
+}
+
+/// The server's workout documents as a comparable history, oldest first.
 fn history_of<'a>(docs: impl Iterator<Item = &'a Automerge>) -> Vec<Value> {
     let mut out: Vec<Value> = docs
         .filter_map(|d| WorkoutDoc::read(d, &ctx()).ok())
@@ -531,33 +614,75 @@ fn history_of<'a>(docs: impl Iterator<Item = &'a Automerge>) -> Vec<Value> {
                 "id": w.id.to_string(),
                 "start_time": w.start_time.to_rfc3339(),
                 "sport": w.sport.to_string(),
-                "distance_m": w.summary.and_then(|s| s.distance_m).map(|d| (d * 10.0).round() / 10.0),
-                "timer_s": w.summary.map(|s| (s.timer_s * 10.0).round() / 10.0),
-                "title": w.title,
-                "notes": w.notes,
-                "chunks": w.chunks.len(),
+                "distance_m": w.summary.and_then(|s| s.distance_m).map(round1),
+                "timer_s": w.summary.map(|s| round1(s.timer_s)),
+                "title": w.title.filter(|t| !t.is_empty()),
+                "notes": w.notes.filter(|t| !t.is_empty()),
             })
         })
         .collect();
-    out.sort_by(|a, b| {
-        (a["start_time"].as_str(), a["id"].as_str())
-            .cmp(&(b["start_time"].as_str(), b["id"].as_str()))
-    });
+    sort_history(&mut out);
     out
 }
 
-/// A device's history, from its workout documents (what sync carries).
+/// A device's history as its user sees it: `list`, with the notes from `summary` and the number
+/// of heart-rate samples `samples` opens, oldest first.
 fn history(store: &Store) -> Result<Vec<Value>> {
-    let mut docs = vec![];
-    for d in store.documents()? {
-        if d.kind == LocalKind::Workout {
-            docs.push(
-                store
-                    .load_document(&d.doc_id.parse::<DocumentId>().map_err(|e| anyhow!("{e}"))?)?,
-            );
-        }
+    let mut out = vec![];
+    for w in store.list(&ListFilter::default(), 1000, None)?.items {
+        let notes = store.summary(&w.id)?.notes;
+        let hr = store.samples_of(&w.id, &[Channel::HeartRate])?.len();
+        out.push(json!({
+            "id": w.id,
+            "start_time": w.start_time.to_rfc3339(),
+            "sport": w.sport.to_string(),
+            "distance_m": w.distance_m.map(round1),
+            "timer_s": round1(w.timer_s),
+            "title": w.title,
+            "notes": notes,
+            "avg_hr": w.avg_hr.map(round1),
+            "hr_samples": hr,
+        }));
     }
-    Ok(history_of(docs.iter()))
+    sort_history(&mut out);
+    Ok(out)
+}
+
+/// Every workout's heart-rate samples are the same on both devices, and some workout has
+/// them (the recording device sealed them; the other opened them with the user's key).
+fn same_heart_rate(a: &Store, b: &Store) -> Result<bool> {
+    let mut seen = 0;
+    for w in a.list(&ListFilter::default(), 1000, None)?.items {
+        let (ha, hb) = (
+            a.samples_of(&w.id, &[Channel::HeartRate])?,
+            b.samples_of(&w.id, &[Channel::HeartRate])?,
+        );
+        if ha != hb {
+            return Ok(false);
+        }
+        seen += ha.len();
+    }
+    Ok(seen > 0)
+}
+
+/// The ids of a device's profile documents, and the physiology of the user's one.
+fn profile_documents(store: &Store) -> Result<(Vec<String>, Value)> {
+    let ids: Vec<String> = store
+        .documents()?
+        .into_iter()
+        .filter(|d| d.kind == LocalKind::Profile)
+        .map(|d| d.doc_id)
+        .collect();
+    let physiology = match store.profile_document_id()? {
+        Some(id) => {
+            let p = ProfileDoc::read(&store.load_document(&id)?, &ctx())?.physiology;
+            json!({
+                "weight_kg": p.weight_kg, "hr_max_bpm": p.hr_max_bpm, "ftp_w": p.ftp_w,
+            })
+        }
+        None => Value::Null,
+    };
+    Ok((ids, physiology))
 }
 
 /// Document id -> heads, for every document the device holds.
@@ -571,12 +696,13 @@ fn documents(store: &Store) -> Result<Value> {
     Ok(Value::Object(m))
 }
 
-/// Document id -> heads and the history, for every document the server stores (read from
-/// its SQL chunks, as another node would load them).
-async fn server_view(state: &fitedge_server::AppState) -> Result<(Value, Vec<Value>)> {
+/// Document id -> heads, the history and the profile documents' ids, for every document the
+/// server stores (read from its SQL chunks, as another node would load them).
+async fn server_view(state: &fitedge_server::AppState) -> Result<(Value, Vec<Value>, Vec<String>)> {
     let ids = fitedge_server::sync::store::all_ids(state).await?;
     let mut heads = serde_json::Map::new();
     let mut docs = vec![];
+    let mut profiles = vec![];
     for id in ids {
         let doc_id: DocumentId = id.parse().map_err(|e| anyhow!("{e}"))?;
         let loaded = fitedge_server::sync::store::load(state, &doc_id)
@@ -589,8 +715,15 @@ async fn server_view(state: &fitedge_server::AppState) -> Result<(Value, Vec<Val
             .map(|h| h.to_string())
             .collect();
         h.sort();
+        if matches!(
+            fitedge_core::sync::docs::kind_of(&loaded.doc),
+            Ok((DocKind::Profile, _))
+        ) {
+            profiles.push(id.clone());
+        }
         heads.insert(id, json!(h));
         docs.push(loaded.doc);
     }
-    Ok((Value::Object(heads), history_of(docs.iter())))
+    profiles.sort();
+    Ok((Value::Object(heads), history_of(docs.iter()), profiles))
 }

@@ -1,6 +1,7 @@
 //! `fitedge demo` end to end: an embedded server, a watch and a phone that record offline, edit
 //! the same workout concurrently, reconnect and converge. The command's own exit status says
-//! whether the histories and documents converged; this test also checks the merged text.
+//! whether the histories (each device's `list` and `summary`), the heart rate each device opens,
+//! the profile and the documents converged; this test also checks the merged text.
 
 // Test helpers may unwrap: a failure is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -33,7 +34,15 @@ fn the_demo_converges_and_merges_both_offline_edits() {
         ),
         "{stdout}"
     );
-    // Both devices show the character-level merge of the two offline edits.
+    // Each device opened the other's sealed heart rate with the user's shared key, and the
+    // user has one profile document everywhere.
+    assert!(
+        stdout.contains(
+            "heart rate opened from the sealed chunks, identical on both devices: true; one profile document for the user (watch, phone, server): true"
+        ),
+        "{stdout}"
+    );
+    // Both devices show the character-level merge of the two offline edits, through `summary`.
     let merged =
         "title \"Easy morning run by the harbour\", notes \"Windy. Felt good. Legs fresh.\"";
     assert_eq!(stdout.matches(merged).count(), 2, "{stdout}");
