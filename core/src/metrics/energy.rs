@@ -12,7 +12,14 @@
 //!    workout, v dt becomes distance and v G dt becomes ascent, so the total oxygen cost is
 //!    `0.1 d_walk + 0.2 d_run + c x ascent + 3.5 x minutes`. Cycling without power: the road
 //!    cycling power model of Martin et al. 1998 (J. Appl. Biomech. 14:276-291): rolling
-//!    resistance, aerodynamic drag and climbing, then the same 24 % efficiency.
+//!    resistance, aerodynamic drag and the change in potential energy, then the same 24 %
+//!    efficiency. Martin's potential-energy term is signed (m g v sin(arctan G): a descent
+//!    gives back what the climb took), so over a ride it sums to m g times the net rise, not
+//!    the total ascent: on a loop the climbs are paid back on the descents, where gravity
+//!    carries the rider through rolling resistance and drag. A ride that ends lower than it
+//!    started counts no potential energy rather than a negative one: the rider does not get
+//!    the excess back (it is braked away), and the other terms already assume pedalling
+//!    throughout.
 //! 4. **MET x kg x h** with Compendium of Physical Activities values (Ainsworth et al. 2011,
 //!    Med. Sci. Sports Exerc. 43:1575-1581) when nothing better is possible. A Compendium MET
 //!    is the cost of doing the activity, so when the distance says how long the person actually
@@ -71,6 +78,7 @@ pub struct EnergyInputs {
     pub walk_m: f64,
     pub run_m: f64,
     pub ascent_m: f64,
+    pub descent_m: f64,
     /// Integral of v^3 dt (m^3/s^2) from the primary distance source.
     pub v3_integral: f64,
     pub has_distance: bool,
@@ -126,8 +134,9 @@ pub fn calories(sport: Sport, p: &ResolvedProfile, e: &EnergyInputs) -> Calories
             use cycling_model::*;
             let m = kg + BIKE_KG;
             let d = e.walk_m + e.run_m;
+            let net_rise = (e.ascent_m - e.descent_m).max(0.0);
             let work =
-                (m * G * CRR * d + 0.5 * AIR_DENSITY * CDA_M2 * e.v3_integral + m * G * e.ascent_m)
+                (m * G * CRR * d + 0.5 * AIR_DENSITY * CDA_M2 * e.v3_integral + m * G * net_rise)
                     / DRIVETRAIN_EFFICIENCY;
             (
                 work / J_PER_KCAL / GROSS_EFFICIENCY,
@@ -287,6 +296,36 @@ mod tests {
         let c = calories(Sport::Walking, &anon(), &e);
         assert_eq!(c.method, CalorieMethod::AcsmOnFoot);
         assert!((c.kcal - 710.0 / 210.0 * 70.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cycling_model_counts_the_net_rise_only() {
+        let flat = EnergyInputs {
+            timer_s: 3600.0,
+            walk_m: 25_000.0,
+            v3_integral: 3600.0 * 7.0f64.powi(3),
+            has_distance: true,
+            ..EnergyInputs::default()
+        };
+        let kcal = |ascent_m, descent_m| {
+            let e = EnergyInputs {
+                ascent_m,
+                descent_m,
+                ..flat
+            };
+            let c = calories(Sport::Cycling, &anon(), &e);
+            assert_eq!(c.method, CalorieMethod::CyclingModel);
+            c.kcal
+        };
+        let base = kcal(0.0, 0.0);
+        // A loop: the climbs are paid back on the descents.
+        assert!((kcal(500.0, 500.0) - base).abs() < 1e-9);
+        // 100 m net rise: m g h / drivetrain / efficiency, m = 70 kg rider + 9 kg bike.
+        use cycling_model::*;
+        let pe = 79.0 * G * 100.0 / DRIVETRAIN_EFFICIENCY / J_PER_KCAL / GROSS_EFFICIENCY;
+        assert!((kcal(600.0, 500.0) - base - pe).abs() < 1e-9);
+        // A net descent counts nothing, not a negative amount.
+        assert!((kcal(400.0, 500.0) - base).abs() < 1e-9);
     }
 
     #[test]

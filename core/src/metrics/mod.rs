@@ -459,6 +459,7 @@ impl Metrics {
             walk_m: primary.map_or(0.0, |t| t.walk_m),
             run_m: primary.map_or(0.0, |t| t.run_m),
             ascent_m: self.elevation().map_or(0.0, |(_, e)| e.gain_m()),
+            descent_m: self.elevation().map_or(0.0, |(_, e)| e.loss_m()),
             v3_integral: primary.map_or(0.0, |t| t.v3_integral),
             has_distance: primary.is_some_and(|t| t.total_m() > 0.0),
         }
