@@ -818,6 +818,99 @@ mod tests {
         assert_eq!(c.next(&[1.0, 2.0]), None);
     }
 
+    fn session(start_s: i64, closed_s: Option<i64>, laps: Option<(usize, usize)>) -> SessionInfo {
+        SessionInfo {
+            start: Some(Timestamp(start_s * 1000)),
+            closed: closed_s.map(|c| Timestamp(c * 1000)),
+            laps,
+            sport: None,
+            device: DeviceTotals::default(),
+        }
+    }
+
+    fn lap(start_s: i64, end_s: i64) -> LapInfo {
+        LapInfo {
+            start: Some(Timestamp(start_s * 1000)),
+            end: Some(Timestamp(end_s * 1000)),
+        }
+    }
+
+    fn secs(ts: &[Timestamp]) -> Vec<i64> {
+        ts.iter().map(|t| t.0 / 1000).collect()
+    }
+
+    #[test]
+    fn a_session_starts_with_an_earlier_first_lap() {
+        // Session 0 says 100 s but its lap (ending where session 1 starts) began at 10 s.
+        let infos = [session(100, None, None), session(500, None, None)];
+        let laps = [lap(10, 500), lap(500, 900)];
+        assert_eq!(secs(&session_starts(&infos, &laps, None)), vec![10, 500]);
+        // A lap starting later than the stated start never moves it.
+        let laps = [lap(101, 500), lap(500, 900)];
+        assert_eq!(secs(&session_starts(&infos, &laps, None)), vec![100, 500]);
+        // Laps by index when the session gives them.
+        let infos = [session(100, None, Some((1, 1))), session(500, None, None)];
+        let laps = [lap(5, 50), lap(20, 500), lap(500, 900)];
+        assert_eq!(secs(&session_starts(&infos, &laps, None)), vec![20, 500]);
+    }
+
+    #[test]
+    fn a_lap_never_moves_a_session_before_the_previous_one() {
+        let infos = [session(100, None, None), session(500, None, Some((1, 1)))];
+        let laps = [lap(100, 500), lap(100, 900)];
+        assert_eq!(secs(&session_starts(&infos, &laps, None)), vec![100, 500]);
+        let laps = [lap(100, 500), lap(101, 900)];
+        assert_eq!(secs(&session_starts(&infos, &laps, None)), vec![100, 101]);
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp(s * 1000)
+    }
+
+    fn end_of(steps: &[(Timestamp, Step)], bound: Option<SessionBound>) -> i64 {
+        let window: Vec<&(Timestamp, Step)> = steps.iter().collect();
+        session_end(&window, at(0), bound).0 / 1000
+    }
+
+    fn hr(s: i64) -> (Timestamp, Step) {
+        (at(s), Step::Sample(Reading::HeartRate { bpm: 120.0 }))
+    }
+
+    #[test]
+    fn a_running_session_ends_at_its_own_timestamp_within_its_bounds() {
+        let steps = [(at(0), Step::Resume), hr(1), hr(97)];
+        let bound = |closed: Option<i64>| {
+            Some(SessionBound {
+                next: at(100),
+                closed: closed.map(at),
+            })
+        };
+        assert_eq!(end_of(&steps, bound(Some(99))), 99);
+        assert_eq!(end_of(&steps, bound(Some(100))), 100);
+        // A summary-first file's timestamp (written at save time) is bounded by the next start.
+        assert_eq!(end_of(&steps, bound(Some(101))), 100);
+        assert_eq!(end_of(&steps, bound(None)), 100);
+        // Never before the session's own last sample.
+        assert_eq!(end_of(&steps, bound(Some(96))), 97);
+        assert_eq!(end_of(&steps, bound(Some(97))), 97);
+        // The last session with the timer running: its last sample.
+        assert_eq!(end_of(&steps, None), 97);
+    }
+
+    #[test]
+    fn a_stopped_session_ends_at_a_stop_near_its_last_sample() {
+        let stop = |s| [(at(0), Step::Resume), hr(90), (at(s), Step::Pause)];
+        let ms = STOP_NEAR_LAST_SAMPLE_MS / 1000;
+        assert_eq!(end_of(&stop(90 + ms), None), 90 + ms);
+        assert_eq!(end_of(&stop(90 + ms + 1), None), 90);
+        // Also between sessions: the stop, not the session's timestamp.
+        let bound = Some(SessionBound {
+            next: at(200),
+            closed: Some(at(199)),
+        });
+        assert_eq!(end_of(&stop(92), bound), 92);
+    }
+
     #[test]
     fn sport_mapping() {
         assert_eq!(map_sport("generic", None), None);
