@@ -617,8 +617,9 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
 /// of the first lap), so a session whose stated start is later than its own first lap's start
 /// (a fenix2 multisport file states 08:00:01 for a leg whose lap and records begin at 07:14:44)
 /// began with the lap. Laps are matched by index when the session gives one, else by time: a
-/// lap belongs to the session whose window holds its end. A start is never moved before the
-/// previous session's, nor is a lap start later than the stated start ever used.
+/// lap belongs to the session whose window holds its end. A start is never moved to or before
+/// the previous session's, nor before the file's first record or event (a lap start from an
+/// unset clock), nor is a lap start later than the stated start ever used.
 fn session_starts(
     infos: &[SessionInfo],
     laps: &[LapInfo],
@@ -647,9 +648,12 @@ fn session_starts(
                 })
                 .collect(),
         };
-        let floor = if i == 0 { None } else { Some(starts[i - 1]) };
+        let after_floor = |t: Timestamp| match i {
+            0 => first_step.is_none_or(|f| t >= f),
+            _ => t > starts[i - 1],
+        };
         if let Some(lap_start) = own.iter().filter_map(|l| l.start).min() {
-            if lap_start < from && floor.is_none_or(|f| lap_start > f) {
+            if lap_start < from && after_floor(lap_start) {
                 starts[i] = lap_start;
             }
         }
@@ -861,6 +865,14 @@ mod tests {
         assert_eq!(secs(&session_starts(&infos, &laps, None)), vec![100, 500]);
         let laps = [lap(100, 500), lap(101, 900)];
         assert_eq!(secs(&session_starts(&infos, &laps, None)), vec![100, 101]);
+        // Nor before the file's first record or event.
+        let infos = [session(100, None, None)];
+        let laps = [lap(10, 500)];
+        assert_eq!(secs(&session_starts(&infos, &laps, Some(at(10)))), vec![10]);
+        assert_eq!(
+            secs(&session_starts(&infos, &laps, Some(at(11)))),
+            vec![100]
+        );
     }
 
     fn at(s: i64) -> Timestamp {
