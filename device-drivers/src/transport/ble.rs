@@ -1,7 +1,8 @@
 //! The btleplug transport (feature `ble`): scans for the fitness services, connects to every
 //! sensor found (several at once), subscribes to the characteristics with a decoder, reads
 //! battery and device information, and reconnects with exponential backoff, subscribing again
-//! after every reconnect ([`super::reconnect::supervise`]).
+//! after every reconnect ([`super::reconnect::supervise`]), and disconnects once the transport is
+//! dropped.
 //!
 //! Linux builds need the D-Bus development files (`libdbus-1-dev` and `pkg-config`).
 
@@ -98,6 +99,11 @@ impl Link for BleLink {
             }
         }
     }
+
+    async fn disconnect(&mut self) {
+        self.stream = None;
+        let _ = self.peripheral.disconnect().await;
+    }
 }
 
 /// A sensor found by a scan.
@@ -105,6 +111,10 @@ impl Link for BleLink {
 pub struct Found {
     pub id: String,
     pub name: Option<String>,
+    /// Signal strength of the last advertisement (dBm), when the platform reports it.
+    pub rssi: Option<i16>,
+    /// The services it advertises.
+    pub services: Vec<uuid::Uuid>,
     pub peripheral: Peripheral,
 }
 
@@ -143,6 +153,8 @@ pub async fn scan(scan_for: Duration) -> Result<Vec<Found>, LinkError> {
             out.push(Found {
                 id: p.id().to_string(),
                 name: props.local_name,
+                rssi: props.rssi,
+                services: props.services,
                 peripheral: p,
             });
         }

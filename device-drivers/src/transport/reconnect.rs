@@ -27,6 +27,11 @@ pub trait Link: Send {
     ) -> impl Future<Output = Result<Vec<(Source, Vec<u8>)>, LinkError>> + Send;
     /// The next notification; an error means the link dropped.
     fn next(&mut self) -> impl Future<Output = Result<(Source, Vec<u8>), LinkError>> + Send;
+    /// Closes the radio link once nobody listens any more, so the sensor is free for another
+    /// central and stops spending its battery on us. Best effort: the link is being abandoned.
+    fn disconnect(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +56,8 @@ impl Backoff {
     }
 }
 
-/// Runs one device's link until the receiving side is dropped.
+/// Runs one device's link until the receiving side is dropped, then disconnects it. The drop is
+/// noticed at once, even while the link waits for a silent sensor or sleeps between attempts.
 pub async fn supervise<L: Link>(
     device: String,
     mut link: L,
@@ -59,6 +65,22 @@ pub async fn supervise<L: Link>(
     tx: mpsc::UnboundedSender<TransportEvent>,
     clock: Arc<dyn Clock>,
 ) {
+    tokio::select! {
+        () = tx.closed() => {}
+        () = run(&device, &mut link, backoff, &tx, &clock) => {}
+    }
+    link.disconnect().await;
+}
+
+/// The connect / subscribe / forward loop; returns when the receiving side is gone.
+async fn run<L: Link>(
+    device: &str,
+    link: &mut L,
+    backoff: Backoff,
+    tx: &mpsc::UnboundedSender<TransportEvent>,
+    clock: &Arc<dyn Clock>,
+) {
+    let device = device.to_string();
     let mut failures = 0u32;
     loop {
         if tx.is_closed() {
@@ -178,6 +200,84 @@ mod tests {
                 vec![0, 60],
             ))
         }
+    }
+
+    /// Connects once (or never), then stays silent; counts its disconnects.
+    struct SilentLink {
+        connects: bool,
+        disconnects: Arc<Mutex<u32>>,
+    }
+
+    impl Link for SilentLink {
+        async fn connect(&mut self) -> Result<(), LinkError> {
+            if self.connects {
+                Ok(())
+            } else {
+                Err(LinkError("out of range".into()))
+            }
+        }
+        async fn subscribe(&mut self) -> Result<Vec<(Source, Vec<u8>)>, LinkError> {
+            Ok(vec![])
+        }
+        async fn next(&mut self) -> Result<(Source, Vec<u8>), LinkError> {
+            std::future::pending().await
+        }
+        async fn disconnect(&mut self) {
+            *self.disconnects.lock().unwrap() += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_transport_stops_a_silent_link_at_once_and_disconnects_it() {
+        let disconnects = Arc::new(Mutex::new(0));
+        let link = SilentLink {
+            connects: true,
+            disconnects: disconnects.clone(),
+        };
+        let (tx, mut t) = channel();
+        let task = tokio::spawn(supervise(
+            "hrm".into(),
+            link,
+            Backoff::default(),
+            tx,
+            Arc::new(SystemClock),
+        ));
+        assert!(matches!(
+            t.next_event().await,
+            Some(TransportEvent::Connected { .. })
+        ));
+        let dropped_at = Instant::now();
+        drop(t);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("a silent sensor kept the loop alive after the transport was dropped")
+            .unwrap();
+        assert_eq!(dropped_at.elapsed(), Duration::ZERO);
+        assert_eq!(*disconnects.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_transport_interrupts_the_backoff() {
+        let disconnects = Arc::new(Mutex::new(0));
+        let link = SilentLink {
+            connects: false,
+            disconnects: disconnects.clone(),
+        };
+        let (tx, t) = channel();
+        let task = tokio::spawn(supervise(
+            "hrm".into(),
+            link,
+            Backoff::default(),
+            tx,
+            Arc::new(SystemClock),
+        ));
+        // Several failed attempts: the loop now sleeps 16 s before the next one.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let dropped_at = Instant::now();
+        drop(t);
+        task.await.unwrap();
+        assert_eq!(dropped_at.elapsed(), Duration::ZERO);
+        assert_eq!(*disconnects.lock().unwrap(), 1);
     }
 
     #[test]
