@@ -11,9 +11,12 @@ use fitedge_core::recording::Recording;
 use fitedge_core::store::{Cursor, ListFilter, Period, Store};
 use fitedge_core::time::{Clock, SystemClock};
 use fitedge_devices::gatt::Characteristic;
-use fitedge_devices::{DeviceKind, DeviceRegistration, SensorHub, Source};
+use fitedge_devices::hub::Dispatch;
+use fitedge_devices::transport::TransportEvent;
+use fitedge_devices::{DeviceKind, DeviceRegistration, HubError, SensorHub, Source};
 
 use crate::error::FitEdgeError;
+use crate::sensors::{Bluetooth, SensorStatus};
 use crate::types::*;
 
 /// The time source of an engine. Apps use the system clock (the default); tests and
@@ -48,7 +51,7 @@ impl std::fmt::Debug for dyn EngineClock {
 
 type Listeners = Arc<Mutex<Vec<(u64, Arc<dyn LiveMetricsListener>)>>>;
 
-struct State {
+pub(crate) struct State {
     recording: Option<Recording>,
     hub: SensorHub,
     /// Sample time of the last live-metrics call: the listener is called once per second of
@@ -57,15 +60,132 @@ struct State {
     last_emit_ms: i64,
 }
 
+/// Stands in for the recording while none runs, so the hub still decodes a connected sensor's
+/// notifications (battery, device information, its counters) and only the readings are refused.
+struct NotRecording;
+
+impl core::SampleSink for NotRecording {
+    fn record(&mut self, _: core::Sample) -> Result<core::workout::Outcome, core::WorkoutError> {
+        Err(core::WorkoutError::InvalidTransition {
+            state: core::WorkoutState::NotStarted,
+            command: core::workout::Command::Record,
+        })
+    }
+}
+
+impl State {
+    /// The one path from a sensor notification to the recording, for notifications the app
+    /// feeds and those of the Bluetooth transport alike: the hub decodes it, keeps the readings
+    /// of the channels this device wins, records them, and the listeners hear about it.
+    fn notify(
+        &mut self,
+        listeners: &Listeners,
+        device: &str,
+        source: Source,
+        payload: &[u8],
+        at: core::Timestamp,
+    ) -> Result<Dispatch, HubError> {
+        let State { recording, hub, .. } = self;
+        let d = match recording.as_mut() {
+            Some(rec) => hub.on_notification(device, source, payload, at, rec)?,
+            None => hub.on_notification(device, source, payload, at, &mut NotRecording)?,
+        };
+        emit(listeners, self, false, Some(at.0));
+        Ok(d)
+    }
+}
+
+/// The engine's sensor side, shared with a Bluetooth connection that runs on the engine's
+/// Bluetooth thread. It holds no runtime, so the last copy may be dropped on any thread.
+#[derive(Clone)]
+pub(crate) struct SensorSide {
+    state: Arc<Mutex<State>>,
+    listeners: Listeners,
+}
+
+impl std::fmt::Debug for SensorSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorSide").finish_non_exhaustive()
+    }
+}
+
+// Without the `ble` feature only the tests connect sensors.
+#[cfg_attr(not(feature = "ble"), allow(dead_code))]
+impl SensorSide {
+    /// Registers a sensor before it connects, so it feeds its channels at the priority of the
+    /// app's own devices. A sensor the hub already knows keeps its calibration and serial number.
+    pub(crate) fn register(&self, id: &str, kind: DeviceKind) {
+        let mut st = lock(&self.state);
+        if st.hub.device(id).is_none() {
+            st.hub.register(DeviceRegistration::new(id, kind, 1));
+        }
+    }
+
+    /// Applies one transport event and returns the device's status after it. Nothing is applied
+    /// once `stopped` is set: it is read under the same lock the canceller takes to mark the
+    /// devices disconnected, so a late event cannot connect them again.
+    pub(crate) fn apply(
+        &self,
+        ev: TransportEvent,
+        stopped: &std::sync::atomic::AtomicBool,
+    ) -> Option<SensorStatus> {
+        let mut st = lock(&self.state);
+        if stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        let device = match ev {
+            TransportEvent::Connected { device, at } => {
+                let _ = st.hub.connected(&device, at);
+                device
+            }
+            TransportEvent::Disconnected { device, at } => {
+                let _ = st.hub.disconnected(&device, at);
+                device
+            }
+            TransportEvent::Notification {
+                device,
+                source,
+                bytes,
+                at,
+            } => {
+                // A payload that does not decode is counted against the device by the hub.
+                let _ = st.notify(&self.listeners, &device, source, &bytes, at);
+                device
+            }
+            // Radio transports carry no host samples or workout commands.
+            TransportEvent::Host(_) | TransportEvent::Control { .. } => return None,
+        };
+        st.hub.device(&device).map(SensorStatus::from)
+    }
+
+    /// Marks sensors disconnected (their connection was cancelled).
+    pub(crate) fn disconnected(&self, ids: &[String], at: core::Timestamp) {
+        let mut st = lock(&self.state);
+        for id in ids {
+            let _ = st.hub.disconnected(id, at);
+        }
+    }
+
+    pub(crate) fn statuses(&self) -> Vec<SensorStatus> {
+        lock(&self.state)
+            .hub
+            .devices()
+            .map(SensorStatus::from)
+            .collect()
+    }
+}
+
 #[derive(uniffi::Object)]
 pub struct Engine {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     listeners: Listeners,
     next_listener: AtomicU64,
     /// Made on the first sync call (see [`crate::sync`]).
     runtime: crate::sync::SyncRuntime,
+    /// The btleplug transport (feature `ble`; without it, its calls say so).
+    bluetooth: Bluetooth,
 }
 
 impl std::fmt::Debug for Engine {
@@ -103,11 +223,35 @@ impl Drop for Subscription {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 const EMIT_EVERY_MS: i64 = 1000;
+
+/// Calls the listeners now (`force`), or when `sample_t` is a second past the last call.
+fn emit(listeners: &Listeners, st: &mut State, force: bool, sample_t: Option<i64>) {
+    let Some(rec) = st.recording.as_ref() else {
+        return;
+    };
+    if !force {
+        match sample_t {
+            Some(t) if t.saturating_sub(st.last_emit_ms) >= EMIT_EVERY_MS => st.last_emit_ms = t,
+            _ => return,
+        }
+    }
+    if lock(listeners).is_empty() {
+        return;
+    }
+    let Some(m) = rec.live() else { return };
+    let metrics = LiveMetrics::from_core(&rec.id().0, rec.state(), m);
+    let listeners: Vec<Arc<dyn LiveMetricsListener>> =
+        lock(listeners).iter().map(|(_, l)| l.clone()).collect();
+    // Called without holding the listener list, so a listener may cancel itself.
+    for l in listeners {
+        l.on_live_metrics(metrics.clone());
+    }
+}
 
 fn kind_of(c: Characteristic) -> DeviceKind {
     match c {
@@ -144,43 +288,20 @@ impl Engine {
         Ok(Arc::new(Self {
             store,
             clock,
-            state: Mutex::new(State {
+            state: Arc::new(Mutex::new(State {
                 recording,
                 hub: SensorHub::default(),
                 last_emit_ms: i64::MIN,
-            }),
+            })),
             listeners: Arc::new(Mutex::new(vec![])),
             next_listener: AtomicU64::new(1),
             runtime: crate::sync::SyncRuntime::new(),
+            bluetooth: Bluetooth::default(),
         }))
     }
 
-    /// Calls the listeners now (`force`), or when `sample_t` is a second past the last call.
     fn emit(&self, st: &mut State, force: bool, sample_t: Option<i64>) {
-        let Some(rec) = st.recording.as_ref() else {
-            return;
-        };
-        if !force {
-            match sample_t {
-                Some(t) if t.saturating_sub(st.last_emit_ms) >= EMIT_EVERY_MS => {
-                    st.last_emit_ms = t
-                }
-                _ => return,
-            }
-        }
-        if lock(&self.listeners).is_empty() {
-            return;
-        }
-        let Some(m) = rec.live() else { return };
-        let metrics = LiveMetrics::from_core(&rec.id().0, rec.state(), m);
-        let listeners: Vec<Arc<dyn LiveMetricsListener>> = lock(&self.listeners)
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect();
-        // Called without holding the listener list, so a listener may cancel itself.
-        for l in listeners {
-            l.on_live_metrics(metrics.clone());
-        }
+        emit(&self.listeners, st, force, sample_t);
     }
 
     fn with_recording<T>(
@@ -207,6 +328,17 @@ impl Engine {
 
     pub(crate) fn runtime(&self) -> &crate::sync::SyncRuntime {
         &self.runtime
+    }
+
+    pub(crate) fn bluetooth(&self) -> &Bluetooth {
+        &self.bluetooth
+    }
+
+    pub(crate) fn sensor_side(&self) -> SensorSide {
+        SensorSide {
+            state: self.state.clone(),
+            listeners: self.listeners.clone(),
+        }
     }
 
     fn profile_core(&self) -> Result<core::Profile, FitEdgeError> {
@@ -356,20 +488,22 @@ impl Engine {
             FitEdgeError::InvalidInput(format!("unsupported characteristic {characteristic_uuid}"))
         })?;
         let mut st = lock(&self.state);
-        let State { recording, hub, .. } = &mut *st;
-        let rec = recording
-            .as_mut()
-            .ok_or_else(|| FitEdgeError::InvalidState("no workout is being recorded".into()))?;
+        if st.recording.is_none() {
+            return Err(FitEdgeError::InvalidState(
+                "no workout is being recorded".into(),
+            ));
+        }
         let at = core::Timestamp(timestamp_ms);
-        if hub.device(&device_id).is_none() {
+        if st.hub.device(&device_id).is_none() {
             // A device the app's stack talks to is connected by definition.
-            hub.register(DeviceRegistration::new(device_id.clone(), kind_of(c), 1));
-            hub.connected(&device_id, at)
+            st.hub
+                .register(DeviceRegistration::new(device_id.clone(), kind_of(c), 1));
+            st.hub
+                .connected(&device_id, at)
                 .map_err(|e| FitEdgeError::InvalidInput(e.to_string()))?;
         }
-        hub.on_notification(&device_id, Source::Gatt(c), &payload, at, rec)
+        st.notify(&self.listeners, &device_id, Source::Gatt(c), &payload, at)
             .map_err(|e| FitEdgeError::InvalidInput(e.to_string()))?;
-        self.emit(&mut st, false, Some(timestamp_ms));
         Ok(())
     }
 

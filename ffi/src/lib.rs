@@ -6,12 +6,19 @@
 
 uniffi::setup_scaffolding!();
 
+#[cfg(feature = "ble")]
+mod bluetooth;
 mod engine;
 mod error;
+mod sensors;
 mod sync;
 mod types;
 
 pub use engine::{Engine, EngineClock, LiveMetricsListener, Subscription};
 pub use error::FitEdgeError;
+pub use sensors::{
+    has_bluetooth_transport, FoundSensor, SensorConnection, SensorKind, SensorListener,
+    SensorStatus,
+};
 pub use sync::{OutboxCommand, OutboxFlushReport, OutboxStatus, SyncReport};
 pub use types::*;
