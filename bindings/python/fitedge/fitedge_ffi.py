@@ -524,6 +524,8 @@ def _uniffi_check_contract_api_version(lib):
         raise InternalError("UniFFI contract version mismatch: try cleaning and rebuilding your project")
 
 def _uniffi_check_api_checksums(lib):
+    if lib.uniffi_fitedge_ffi_checksum_func_has_bluetooth_transport() != 45671:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_add_gear() != 12074:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_assign_gear() != 33293:
@@ -531,6 +533,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_fitedge_ffi_checksum_method_engine_cancel_workout() != 49087:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_complete_workout() != 48521:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_connect_sensors() != 39332:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_delete_workout() != 14590:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -566,6 +570,10 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_route() != 3441:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_scan_sensors() != 10787:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_sensors() != 29938:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text() != 46914:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_start_workout() != 63183:
@@ -589,6 +597,12 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() != 38998:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics() != 62688:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_sensorconnection_cancel() != 31831:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_sensorconnection_sensor_ids() != 1966:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_sensorlistener_on_sensor_status() != 57881:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_subscription_cancel() != 43431:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -621,6 +635,9 @@ _UniffiLib.ffi_fitedge_ffi_rustbuffer_reserve.restype = _UniffiRustBuffer
 _UniffiLib.ffi_fitedge_ffi_uniffi_contract_version.argtypes = (
 )
 _UniffiLib.ffi_fitedge_ffi_uniffi_contract_version.restype = ctypes.c_uint32
+_UniffiLib.uniffi_fitedge_ffi_checksum_func_has_bluetooth_transport.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_func_has_bluetooth_transport.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_add_gear.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_add_gear.restype = ctypes.c_uint16
@@ -633,6 +650,9 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_cancel_workout.restype = ct
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_complete_workout.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_complete_workout.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_connect_sensors.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_connect_sensors.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_delete_workout.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_delete_workout.restype = ctypes.c_uint16
@@ -684,6 +704,12 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_resume_workout.restype = ct
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_route.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_route.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_scan_sensors.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_scan_sensors.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_sensors.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_sensors.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text.restype = ctypes.c_uint16
@@ -720,9 +746,22 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms.restype = ctype
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_sensorconnection_cancel.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_sensorconnection_cancel.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_sensorconnection_sensor_ids.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_sensorconnection_sensor_ids.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_sensorlistener_on_sensor_status.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_sensorlistener_on_sensor_status.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_subscription_cancel.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_subscription_cancel.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_fn_func_has_bluetooth_transport.argtypes = (
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_func_has_bluetooth_transport.restype = ctypes.c_int8
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_add_gear.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -748,6 +787,13 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_complete_workout.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_complete_workout.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_connect_sensors.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_connect_sensors.restype = ctypes.c_uint64
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_delete_workout.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -857,6 +903,17 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_route.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_route.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_scan_sensors.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint32,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_scan_sensors.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sensors.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sensors.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_workout_text.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -934,6 +991,22 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_livemetricslistener_on_live_metrics.argt
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_livemetricslistener_on_live_metrics.restype = None
+_UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_cancel.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_cancel.restype = None
+_UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_sensor_ids.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_sensor_ids.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_sensorlistener_on_sensor_status.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_sensorlistener_on_sensor_status.restype = None
 _UniffiLib.uniffi_fitedge_ffi_fn_method_subscription_cancel.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -969,6 +1042,26 @@ _UniffiLib.uniffi_fitedge_ffi_fn_free_livemetricslistener.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_free_livemetricslistener.restype = None
+_UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorconnection.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorconnection.restype = ctypes.c_uint64
+_UniffiLib.uniffi_fitedge_ffi_fn_free_sensorconnection.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_free_sensorconnection.restype = None
+_UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorlistener.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorlistener.restype = ctypes.c_uint64
+_UniffiLib.uniffi_fitedge_ffi_fn_free_sensorlistener.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_free_sensorlistener.restype = None
 _UniffiLib.uniffi_fitedge_ffi_fn_clone_subscription.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -1013,6 +1106,23 @@ _UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_livemetricslistener.argtyp
     ctypes.POINTER(_UniffiVTableCallbackInterfaceFitedgeFfiLiveMetricsListener),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_livemetricslistener.restype = None
+_UNIFFI_CALLBACK_INTERFACE_FITEDGE_FFI_SENSOR_LISTENER_METHOD0 = ctypes.CFUNCTYPE(None,ctypes.c_uint64,_UniffiRustBuffer,ctypes.c_void_p,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UNIFFI_CALLBACK_INTERFACE_CLONE_FITEDGE_FFI_SENSOR_LISTENER = ctypes.CFUNCTYPE(ctypes.c_uint64,ctypes.c_uint64,
+)
+_UNIFFI_CALLBACK_INTERFACE_FREE_FITEDGE_FFI_SENSOR_LISTENER = ctypes.CFUNCTYPE(None,ctypes.c_uint64,
+)
+class _UniffiVTableCallbackInterfaceFitedgeFfiSensorListener(ctypes.Structure):
+    _fields_ = [
+        ("uniffi_free", _UNIFFI_CALLBACK_INTERFACE_FREE_FITEDGE_FFI_SENSOR_LISTENER),
+        ("uniffi_clone", _UNIFFI_CALLBACK_INTERFACE_CLONE_FITEDGE_FFI_SENSOR_LISTENER),
+        ("on_sensor_status", _UNIFFI_CALLBACK_INTERFACE_FITEDGE_FFI_SENSOR_LISTENER_METHOD0),
+    ]
+_UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_sensorlistener.argtypes = (
+    ctypes.POINTER(_UniffiVTableCallbackInterfaceFitedgeFfiSensorListener),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_sensorlistener.restype = None
 
 _uniffi_check_contract_api_version(_UniffiLib)
 # _uniffi_check_api_checksums(_UniffiLib)
@@ -1349,6 +1459,264 @@ class _UniffiFfiConverterString:
         with _UniffiRustBuffer.alloc_with_builder() as builder:
             builder.write(value.encode("utf-8"))
             return builder.finalize()
+
+class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterString.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterString.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterString.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+class _UniffiFfiConverterInt16(_UniffiConverterPrimitiveInt):
+    CLASS_NAME = "i16"
+    VALUE_MIN = -2**15
+    VALUE_MAX = 2**15
+
+    @staticmethod
+    def read(buf):
+        return buf.read_i16()
+
+    @staticmethod
+    def write(value, buf):
+        buf.write_i16(value)
+
+class _UniffiFfiConverterOptionalInt16(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterInt16.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterInt16.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterInt16.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+class _UniffiFfiConverterSequenceString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterString.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterString.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterString.read(buf) for i in range(count)
+        ]
+
+
+
+
+
+
+class SensorKind(enum.Enum):
+    """
+    What a sensor measures, from the services it offers.
+"""
+    
+    HEART_RATE = 0
+    
+    CYCLING_POWER = 1
+    
+    SPEED_CADENCE = 2
+    """
+    Cycling speed and cadence (wheel and crank revolutions).
+"""
+    
+    RUNNING_SPEED_CADENCE = 3
+    """
+    Running speed and cadence (a foot pod).
+"""
+    
+    FITNESS_MACHINE = 4
+    """
+    A treadmill or an indoor bike (FTMS).
+"""
+    
+    PULSE_OXIMETER = 5
+    
+    OTHER = 6
+    
+
+
+class _UniffiFfiConverterTypeSensorKind(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return SensorKind.HEART_RATE
+        if variant == 2:
+            return SensorKind.CYCLING_POWER
+        if variant == 3:
+            return SensorKind.SPEED_CADENCE
+        if variant == 4:
+            return SensorKind.RUNNING_SPEED_CADENCE
+        if variant == 5:
+            return SensorKind.FITNESS_MACHINE
+        if variant == 6:
+            return SensorKind.PULSE_OXIMETER
+        if variant == 7:
+            return SensorKind.OTHER
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == SensorKind.HEART_RATE:
+            return
+        if value == SensorKind.CYCLING_POWER:
+            return
+        if value == SensorKind.SPEED_CADENCE:
+            return
+        if value == SensorKind.RUNNING_SPEED_CADENCE:
+            return
+        if value == SensorKind.FITNESS_MACHINE:
+            return
+        if value == SensorKind.PULSE_OXIMETER:
+            return
+        if value == SensorKind.OTHER:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == SensorKind.HEART_RATE:
+            buf.write_i32(1)
+        if value == SensorKind.CYCLING_POWER:
+            buf.write_i32(2)
+        if value == SensorKind.SPEED_CADENCE:
+            buf.write_i32(3)
+        if value == SensorKind.RUNNING_SPEED_CADENCE:
+            buf.write_i32(4)
+        if value == SensorKind.FITNESS_MACHINE:
+            buf.write_i32(5)
+        if value == SensorKind.PULSE_OXIMETER:
+            buf.write_i32(6)
+        if value == SensorKind.OTHER:
+            buf.write_i32(7)
+
+
+
+class _UniffiFfiConverterSequenceTypeSensorKind(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeSensorKind.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeSensorKind.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeSensorKind.read(buf) for i in range(count)
+        ]
+
+@dataclass
+class FoundSensor:
+    """
+    A sensor that answered a scan.
+"""
+    def __init__(self, *, id:str, name:typing.Optional[str], rssi:typing.Optional[int], services:typing.List[str], kinds:typing.List[SensorKind]):
+        self.id = id
+        self.name = name
+        self.rssi = rssi
+        self.services = services
+        self.kinds = kinds
+        
+        
+
+    
+    def __str__(self):
+        return "FoundSensor(id={}, name={}, rssi={}, services={}, kinds={})".format(self.id, self.name, self.rssi, self.services, self.kinds)
+    def __eq__(self, other):
+        if self.id != other.id:
+            return False
+        if self.name != other.name:
+            return False
+        if self.rssi != other.rssi:
+            return False
+        if self.services != other.services:
+            return False
+        if self.kinds != other.kinds:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeFoundSensor(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return FoundSensor(
+            id=_UniffiFfiConverterString.read(buf),
+            name=_UniffiFfiConverterOptionalString.read(buf),
+            rssi=_UniffiFfiConverterOptionalInt16.read(buf),
+            services=_UniffiFfiConverterSequenceString.read(buf),
+            kinds=_UniffiFfiConverterSequenceTypeSensorKind.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.id)
+        _UniffiFfiConverterOptionalString.check_lower(value.name)
+        _UniffiFfiConverterOptionalInt16.check_lower(value.rssi)
+        _UniffiFfiConverterSequenceString.check_lower(value.services)
+        _UniffiFfiConverterSequenceTypeSensorKind.check_lower(value.kinds)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.id, buf)
+        _UniffiFfiConverterOptionalString.write(value.name, buf)
+        _UniffiFfiConverterOptionalInt16.write(value.rssi, buf)
+        _UniffiFfiConverterSequenceString.write(value.services, buf)
+        _UniffiFfiConverterSequenceTypeSensorKind.write(value.kinds, buf)
 
 
 
@@ -1789,31 +2157,6 @@ class _UniffiFfiConverterTypeLiveMetrics(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalFloat64.write(value.cadence_rpm, buf)
         _UniffiFfiConverterFloat64.write(value.ascent_m, buf)
         _UniffiFfiConverterFloat64.write(value.calories_kcal, buf)
-
-class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterString.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterString.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterString.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
 
 
 
@@ -2626,28 +2969,112 @@ class _UniffiFfiConverterTypeSample(_UniffiConverterRustBuffer):
         _UniffiFfiConverterInt64.write(value.timestamp_ms, buf)
         _UniffiFfiConverterTypeReading.write(value.reading, buf)
 
-class _UniffiFfiConverterSequenceString(_UniffiConverterRustBuffer):
+class _UniffiFfiConverterUInt8(_UniffiConverterPrimitiveInt):
+    CLASS_NAME = "u8"
+    VALUE_MIN = 0
+    VALUE_MAX = 2**8
+
+    @staticmethod
+    def read(buf):
+        return buf.read_u8()
+
+    @staticmethod
+    def write(value, buf):
+        buf.write_u8(value)
+
+class _UniffiFfiConverterOptionalUInt8(_UniffiConverterRustBuffer):
     @classmethod
     def check_lower(cls, value):
-        for item in value:
-            _UniffiFfiConverterString.check_lower(item)
+        if value is not None:
+            _UniffiFfiConverterUInt8.check_lower(value)
 
     @classmethod
     def write(cls, value, buf):
-        items = len(value)
-        buf.write_i32(items)
-        for item in value:
-            _UniffiFfiConverterString.write(item, buf)
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterUInt8.write(value, buf)
 
     @classmethod
     def read(cls, buf):
-        count = buf.read_i32()
-        if count < 0:
-            raise InternalError("Unexpected negative sequence length")
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterUInt8.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
 
-        return [
-            _UniffiFfiConverterString.read(buf) for i in range(count)
-        ]
+@dataclass
+class SensorStatus:
+    """
+    What the engine knows about one sensor: connected by `connect_sensors` or fed by the app.
+"""
+    def __init__(self, *, id:str, kind:SensorKind, connected:bool, battery_pct:typing.Optional[int], notifications:int, errors:int, disabled:bool):
+        self.id = id
+        self.kind = kind
+        self.connected = connected
+        self.battery_pct = battery_pct
+        self.notifications = notifications
+        self.errors = errors
+        self.disabled = disabled
+        
+        
+
+    
+    def __str__(self):
+        return "SensorStatus(id={}, kind={}, connected={}, battery_pct={}, notifications={}, errors={}, disabled={})".format(self.id, self.kind, self.connected, self.battery_pct, self.notifications, self.errors, self.disabled)
+    def __eq__(self, other):
+        if self.id != other.id:
+            return False
+        if self.kind != other.kind:
+            return False
+        if self.connected != other.connected:
+            return False
+        if self.battery_pct != other.battery_pct:
+            return False
+        if self.notifications != other.notifications:
+            return False
+        if self.errors != other.errors:
+            return False
+        if self.disabled != other.disabled:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeSensorStatus(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return SensorStatus(
+            id=_UniffiFfiConverterString.read(buf),
+            kind=_UniffiFfiConverterTypeSensorKind.read(buf),
+            connected=_UniffiFfiConverterBoolean.read(buf),
+            battery_pct=_UniffiFfiConverterOptionalUInt8.read(buf),
+            notifications=_UniffiFfiConverterUInt64.read(buf),
+            errors=_UniffiFfiConverterUInt64.read(buf),
+            disabled=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.id)
+        _UniffiFfiConverterTypeSensorKind.check_lower(value.kind)
+        _UniffiFfiConverterBoolean.check_lower(value.connected)
+        _UniffiFfiConverterOptionalUInt8.check_lower(value.battery_pct)
+        _UniffiFfiConverterUInt64.check_lower(value.notifications)
+        _UniffiFfiConverterUInt64.check_lower(value.errors)
+        _UniffiFfiConverterBoolean.check_lower(value.disabled)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.id, buf)
+        _UniffiFfiConverterTypeSensorKind.write(value.kind, buf)
+        _UniffiFfiConverterBoolean.write(value.connected, buf)
+        _UniffiFfiConverterOptionalUInt8.write(value.battery_pct, buf)
+        _UniffiFfiConverterUInt64.write(value.notifications, buf)
+        _UniffiFfiConverterUInt64.write(value.errors, buf)
+        _UniffiFfiConverterBoolean.write(value.disabled, buf)
 
 @dataclass
 class SyncReport:
@@ -3722,6 +4149,275 @@ class _UniffiFfiConverterOptionalTypeGear(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
+
+class SensorListener():
+    """
+    Hears a connection's sensors connect, drop, reconnect, report a new battery level or get
+    disabled. Called on the engine's Bluetooth thread: return quickly.
+"""
+    
+    def on_sensor_status(self, status: SensorStatus) -> None:
+        raise NotImplementedError
+
+class SensorListenerImpl(SensorListener):
+    """
+    Hears a connection's sensors connect, drop, reconnect, report a new battery level or get
+    disabled. Called on the engine's Bluetooth thread: return quickly.
+"""
+    
+    _handle: ctypes.c_uint64
+    
+    def __init__(self, *args, **kwargs):
+        raise ValueError("This class has no default constructor")
+
+    def __del__(self):
+        # In case of partial initialization of instances.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_free_sensorlistener, handle)
+
+    def _uniffi_clone_handle(self):
+        return _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorlistener, self._handle)
+
+    # Used by alternative constructors or any methods which return this type.
+    @classmethod
+    def _uniffi_make_instance(cls, handle):
+        # Lightly yucky way to bypass the usual __init__ logic
+        # and just create a new instance with the required handle.
+        inst = cls.__new__(cls)
+        inst._handle = handle
+        return inst
+    def on_sensor_status(self, status: SensorStatus) -> None:
+        
+        _UniffiFfiConverterTypeSensorStatus.check_lower(status)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeSensorStatus.lower(status),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_sensorlistener_on_sensor_status,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+
+
+
+
+# Put all the bits inside a class to keep the top-level namespace clean
+class _UniffiTraitImplSensorListenerImpl:
+    # For each method, generate a callback function to pass to Rust
+
+    @_UNIFFI_CALLBACK_INTERFACE_FITEDGE_FFI_SENSOR_LISTENER_METHOD0
+    def on_sensor_status(
+            uniffi_handle,
+            status,
+            uniffi_out_return,
+            uniffi_call_status_ptr,
+        ):
+        uniffi_obj = _UniffiFfiConverterTypeSensorListener._handle_map.get(uniffi_handle)
+        def make_call():
+            uniffi_args = (_UniffiFfiConverterTypeSensorStatus.lift(status), )
+            uniffi_method = uniffi_obj.on_sensor_status
+            return uniffi_method(*uniffi_args)
+        write_return_value = lambda v: None
+        _uniffi_trait_interface_call(
+                uniffi_call_status_ptr.contents,
+                make_call,
+                write_return_value,
+        )
+
+    @_UNIFFI_CALLBACK_INTERFACE_FREE_FITEDGE_FFI_SENSOR_LISTENER
+    def _uniffi_free(uniffi_handle):
+        _UniffiFfiConverterTypeSensorListener._handle_map.remove(uniffi_handle)
+
+    @_UNIFFI_CALLBACK_INTERFACE_CLONE_FITEDGE_FFI_SENSOR_LISTENER
+    def _uniffi_clone(uniffi_handle):
+        return _UniffiFfiConverterTypeSensorListener._handle_map.clone(uniffi_handle)
+
+    # Generate the FFI VTable.  This has a field for each callback interface method.
+    _uniffi_vtable = _UniffiVTableCallbackInterfaceFitedgeFfiSensorListener(
+        _uniffi_free,
+        _uniffi_clone,
+        on_sensor_status,
+    )
+    # Send Rust a pointer to the VTable.  Note: this means we need to keep the struct alive forever,
+    # or else bad things will happen when Rust tries to access it.
+    _UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_sensorlistener(ctypes.byref(_uniffi_vtable))
+
+class _UniffiFfiConverterTypeSensorListener:
+    _handle_map = _UniffiHandleMap()
+
+    @staticmethod
+    def lift(value: int):
+        if (value & 1) == 0:
+            # Rust-generated handle, construct a new class that uses the handle to implement the
+            # interface
+            return SensorListenerImpl._uniffi_make_instance(value)
+        else:
+            # Python-generated handle, get the object from the handle map
+            return _UniffiFfiConverterTypeSensorListener._handle_map.remove(value)
+
+    @staticmethod
+    def check_lower(value: SensorListener):
+        if not isinstance(value, SensorListener):
+            raise TypeError("Expected SensorListener subclass, {} found".format(type(value).__name__))
+
+    @staticmethod
+    def lower(value: SensorListener):
+         if isinstance(value, SensorListenerImpl):
+            # Rust-implementated object.  Clone the handle and return it
+            return value._uniffi_clone_handle()
+         else:
+            # Python-implementated object, generate a new vtable handle and return that.
+            return _UniffiFfiConverterTypeSensorListener._handle_map.insert(value)
+
+    @classmethod
+    def read(cls, buf: _UniffiRustBuffer):
+        ptr = buf.read_u64()
+        if ptr == 0:
+            raise InternalError("Raw handle value was null")
+        return cls.lift(ptr)
+
+    @classmethod
+    def write(cls, value: SensorListener, buf: _UniffiRustBuffer):
+        buf.write_u64(cls.lower(value))
+
+class _UniffiFfiConverterOptionalTypeSensorListener(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeSensorListener.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeSensorListener.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeSensorListener.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+
+class SensorConnectionProtocol(typing.Protocol):
+    """
+    Sensors connected by `connect_sensors`. Cancel it (or drop it) to disconnect them.
+"""
+    
+    def cancel(self, ) -> None:
+        """
+        Stops recording these sensors and disconnects them. Returns at once: they show as
+        disconnected in `Engine.sensors()` when it returns, and the radio links close in the
+        background. Safe to call more than once.
+"""
+        raise NotImplementedError
+    def sensor_ids(self, ) -> typing.List[str]:
+        """
+        The ids of the sensors this connection holds.
+"""
+        raise NotImplementedError
+
+class SensorConnection(SensorConnectionProtocol):
+    """
+    Sensors connected by `connect_sensors`. Cancel it (or drop it) to disconnect them.
+"""
+    
+    _handle: ctypes.c_uint64
+    
+    def __init__(self, *args, **kwargs):
+        raise ValueError("This class has no default constructor")
+
+    def __del__(self):
+        # In case of partial initialization of instances.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_free_sensorconnection, handle)
+
+    def _uniffi_clone_handle(self):
+        return _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorconnection, self._handle)
+
+    # Used by alternative constructors or any methods which return this type.
+    @classmethod
+    def _uniffi_make_instance(cls, handle):
+        # Lightly yucky way to bypass the usual __init__ logic
+        # and just create a new instance with the required handle.
+        inst = cls.__new__(cls)
+        inst._handle = handle
+        return inst
+    def cancel(self, ) -> None:
+        """
+        Stops recording these sensors and disconnects them. Returns at once: they show as
+        disconnected in `Engine.sensors()` when it returns, and the radio links close in the
+        background. Safe to call more than once.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_cancel,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def sensor_ids(self, ) -> typing.List[str]:
+        """
+        The ids of the sensors this connection holds.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceString.lift
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_sensor_ids,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+
+
+
+
+
+class _UniffiFfiConverterTypeSensorConnection:
+    @staticmethod
+    def lift(value: int) -> SensorConnection:
+        return SensorConnection._uniffi_make_instance(value)
+
+    @staticmethod
+    def check_lower(value: SensorConnection):
+        if not isinstance(value, SensorConnection):
+            raise TypeError("Expected SensorConnection instance, {} found".format(type(value).__name__))
+
+    @staticmethod
+    def lower(value: SensorConnection) -> ctypes.c_uint64:
+        return value._uniffi_clone_handle()
+
+    @classmethod
+    def read(cls, buf: _UniffiRustBuffer) -> SensorConnection:
+        ptr = buf.read_u64()
+        if ptr == 0:
+            raise InternalError("Raw handle value was null")
+        return cls.lift(ptr)
+
+    @classmethod
+    def write(cls, value: SensorConnection, buf: _UniffiRustBuffer):
+        buf.write_u64(cls.lower(value))
+
 class _UniffiFfiConverterBytes(_UniffiConverterRustBuffer):
     @staticmethod
     def read(buf):
@@ -3907,6 +4603,52 @@ class _UniffiFfiConverterSequenceTypeSample(_UniffiConverterRustBuffer):
 
         return [
             _UniffiFfiConverterTypeSample.read(buf) for i in range(count)
+        ]
+
+class _UniffiFfiConverterSequenceTypeFoundSensor(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeFoundSensor.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeFoundSensor.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeFoundSensor.read(buf) for i in range(count)
+        ]
+
+class _UniffiFfiConverterSequenceTypeSensorStatus(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeSensorStatus.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeSensorStatus.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeSensorStatus.read(buf) for i in range(count)
         ]
 
 
@@ -4149,6 +4891,22 @@ class EngineProtocol(typing.Protocol):
         Completes and stores the workout. Refused (InvalidState) under one minute of timer.
 """
         raise NotImplementedError
+    def connect_sensors(self, ids: typing.List[str],listener: typing.Union[object, typing.Optional[SensorListener]] = _DEFAULT) -> SensorConnection:
+        """
+        Connects the sensors with these ids (from the last `scan_sensors`) and records their
+        notifications into the workout being recorded, exactly as `feed_notification` does:
+        the same decoders, the same choice of device per channel. A sensor that drops is
+        reconnected (1 s, 2 s, 4 s ... up to 30 s apart) and subscribed again. Battery and
+        connection state are kept while no workout runs; readings are recorded only during one.
+        `listener` hears each sensor connect, drop, report a new battery level or get disabled.
+
+        Returns at once; keep the connection and cancel it (or drop it) to disconnect.
+
+        Errors: `InvalidInput` (no ids, or an id twice), `NotFound` (an id the last scan did not
+        see: scan again), `InvalidState` (no Bluetooth transport in this build; a sensor already
+        held by another connection).
+"""
+        raise NotImplementedError
     def delete_workout(self, workout_id: str) -> None:
         raise NotImplementedError
     def export_workout(self, workout_id: str,format: FileFormat,path: str) -> None:
@@ -4229,6 +4987,27 @@ class EngineProtocol(typing.Protocol):
     def route(self, workout_id: str,tolerance_m: float = 5.0) -> RouteMap:
         """
         The route for a map, simplified to `tolerance_m` metres.
+"""
+        raise NotImplementedError
+    def scan_sensors(self, timeout_ms: int) -> typing.List[FoundSensor]:
+        """
+        Scans for Bluetooth LE fitness sensors (heart rate, cycling power, speed and cadence,
+        foot pods, treadmills and indoor bikes, pulse oximeters) for `timeout_ms` and returns
+        those that answered, for `connect_sensors`.
+
+        Blocks for `timeout_ms` (at most 10 s more while the adapter starts): call it from a
+        background thread, never the UI thread.
+
+        Errors: `InvalidState` when this build has no Bluetooth transport (built without the
+        `ble` feature: feed notifications from the platform's stack instead), when Bluetooth is
+        unavailable (no adapter, powered off, permission refused, no Bluetooth service), or when
+        called from async code.
+"""
+        raise NotImplementedError
+    def sensors(self, ) -> typing.List[SensorStatus]:
+        """
+        Every sensor the engine knows, connected by `connect_sensors` or fed through
+        `feed_notification`: connection, battery, notification and error counts.
 """
         raise NotImplementedError
     def set_workout_text(self, workout_id: str,title: typing.Union[object, typing.Optional[str]] = _DEFAULT,notes: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> None:
@@ -4427,6 +5206,40 @@ class Engine(EngineProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_complete_workout,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def connect_sensors(self, ids: typing.List[str],listener: typing.Union[object, typing.Optional[SensorListener]] = _DEFAULT) -> SensorConnection:
+        """
+        Connects the sensors with these ids (from the last `scan_sensors`) and records their
+        notifications into the workout being recorded, exactly as `feed_notification` does:
+        the same decoders, the same choice of device per channel. A sensor that drops is
+        reconnected (1 s, 2 s, 4 s ... up to 30 s apart) and subscribed again. Battery and
+        connection state are kept while no workout runs; readings are recorded only during one.
+        `listener` hears each sensor connect, drop, report a new battery level or get disabled.
+
+        Returns at once; keep the connection and cancel it (or drop it) to disconnect.
+
+        Errors: `InvalidInput` (no ids, or an id twice), `NotFound` (an id the last scan did not
+        see: scan again), `InvalidState` (no Bluetooth transport in this build; a sensor already
+        held by another connection).
+"""
+        
+        _UniffiFfiConverterSequenceString.check_lower(ids)
+
+        if listener is _DEFAULT:
+            listener = None
+        _UniffiFfiConverterOptionalTypeSensorListener.check_lower(listener)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterSequenceString.lower(ids),
+            _UniffiFfiConverterOptionalTypeSensorListener.lower(listener),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeSensorConnection.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_connect_sensors,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -4761,6 +5574,50 @@ class Engine(EngineProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_route,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def scan_sensors(self, timeout_ms: int) -> typing.List[FoundSensor]:
+        """
+        Scans for Bluetooth LE fitness sensors (heart rate, cycling power, speed and cadence,
+        foot pods, treadmills and indoor bikes, pulse oximeters) for `timeout_ms` and returns
+        those that answered, for `connect_sensors`.
+
+        Blocks for `timeout_ms` (at most 10 s more while the adapter starts): call it from a
+        background thread, never the UI thread.
+
+        Errors: `InvalidState` when this build has no Bluetooth transport (built without the
+        `ble` feature: feed notifications from the platform's stack instead), when Bluetooth is
+        unavailable (no adapter, powered off, permission refused, no Bluetooth service), or when
+        called from async code.
+"""
+        
+        _UniffiFfiConverterUInt32.check_lower(timeout_ms)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt32.lower(timeout_ms),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeFoundSensor.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_scan_sensors,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def sensors(self, ) -> typing.List[SensorStatus]:
+        """
+        Every sensor the engine knows, connected by `connect_sensors` or fed through
+        `feed_notification`: connection, battery, notification and error counts.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeSensorStatus.lift
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sensors,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -5123,10 +5980,26 @@ class _UniffiFfiConverterOptionalTypeAthleteProfile(_UniffiConverterRustBuffer):
             return _UniffiFfiConverterTypeAthleteProfile.read(buf)
         else:
             raise InternalError("Unexpected flag byte for optional type")
+def has_bluetooth_transport() -> bool:
+    """
+    Whether this build can scan and connect sensors itself (the cargo feature `ble`). Without it,
+    feed notifications from the platform's Bluetooth stack to `Engine.feed_notification`.
+"""
+    _uniffi_lowered_args = (
+    )
+    _uniffi_lift_return = _UniffiFfiConverterBoolean.lift
+    _uniffi_error_converter = None
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_fitedge_ffi_fn_func_has_bluetooth_transport,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
 
 __all__ = [
     "InternalError",
     "Sex",
+    "SensorKind",
     "GearKind",
     "WorkoutState",
     "OutboxStatus",
@@ -5139,6 +6012,7 @@ __all__ = [
     "WorkoutStats",
     "AthleteProfile",
     "BatchResult",
+    "FoundSensor",
     "Gear",
     "Lap",
     "LiveMetrics",
@@ -5147,10 +6021,16 @@ __all__ = [
     "PeriodStats",
     "RouteMap",
     "Sample",
+    "SensorStatus",
     "SyncReport",
     "WorkoutListItem",
     "WorkoutPage",
     "WorkoutSummary",
+    "has_bluetooth_transport",
+    "SensorListenerImpl",
+    "SensorListener",
+    "SensorConnection",
+    "SensorConnectionProtocol",
     "LiveMetricsListenerImpl",
     "LiveMetricsListener",
     "Subscription",

@@ -196,6 +196,59 @@ class SyncOfflineTest(unittest.TestCase):
         self.assertGreater(listed[0].next_attempt_ms, T0)
 
 
+class HeardSensors(fe.SensorListener):
+    def __init__(self):
+        self.seen = []
+
+    def on_sensor_status(self, status):
+        self.seen.append(status)
+
+
+class SensorsTest(unittest.TestCase):
+    """Sensors through the engine's own Bluetooth transport (cargo feature `ble`, off in the
+    library scripts/test-bindings builds) and the status of fed ones. This machine has no
+    Bluetooth adapter and no bluetoothd."""
+
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.clock = ManualClock(T0)
+        self.engine = fe.Engine.open_with_clock(os.path.join(self.dir.name, "e.db"), KEY, None, self.clock)
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def test_scanning_without_a_bluetooth_transport_is_a_clear_error(self):
+        started = time.monotonic()
+        if fe.has_bluetooth_transport():
+            # Built with `ble`: without an adapter the scan fails within its bound (scan time
+            # plus 10 s for the adapter), never hangs or crashes.
+            try:
+                found = self.engine.scan_sensors(500)
+            except fe.FitEdgeError.InvalidState as e:
+                self.assertIn("Bluetooth", str(e))
+            else:
+                self.assertIsInstance(found, list)
+            self.assertLess(time.monotonic() - started, 0.5 + 10 + 2)
+            return
+        with self.assertRaises(fe.FitEdgeError.InvalidState) as e:
+            self.engine.scan_sensors(5000)
+        self.assertIn("no Bluetooth transport", str(e.exception))
+        self.assertIn("feed_notification", str(e.exception))
+        self.assertLess(time.monotonic() - started, 1.0, "refused at once, not after the scan time")
+        with self.assertRaises(fe.FitEdgeError.InvalidState) as e:
+            self.engine.connect_sensors(["AA:BB:CC:DD:EE:FF"], HeardSensors())
+        self.assertIn("no Bluetooth transport", str(e.exception))
+        self.assertEqual(self.engine.sensors(), [])
+
+    def test_fed_sensors_are_listed_with_their_battery(self):
+        self.engine.start_workout(fe.Sport.RUNNING)
+        self.engine.feed_notification("strap-1", "180D", "2A37", bytes([0x00, 142]), T0)
+        self.engine.feed_notification("strap-1", "180F", "2A19", bytes([77]), T0 + 500)
+        [s] = self.engine.sensors()
+        self.assertEqual((s.id, s.kind, s.connected, s.battery_pct, s.notifications, s.errors, s.disabled),
+                         ("strap-1", fe.SensorKind.HEART_RATE, True, 77, 2, 0, False))
+
+
 def server_binary():
     path = os.environ.get("FITEDGE_SERVER_BIN") or os.path.join(
         os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(__file__), "../../../target"),

@@ -169,6 +169,46 @@ fun aFlushToAnUnreachableServerKeepsTheCommandsPending() {
     f.close()
 }
 
+class HeardSensors : SensorListener {
+    val seen = mutableListOf<SensorStatus>()
+    override fun onSensorStatus(status: SensorStatus) { seen += status }
+}
+
+// scripts/test-bindings builds the library without the `ble` feature, and this machine has no
+// Bluetooth adapter: either way the scan must end in InvalidState, quickly, not crash or hang.
+fun scanningWithoutABluetoothTransportIsAClearError() {
+    val f = Fixture()
+    val started = System.nanoTime()
+    val seconds = { (System.nanoTime() - started) / 1e9 }
+    if (hasBluetoothTransport()) {
+        try {
+            f.engine.scanSensors(500u)
+        } catch (e: FitEdgeException.InvalidState) {
+            check(e.message!!.contains("Bluetooth")) { e.message!! }
+        }
+        check(seconds() < 0.5 + 10 + 2) { "scan took ${seconds()} s" }
+        f.close()
+        return
+    }
+    val e = expect<FitEdgeException.InvalidState> { f.engine.scanSensors(5000u) }
+    check(e.message!!.contains("no Bluetooth transport") && e.message!!.contains("feedNotification")) { e.message!! }
+    check(seconds() < 1.0) { "refused after ${seconds()} s, not at once" }
+    expect<FitEdgeException.InvalidState> { f.engine.connectSensors(listOf("AA:BB:CC:DD:EE:FF"), HeardSensors()) }
+    check(f.engine.sensors().isEmpty()) { "sensors ${f.engine.sensors()}" }
+    f.close()
+}
+
+fun fedSensorsAreListedWithTheirBattery() {
+    val f = Fixture()
+    f.engine.startWorkout(Sport.RUNNING)
+    f.engine.feedNotification("strap-1", "180D", "2A37", byteArrayOf(0x00, 142.toByte()), T0)
+    f.engine.feedNotification("strap-1", "180F", "2A19", byteArrayOf(77), T0 + 500)
+    val s = f.engine.sensors().single()
+    check(s.id == "strap-1" && s.kind == SensorKind.HEART_RATE && s.connected) { "$s" }
+    check(s.batteryPct == 77.toUByte() && s.notifications == 2uL && s.errors == 0uL && !s.disabled) { "$s" }
+    f.close()
+}
+
 fun main() {
     val tests = listOf(
         "a whole workout with live metrics and history" to ::aWholeWorkoutWithLiveMetricsAndHistory,
@@ -178,6 +218,8 @@ fun main() {
         "commands enqueued offline are listed in order" to ::commandsEnqueuedOfflineAreListedInOrder,
         "sync against an unreachable server is a Network error" to ::syncAgainstAnUnreachableServerIsANetworkError,
         "a flush to an unreachable server keeps the commands pending" to ::aFlushToAnUnreachableServerKeepsTheCommandsPending,
+        "scanning without a Bluetooth transport is a clear error" to ::scanningWithoutABluetoothTransportIsAClearError,
+        "fed sensors are listed with their battery" to ::fedSensorsAreListedWithTheirBattery,
     )
     var failed = 0
     for ((name, t) in tests) {

@@ -471,6 +471,22 @@ private let UNIFFI_CALLBACK_UNEXPECTED_ERROR: Int32 = 2
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterUInt8: FfiConverterPrimitive {
+    typealias FfiType = UInt8
+    typealias SwiftType = UInt8
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UInt8 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: UInt8, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterUInt16: FfiConverterPrimitive {
     typealias FfiType = UInt16
     typealias SwiftType = UInt16
@@ -480,6 +496,22 @@ fileprivate struct FfiConverterUInt16: FfiConverterPrimitive {
     }
 
     public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterInt16: FfiConverterPrimitive {
+    typealias FfiType = Int16
+    typealias SwiftType = Int16
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Int16 {
+        return try lift(readInt(&buf))
+    }
+
+    public static func write(_ value: Int16, into buf: inout [UInt8]) {
         writeInt(&buf, lower(value))
     }
 }
@@ -747,6 +779,43 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func workoutState()  -> WorkoutState
     
     func workoutSummary(workoutId: String) throws  -> WorkoutSummary
+    
+    /**
+     * Connects the sensors with these ids (from the last `scan_sensors`) and records their
+     * notifications into the workout being recorded, exactly as `feed_notification` does:
+     * the same decoders, the same choice of device per channel. A sensor that drops is
+     * reconnected (1 s, 2 s, 4 s ... up to 30 s apart) and subscribed again. Battery and
+     * connection state are kept while no workout runs; readings are recorded only during one.
+     * `listener` hears each sensor connect, drop, report a new battery level or get disabled.
+     *
+     * Returns at once; keep the connection and cancel it (or drop it) to disconnect.
+     *
+     * Errors: `InvalidInput` (no ids, or an id twice), `NotFound` (an id the last scan did not
+     * see: scan again), `InvalidState` (no Bluetooth transport in this build; a sensor already
+     * held by another connection).
+     */
+    func connectSensors(ids: [String], listener: SensorListener?) throws  -> SensorConnection
+    
+    /**
+     * Scans for Bluetooth LE fitness sensors (heart rate, cycling power, speed and cadence,
+     * foot pods, treadmills and indoor bikes, pulse oximeters) for `timeout_ms` and returns
+     * those that answered, for `connect_sensors`.
+     *
+     * Blocks for `timeout_ms` (at most 10 s more while the adapter starts): call it from a
+     * background thread, never the UI thread.
+     *
+     * Errors: `InvalidState` when this build has no Bluetooth transport (built without the
+     * `ble` feature: feed notifications from the platform's stack instead), when Bluetooth is
+     * unavailable (no adapter, powered off, permission refused, no Bluetooth service), or when
+     * called from async code.
+     */
+    func scanSensors(timeoutMs: UInt32) throws  -> [FoundSensor]
+    
+    /**
+     * Every sensor the engine knows, connected by `connect_sensors` or fed through
+     * `feed_notification`: connection, battery, notification and error counts.
+     */
+    func sensors()  -> [SensorStatus]
     
     /**
      * Queues a server command to send later, in order, with a fresh idempotency key. Works
@@ -1163,6 +1232,67 @@ open func workoutSummary(workoutId: String)throws  -> WorkoutSummary  {
     uniffi_fitedge_ffi_fn_method_engine_workout_summary(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(workoutId),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Connects the sensors with these ids (from the last `scan_sensors`) and records their
+     * notifications into the workout being recorded, exactly as `feed_notification` does:
+     * the same decoders, the same choice of device per channel. A sensor that drops is
+     * reconnected (1 s, 2 s, 4 s ... up to 30 s apart) and subscribed again. Battery and
+     * connection state are kept while no workout runs; readings are recorded only during one.
+     * `listener` hears each sensor connect, drop, report a new battery level or get disabled.
+     *
+     * Returns at once; keep the connection and cancel it (or drop it) to disconnect.
+     *
+     * Errors: `InvalidInput` (no ids, or an id twice), `NotFound` (an id the last scan did not
+     * see: scan again), `InvalidState` (no Bluetooth transport in this build; a sensor already
+     * held by another connection).
+     */
+open func connectSensors(ids: [String], listener: SensorListener? = nil)throws  -> SensorConnection  {
+    return try  FfiConverterTypeSensorConnection_lift(try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_connect_sensors(
+            self.uniffiCloneHandle(),
+        FfiConverterSequenceString.lower(ids),
+        FfiConverterOptionTypeSensorListener.lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Scans for Bluetooth LE fitness sensors (heart rate, cycling power, speed and cadence,
+     * foot pods, treadmills and indoor bikes, pulse oximeters) for `timeout_ms` and returns
+     * those that answered, for `connect_sensors`.
+     *
+     * Blocks for `timeout_ms` (at most 10 s more while the adapter starts): call it from a
+     * background thread, never the UI thread.
+     *
+     * Errors: `InvalidState` when this build has no Bluetooth transport (built without the
+     * `ble` feature: feed notifications from the platform's stack instead), when Bluetooth is
+     * unavailable (no adapter, powered off, permission refused, no Bluetooth service), or when
+     * called from async code.
+     */
+open func scanSensors(timeoutMs: UInt32)throws  -> [FoundSensor]  {
+    return try  FfiConverterSequenceTypeFoundSensor.lift(try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_scan_sensors(
+            self.uniffiCloneHandle(),
+        FfiConverterUInt32.lower(timeoutMs),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Every sensor the engine knows, connected by `connect_sensors` or fed through
+     * `feed_notification`: connection, battery, notification and error counts.
+     */
+open func sensors() -> [SensorStatus]  {
+    return try!  FfiConverterSequenceTypeSensorStatus.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_sensors(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
@@ -1731,6 +1861,361 @@ public func FfiConverterTypeLiveMetricsListener_lower(_ value: LiveMetricsListen
 
 
 /**
+ * Sensors connected by `connect_sensors`. Cancel it (or drop it) to disconnect them.
+ */
+public protocol SensorConnectionProtocol: AnyObject, Sendable {
+    
+    /**
+     * Stops recording these sensors and disconnects them. Returns at once: they show as
+     * disconnected in `Engine.sensors()` when it returns, and the radio links close in the
+     * background. Safe to call more than once.
+     */
+    func cancel() 
+    
+    /**
+     * The ids of the sensors this connection holds.
+     */
+    func sensorIds()  -> [String]
+    
+}
+/**
+ * Sensors connected by `connect_sensors`. Cancel it (or drop it) to disconnect them.
+ */
+open class SensorConnection: SensorConnectionProtocol, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_fitedge_ffi_fn_clone_sensorconnection(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_fitedge_ffi_fn_free_sensorconnection(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Stops recording these sensors and disconnects them. Returns at once: they show as
+     * disconnected in `Engine.sensors()` when it returns, and the radio links close in the
+     * background. Safe to call more than once.
+     */
+open func cancel()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_sensorconnection_cancel(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * The ids of the sensors this connection holds.
+     */
+open func sensorIds() -> [String]  {
+    return try!  FfiConverterSequenceString.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_sensorconnection_sensor_ids(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+
+    
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSensorConnection: FfiConverter {
+    typealias FfiType = UInt64
+    typealias SwiftType = SensorConnection
+
+    public static func lift(_ handle: UInt64) throws -> SensorConnection {
+        return SensorConnection(unsafeFromHandle: handle)
+    }
+
+    public static func lower(_ value: SensorConnection) -> UInt64 {
+        return value.uniffiCloneHandle()
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SensorConnection {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: SensorConnection, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorConnection_lift(_ handle: UInt64) throws -> SensorConnection {
+    return try FfiConverterTypeSensorConnection.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorConnection_lower(_ value: SensorConnection) -> UInt64 {
+    return FfiConverterTypeSensorConnection.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Hears a connection's sensors connect, drop, reconnect, report a new battery level or get
+ * disabled. Called on the engine's Bluetooth thread: return quickly.
+ */
+public protocol SensorListener: AnyObject, Sendable {
+    
+    func onSensorStatus(status: SensorStatus) 
+    
+}
+/**
+ * Hears a connection's sensors connect, drop, reconnect, report a new battery level or get
+ * disabled. Called on the engine's Bluetooth thread: return quickly.
+ */
+open class SensorListenerImpl: SensorListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_fitedge_ffi_fn_clone_sensorlistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_fitedge_ffi_fn_free_sensorlistener(handle, $0) }
+    }
+
+    
+
+    
+open func onSensorStatus(status: SensorStatus)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_sensorlistener_on_sensor_status(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSensorStatus_lower(status),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceSensorListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceSensorListener = UniffiVTableCallbackInterfaceSensorListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeSensorListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface SensorListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeSensorListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface SensorListener: handle missing in uniffiClone")
+            }
+        },
+        onSensorStatus: { (
+            uniffiHandle: UInt64,
+            status: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeSensorListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onSensorStatus(
+                     status: try FfiConverterTypeSensorStatus_lift(status)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceSensorListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceSensorListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitSensorListener() {
+    uniffi_fitedge_ffi_fn_init_callback_vtable_sensorlistener(UniffiCallbackInterfaceSensorListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSensorListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<SensorListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = SensorListener
+
+    public static func lift(_ handle: UInt64) throws -> SensorListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return SensorListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: SensorListener) -> UInt64 {
+         if let rustImpl = value as? SensorListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SensorListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: SensorListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorListener_lift(_ handle: UInt64) throws -> SensorListener {
+    return try FfiConverterTypeSensorListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorListener_lower(_ value: SensorListener) -> UInt64 {
+    return FfiConverterTypeSensorListener.lower(value)
+}
+
+
+
+
+
+
+/**
  * A live-metrics subscription; cancel it (or drop it) to stop the calls.
  */
 public protocol SubscriptionProtocol: AnyObject, Sendable {
@@ -1999,6 +2484,107 @@ public func FfiConverterTypeBatchResult_lift(_ buf: RustBuffer) throws -> BatchR
 #endif
 public func FfiConverterTypeBatchResult_lower(_ value: BatchResult) -> RustBuffer {
     return FfiConverterTypeBatchResult.lower(value)
+}
+
+
+/**
+ * A sensor that answered a scan.
+ */
+public struct FoundSensor: Equatable, Hashable {
+    /**
+     * The platform's id for it (a MAC address on Linux, a UUID on iOS and macOS): pass it to
+     * `connect_sensors`.
+     */
+    public var id: String
+    /**
+     * The name it advertises, if any.
+     */
+    public var name: String?
+    /**
+     * Signal strength of its last advertisement in dBm, when the platform reports one.
+     */
+    public var rssi: Int16?
+    /**
+     * The services it advertises, as full UUIDs ("0000180d-0000-1000-8000-00805f9b34fb").
+     */
+    public var services: [String]
+    /**
+     * What the engine can read from it, from those services (empty: nothing it decodes).
+     */
+    public var kinds: [SensorKind]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The platform's id for it (a MAC address on Linux, a UUID on iOS and macOS): pass it to
+         * `connect_sensors`.
+         */id: String, 
+        /**
+         * The name it advertises, if any.
+         */name: String?, 
+        /**
+         * Signal strength of its last advertisement in dBm, when the platform reports one.
+         */rssi: Int16?, 
+        /**
+         * The services it advertises, as full UUIDs ("0000180d-0000-1000-8000-00805f9b34fb").
+         */services: [String], 
+        /**
+         * What the engine can read from it, from those services (empty: nothing it decodes).
+         */kinds: [SensorKind]) {
+        self.id = id
+        self.name = name
+        self.rssi = rssi
+        self.services = services
+        self.kinds = kinds
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FoundSensor: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFoundSensor: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FoundSensor {
+        return
+            try FoundSensor(
+                id: FfiConverterString.read(from: &buf), 
+                name: FfiConverterOptionString.read(from: &buf), 
+                rssi: FfiConverterOptionInt16.read(from: &buf), 
+                services: FfiConverterSequenceString.read(from: &buf), 
+                kinds: FfiConverterSequenceTypeSensorKind.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FoundSensor, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterOptionString.write(value.name, into: &buf)
+        FfiConverterOptionInt16.write(value.rssi, into: &buf)
+        FfiConverterSequenceString.write(value.services, into: &buf)
+        FfiConverterSequenceTypeSensorKind.write(value.kinds, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFoundSensor_lift(_ buf: RustBuffer) throws -> FoundSensor {
+    return try FfiConverterTypeFoundSensor.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFoundSensor_lower(_ value: FoundSensor) -> RustBuffer {
+    return FfiConverterTypeFoundSensor.lower(value)
 }
 
 
@@ -2715,6 +3301,107 @@ public func FfiConverterTypeSample_lift(_ buf: RustBuffer) throws -> Sample {
 #endif
 public func FfiConverterTypeSample_lower(_ value: Sample) -> RustBuffer {
     return FfiConverterTypeSample.lower(value)
+}
+
+
+/**
+ * What the engine knows about one sensor: connected by `connect_sensors` or fed by the app.
+ */
+public struct SensorStatus: Equatable, Hashable {
+    public var id: String
+    public var kind: SensorKind
+    public var connected: Bool
+    /**
+     * The last battery level it reported (0x2A19), percent.
+     */
+    public var batteryPct: UInt8?
+    /**
+     * Notifications received from it.
+     */
+    public var notifications: UInt64
+    /**
+     * Notifications that did not decode.
+     */
+    public var errors: UInt64
+    /**
+     * Switched off for too many errors: its readings are ignored.
+     */
+    public var disabled: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(id: String, kind: SensorKind, connected: Bool, 
+        /**
+         * The last battery level it reported (0x2A19), percent.
+         */batteryPct: UInt8?, 
+        /**
+         * Notifications received from it.
+         */notifications: UInt64, 
+        /**
+         * Notifications that did not decode.
+         */errors: UInt64, 
+        /**
+         * Switched off for too many errors: its readings are ignored.
+         */disabled: Bool) {
+        self.id = id
+        self.kind = kind
+        self.connected = connected
+        self.batteryPct = batteryPct
+        self.notifications = notifications
+        self.errors = errors
+        self.disabled = disabled
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SensorStatus: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSensorStatus: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SensorStatus {
+        return
+            try SensorStatus(
+                id: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterTypeSensorKind.read(from: &buf), 
+                connected: FfiConverterBool.read(from: &buf), 
+                batteryPct: FfiConverterOptionUInt8.read(from: &buf), 
+                notifications: FfiConverterUInt64.read(from: &buf), 
+                errors: FfiConverterUInt64.read(from: &buf), 
+                disabled: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SensorStatus, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterTypeSensorKind.write(value.kind, into: &buf)
+        FfiConverterBool.write(value.connected, into: &buf)
+        FfiConverterOptionUInt8.write(value.batteryPct, into: &buf)
+        FfiConverterUInt64.write(value.notifications, into: &buf)
+        FfiConverterUInt64.write(value.errors, into: &buf)
+        FfiConverterBool.write(value.disabled, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorStatus_lift(_ buf: RustBuffer) throws -> SensorStatus {
+    return try FfiConverterTypeSensorStatus.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorStatus_lower(_ value: SensorStatus) -> RustBuffer {
+    return FfiConverterTypeSensorStatus.lower(value)
 }
 
 
@@ -3794,6 +4481,119 @@ public func FfiConverterTypeSampleVerdict_lower(_ value: SampleVerdict) -> RustB
 
 
 
+/**
+ * What a sensor measures, from the services it offers.
+ */
+
+public enum SensorKind: Equatable, Hashable {
+    
+    case heartRate
+    case cyclingPower
+    /**
+     * Cycling speed and cadence (wheel and crank revolutions).
+     */
+    case speedCadence
+    /**
+     * Running speed and cadence (a foot pod).
+     */
+    case runningSpeedCadence
+    /**
+     * A treadmill or an indoor bike (FTMS).
+     */
+    case fitnessMachine
+    case pulseOximeter
+    case other
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension SensorKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSensorKind: FfiConverterRustBuffer {
+    typealias SwiftType = SensorKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SensorKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .heartRate
+        
+        case 2: return .cyclingPower
+        
+        case 3: return .speedCadence
+        
+        case 4: return .runningSpeedCadence
+        
+        case 5: return .fitnessMachine
+        
+        case 6: return .pulseOximeter
+        
+        case 7: return .other
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: SensorKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .heartRate:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .cyclingPower:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .speedCadence:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .runningSpeedCadence:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .fitnessMachine:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .pulseOximeter:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .other:
+            writeInt(&buf, Int32(7))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorKind_lift(_ buf: RustBuffer) throws -> SensorKind {
+    return try FfiConverterTypeSensorKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSensorKind_lower(_ value: SensorKind) -> RustBuffer {
+    return FfiConverterTypeSensorKind.lower(value)
+}
+
+
+
 
 public enum Sex: Equatable, Hashable {
     
@@ -4217,6 +5017,30 @@ public func FfiConverterTypeWorkoutStats_lower(_ value: WorkoutStats) -> RustBuf
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionUInt8: FfiConverterRustBuffer {
+    typealias SwiftType = UInt8?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt8.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt8.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionUInt16: FfiConverterRustBuffer {
     typealias SwiftType = UInt16?
 
@@ -4233,6 +5057,30 @@ fileprivate struct FfiConverterOptionUInt16: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterUInt16.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionInt16: FfiConverterRustBuffer {
+    typealias SwiftType = Int16?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterInt16.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterInt16.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -4329,6 +5177,30 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterString.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeSensorListener: FfiConverterRustBuffer {
+    typealias SwiftType = SensorListener?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeSensorListener.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeSensorListener.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -4482,6 +5354,31 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeFoundSensor: FfiConverterRustBuffer {
+    typealias SwiftType = [FoundSensor]
+
+    public static func write(_ value: [FoundSensor], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFoundSensor.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FoundSensor] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FoundSensor]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFoundSensor.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeGear: FfiConverterRustBuffer {
     typealias SwiftType = [Gear]
 
@@ -4607,6 +5504,31 @@ fileprivate struct FfiConverterSequenceTypeSample: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeSensorStatus: FfiConverterRustBuffer {
+    typealias SwiftType = [SensorStatus]
+
+    public static func write(_ value: [SensorStatus], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSensorStatus.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SensorStatus] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SensorStatus]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSensorStatus.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeWorkoutListItem: FfiConverterRustBuffer {
     typealias SwiftType = [WorkoutListItem]
 
@@ -4654,6 +5576,42 @@ fileprivate struct FfiConverterSequenceTypeWorkoutSummary: FfiConverterRustBuffe
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeSensorKind: FfiConverterRustBuffer {
+    typealias SwiftType = [SensorKind]
+
+    public static func write(_ value: [SensorKind], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSensorKind.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SensorKind] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SensorKind]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSensorKind.read(from: &buf))
+        }
+        return seq
+    }
+}
+/**
+ * Whether this build can scan and connect sensors itself (the cargo feature `ble`). Without it,
+ * feed notifications from the platform's Bluetooth stack to `Engine.feed_notification`.
+ */
+public func hasBluetoothTransport() -> Bool  {
+    return try!  FfiConverterBool.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_func_has_bluetooth_transport(uniffiCallStatus
+    )
+})
+}
+
 private enum InitializationResult {
     case ok
     case contractVersionMismatch
@@ -4668,6 +5626,9 @@ private let initializationResult: InitializationResult = {
     let scaffolding_contract_version = ffi_fitedge_ffi_uniffi_contract_version()
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_func_has_bluetooth_transport() != 45671) {
+        return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fitedge_ffi_checksum_method_engine_add_gear() != 12074) {
         return InitializationResult.apiChecksumMismatch
@@ -4741,6 +5702,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fitedge_ffi_checksum_method_engine_workout_summary() != 53039) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fitedge_ffi_checksum_method_engine_connect_sensors() != 39332) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_engine_scan_sensors() != 10787) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_engine_sensors() != 29938) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue() != 30263) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4765,6 +5735,15 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fitedge_ffi_checksum_method_subscription_cancel() != 43431) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fitedge_ffi_checksum_method_sensorconnection_cancel() != 31831) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_sensorconnection_sensor_ids() != 1966) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_fitedge_ffi_checksum_method_sensorlistener_on_sensor_status() != 57881) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fitedge_ffi_checksum_constructor_engine_open() != 49627) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -4774,6 +5753,7 @@ private let initializationResult: InitializationResult = {
 
     uniffiCallbackInitEngineClock()
     uniffiCallbackInitLiveMetricsListener()
+    uniffiCallbackInitSensorListener()
     return InitializationResult.ok
 }()
 

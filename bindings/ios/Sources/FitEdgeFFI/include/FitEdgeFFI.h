@@ -257,6 +257,13 @@ typedef void (*UniffiCallbackInterfaceLiveMetricsListenerMethod0)(uint64_t, Rust
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_SENSOR_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_SENSOR_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceSensorListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_ENGINE_CLOCK
 #define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_ENGINE_CLOCK
 typedef struct UniffiVTableCallbackInterfaceEngineClock {
@@ -273,6 +280,15 @@ typedef struct UniffiVTableCallbackInterfaceLiveMetricsListener {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceLiveMetricsListenerMethod0 _Nonnull onLiveMetrics;
 } UniffiVTableCallbackInterfaceLiveMetricsListener;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SENSOR_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SENSOR_LISTENER
+typedef struct UniffiVTableCallbackInterfaceSensorListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceSensorListenerMethod0 _Nonnull onSensorStatus;
+} UniffiVTableCallbackInterfaceSensorListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_ENGINE
@@ -415,6 +431,21 @@ RustBuffer uniffi_fitedge_ffi_fn_method_engine_workout_state(uint64_t ptr, RustC
 RustBuffer uniffi_fitedge_ffi_fn_method_engine_workout_summary(uint64_t ptr, RustBuffer workout_id, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_CONNECT_SENSORS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_CONNECT_SENSORS
+uint64_t uniffi_fitedge_ffi_fn_method_engine_connect_sensors(uint64_t ptr, RustBuffer ids, RustBuffer listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SCAN_SENSORS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SCAN_SENSORS
+RustBuffer uniffi_fitedge_ffi_fn_method_engine_scan_sensors(uint64_t ptr, uint32_t timeout_ms, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SENSORS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SENSORS
+RustBuffer uniffi_fitedge_ffi_fn_method_engine_sensors(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_ENQUEUE
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_OUTBOX_ENQUEUE
 RustBuffer uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue(uint64_t ptr, RustBuffer method, RustBuffer path, RustBuffer body_json, RustCallStatus *_Nonnull out_status
@@ -493,6 +524,52 @@ void uniffi_fitedge_ffi_fn_free_subscription(uint64_t handle, RustCallStatus *_N
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SUBSCRIPTION_CANCEL
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SUBSCRIPTION_CANCEL
 void uniffi_fitedge_ffi_fn_method_subscription_cancel(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_SENSORCONNECTION
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_SENSORCONNECTION
+uint64_t uniffi_fitedge_ffi_fn_clone_sensorconnection(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FREE_SENSORCONNECTION
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FREE_SENSORCONNECTION
+void uniffi_fitedge_ffi_fn_free_sensorconnection(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SENSORCONNECTION_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SENSORCONNECTION_CANCEL
+void uniffi_fitedge_ffi_fn_method_sensorconnection_cancel(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SENSORCONNECTION_SENSOR_IDS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SENSORCONNECTION_SENSOR_IDS
+RustBuffer uniffi_fitedge_ffi_fn_method_sensorconnection_sensor_ids(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_SENSORLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_SENSORLISTENER
+uint64_t uniffi_fitedge_ffi_fn_clone_sensorlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FREE_SENSORLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FREE_SENSORLISTENER
+void uniffi_fitedge_ffi_fn_free_sensorlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_INIT_CALLBACK_VTABLE_SENSORLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_INIT_CALLBACK_VTABLE_SENSORLISTENER
+void uniffi_fitedge_ffi_fn_init_callback_vtable_sensorlistener(const UniffiVTableCallbackInterfaceSensorListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SENSORLISTENER_ON_SENSOR_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_SENSORLISTENER_ON_SENSOR_STATUS
+void uniffi_fitedge_ffi_fn_method_sensorlistener_on_sensor_status(uint64_t ptr, RustBuffer status, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FUNC_HAS_BLUETOOTH_TRANSPORT
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FUNC_HAS_BLUETOOTH_TRANSPORT
+int8_t uniffi_fitedge_ffi_fn_func_has_bluetooth_transport(RustCallStatus *_Nonnull out_status
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_FITEDGE_FFI_RUSTBUFFER_ALLOC
@@ -755,6 +832,12 @@ void ffi_fitedge_ffi_rust_future_free_void(uint64_t handle
 void ffi_fitedge_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_FUNC_HAS_BLUETOOTH_TRANSPORT
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_FUNC_HAS_BLUETOOTH_TRANSPORT
+uint16_t uniffi_fitedge_ffi_checksum_func_has_bluetooth_transport(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_ADD_GEAR
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_ADD_GEAR
 uint16_t uniffi_fitedge_ffi_checksum_method_engine_add_gear(void
@@ -899,6 +982,24 @@ uint16_t uniffi_fitedge_ffi_checksum_method_engine_workout_summary(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_CONNECT_SENSORS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_CONNECT_SENSORS
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_connect_sensors(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SCAN_SENSORS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SCAN_SENSORS
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_scan_sensors(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SENSORS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SENSORS
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_sensors(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_ENQUEUE
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_ENQUEUE
 uint16_t uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue(void
@@ -944,6 +1045,24 @@ uint16_t uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics(
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SUBSCRIPTION_CANCEL
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SUBSCRIPTION_CANCEL
 uint16_t uniffi_fitedge_ffi_checksum_method_subscription_cancel(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SENSORCONNECTION_CANCEL
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SENSORCONNECTION_CANCEL
+uint16_t uniffi_fitedge_ffi_checksum_method_sensorconnection_cancel(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SENSORCONNECTION_SENSOR_IDS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SENSORCONNECTION_SENSOR_IDS
+uint16_t uniffi_fitedge_ffi_checksum_method_sensorconnection_sensor_ids(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SENSORLISTENER_ON_SENSOR_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_SENSORLISTENER_ON_SENSOR_STATUS
+uint16_t uniffi_fitedge_ffi_checksum_method_sensorlistener_on_sensor_status(void
     
 );
 #endif

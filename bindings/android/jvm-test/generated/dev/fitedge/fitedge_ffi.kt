@@ -656,6 +656,9 @@ internal interface UniffiCallbackInterfaceEngineClockMethod0 : com.sun.jna.Callb
 internal interface UniffiCallbackInterfaceLiveMetricsListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`metrics`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceSensorListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`status`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "nowMs")
 internal open class UniffiVTableCallbackInterfaceEngineClock(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
@@ -694,6 +697,25 @@ internal open class UniffiVTableCallbackInterfaceLiveMetricsListener(
     }
 
 }
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onSensorStatus")
+internal open class UniffiVTableCallbackInterfaceSensorListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onSensorStatus`: UniffiCallbackInterfaceSensorListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onSensorStatus`: UniffiCallbackInterfaceSensorListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceSensorListener(`uniffiFree`,`uniffiClone`,`onSensorStatus`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceSensorListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onSensorStatus` = other.`onSensorStatus`
+    }
+
+}
 
 // A JNA Library to expose the extern-C FFI definitions.
 // This is an implementation detail which will be called internally by the public API.
@@ -719,6 +741,8 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_fitedge_ffi_checksum_func_has_bluetooth_transport(
+    ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_add_gear(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_assign_gear(
@@ -767,6 +791,12 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_workout_summary(
     ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_connect_sensors(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_scan_sensors(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_sensors(
+    ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_outbox_flush(
@@ -782,6 +812,12 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_subscription_cancel(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_sensorconnection_cancel(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_sensorconnection_sensor_ids(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_sensorlistener_on_sensor_status(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_constructor_engine_open(
     ): Int
@@ -805,6 +841,7 @@ internal object UniffiLib {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "fitedge_ffi"))
         uniffiCallbackInterfaceEngineClock.register(this)
         uniffiCallbackInterfaceLiveMetricsListener.register(this)
+        uniffiCallbackInterfaceSensorListener.register(this)
         
     }
 
@@ -865,6 +902,12 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_fitedge_ffi_fn_method_engine_workout_summary(`ptr`: Long,`workoutId`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_connect_sensors(`ptr`: Long,`ids`: RustBuffer.ByValue,`listener`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_fitedge_ffi_fn_method_engine_scan_sensors(`ptr`: Long,`timeoutMs`: Int,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_sensors(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_fitedge_ffi_fn_method_engine_outbox_enqueue(`ptr`: Long,`method`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,`bodyJson`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_fitedge_ffi_fn_method_engine_outbox_flush(`ptr`: Long,`serverUrl`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -897,6 +940,24 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_fitedge_ffi_fn_method_subscription_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_fitedge_ffi_fn_clone_sensorconnection(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_fitedge_ffi_fn_free_sensorconnection(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_method_sensorconnection_cancel(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_method_sensorconnection_sensor_ids(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_clone_sensorlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_fitedge_ffi_fn_free_sensorlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_init_callback_vtable_sensorlistener(`vtable`: UniffiVTableCallbackInterfaceSensorListener,
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_method_sensorlistener_on_sensor_status(`ptr`: Long,`status`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_func_has_bluetooth_transport(uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun ffi_fitedge_ffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_fitedge_ffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1016,6 +1077,9 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_fitedge_ffi_checksum_func_has_bluetooth_transport() and 0xFFFF) != 45671) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_add_gear() and 0xFFFF) != 12074) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1088,6 +1152,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_workout_summary() and 0xFFFF) != 53039) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_connect_sensors() and 0xFFFF) != 39332) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_scan_sensors() and 0xFFFF) != 10787) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_sensors() and 0xFFFF) != 29938) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_enqueue() and 0xFFFF) != 30263) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1110,6 +1183,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_fitedge_ffi_checksum_method_subscription_cancel() and 0xFFFF) != 43431) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_sensorconnection_cancel() and 0xFFFF) != 31831) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_sensorconnection_sensor_ids() and 0xFFFF) != 1966) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_sensorlistener_on_sensor_status() and 0xFFFF) != 57881) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_fitedge_ffi_checksum_constructor_engine_open() and 0xFFFF) != 49627) {
@@ -1309,6 +1391,33 @@ private class JavaLangRefCleanable(
 /**
  * @suppress
  */
+public object FfiConverterUByte: FfiConverter<UByte, Byte> {
+    override fun lift(value: Byte): UByte {
+        return value.toUByte()
+    }
+
+    fun lift(value: Int): UByte {
+        return value.toUByte()
+    }
+
+    override fun read(buf: ByteBuffer): UByte {
+        return lift(buf.get())
+    }
+
+    override fun lower(value: UByte): Byte {
+        return value.toByte()
+    }
+
+    override fun allocationSize(value: UByte) = 1UL
+
+    override fun write(value: UByte, buf: ByteBuffer) {
+        buf.put(value.toByte())
+    }
+}
+
+/**
+ * @suppress
+ */
 public object FfiConverterUShort: FfiConverter<UShort, Short> {
     override fun lift(value: Short): UShort {
         return value.toUShort()
@@ -1330,6 +1439,29 @@ public object FfiConverterUShort: FfiConverter<UShort, Short> {
 
     override fun write(value: UShort, buf: ByteBuffer) {
         buf.putShort(value.toShort())
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterShort: FfiConverter<Short, Short> {
+    override fun lift(value: Short): Short {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Short {
+        return buf.getShort()
+    }
+
+    override fun lower(value: Short): Short {
+        return value
+    }
+
+    override fun allocationSize(value: Short) = 2UL
+
+    override fun write(value: Short, buf: ByteBuffer) {
+        buf.putShort(value)
     }
 }
 
@@ -1735,6 +1867,43 @@ public interface EngineInterface {
     fun `workoutState`(): WorkoutState
     
     fun `workoutSummary`(`workoutId`: kotlin.String): WorkoutSummary
+    
+    /**
+     * Connects the sensors with these ids (from the last `scan_sensors`) and records their
+     * notifications into the workout being recorded, exactly as `feed_notification` does:
+     * the same decoders, the same choice of device per channel. A sensor that drops is
+     * reconnected (1 s, 2 s, 4 s ... up to 30 s apart) and subscribed again. Battery and
+     * connection state are kept while no workout runs; readings are recorded only during one.
+     * `listener` hears each sensor connect, drop, report a new battery level or get disabled.
+     *
+     * Returns at once; keep the connection and cancel it (or drop it) to disconnect.
+     *
+     * Errors: `InvalidInput` (no ids, or an id twice), `NotFound` (an id the last scan did not
+     * see: scan again), `InvalidState` (no Bluetooth transport in this build; a sensor already
+     * held by another connection).
+     */
+    fun `connectSensors`(`ids`: List<kotlin.String>, `listener`: SensorListener? = null): SensorConnection
+    
+    /**
+     * Scans for Bluetooth LE fitness sensors (heart rate, cycling power, speed and cadence,
+     * foot pods, treadmills and indoor bikes, pulse oximeters) for `timeout_ms` and returns
+     * those that answered, for `connect_sensors`.
+     *
+     * Blocks for `timeout_ms` (at most 10 s more while the adapter starts): call it from a
+     * background thread, never the UI thread.
+     *
+     * Errors: `InvalidState` when this build has no Bluetooth transport (built without the
+     * `ble` feature: feed notifications from the platform's stack instead), when Bluetooth is
+     * unavailable (no adapter, powered off, permission refused, no Bluetooth service), or when
+     * called from async code.
+     */
+    fun `scanSensors`(`timeoutMs`: kotlin.UInt): List<FoundSensor>
+    
+    /**
+     * Every sensor the engine knows, connected by `connect_sensors` or fed through
+     * `feed_notification`: connection, battery, notification and error counts.
+     */
+    fun `sensors`(): List<SensorStatus>
     
     /**
      * Queues a server command to send later, in order, with a fresh idempotency key. Works
@@ -2285,6 +2454,81 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         it,
         
         FfiConverterString.lower(`workoutId`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Connects the sensors with these ids (from the last `scan_sensors`) and records their
+     * notifications into the workout being recorded, exactly as `feed_notification` does:
+     * the same decoders, the same choice of device per channel. A sensor that drops is
+     * reconnected (1 s, 2 s, 4 s ... up to 30 s apart) and subscribed again. Battery and
+     * connection state are kept while no workout runs; readings are recorded only during one.
+     * `listener` hears each sensor connect, drop, report a new battery level or get disabled.
+     *
+     * Returns at once; keep the connection and cancel it (or drop it) to disconnect.
+     *
+     * Errors: `InvalidInput` (no ids, or an id twice), `NotFound` (an id the last scan did not
+     * see: scan again), `InvalidState` (no Bluetooth transport in this build; a sensor already
+     * held by another connection).
+     */
+    @Throws(FitEdgeException::class)override fun `connectSensors`(`ids`: List<kotlin.String>, `listener`: SensorListener?): SensorConnection {
+            return FfiConverterTypeSensorConnection.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_connect_sensors(
+        it,
+        
+        FfiConverterSequenceString.lower(`ids`),
+        FfiConverterOptionalTypeSensorListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Scans for Bluetooth LE fitness sensors (heart rate, cycling power, speed and cadence,
+     * foot pods, treadmills and indoor bikes, pulse oximeters) for `timeout_ms` and returns
+     * those that answered, for `connect_sensors`.
+     *
+     * Blocks for `timeout_ms` (at most 10 s more while the adapter starts): call it from a
+     * background thread, never the UI thread.
+     *
+     * Errors: `InvalidState` when this build has no Bluetooth transport (built without the
+     * `ble` feature: feed notifications from the platform's stack instead), when Bluetooth is
+     * unavailable (no adapter, powered off, permission refused, no Bluetooth service), or when
+     * called from async code.
+     */
+    @Throws(FitEdgeException::class)override fun `scanSensors`(`timeoutMs`: kotlin.UInt): List<FoundSensor> {
+            return FfiConverterSequenceTypeFoundSensor.lift(
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_scan_sensors(
+        it,
+        
+        FfiConverterUInt.lower(`timeoutMs`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Every sensor the engine knows, connected by `connect_sensors` or fed through
+     * `feed_notification`: connection, battery, notification and error counts.
+     */override fun `sensors`(): List<SensorStatus> {
+            return FfiConverterSequenceTypeSensorStatus.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sensors(
+        it,
+        _status)
 }
     }
     )
@@ -3228,6 +3472,616 @@ public object FfiConverterTypeLiveMetricsListener: FfiConverter<LiveMetricsListe
 
 
 /**
+ * Sensors connected by `connect_sensors`. Cancel it (or drop it) to disconnect them.
+ */
+public interface SensorConnectionInterface {
+    
+    /**
+     * Stops recording these sensors and disconnects them. Returns at once: they show as
+     * disconnected in `Engine.sensors()` when it returns, and the radio links close in the
+     * background. Safe to call more than once.
+     */
+    fun `cancel`()
+    
+    /**
+     * The ids of the sensors this connection holds.
+     */
+    fun `sensorIds`(): List<kotlin.String>
+    
+    companion object
+}
+
+/**
+ * Sensors connected by `connect_sensors`. Cancel it (or drop it) to disconnect them.
+ */
+open class SensorConnection: Disposable, AutoCloseable, SensorConnectionInterface
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_fitedge_ffi_fn_free_sensorconnection(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorconnection(handle, status)
+        }
+    }
+
+    
+    /**
+     * Stops recording these sensors and disconnects them. Returns at once: they show as
+     * disconnected in `Engine.sensors()` when it returns, and the radio links close in the
+     * background. Safe to call more than once.
+     */override fun `cancel`()
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_cancel(
+        it,
+        _status)
+}
+    }
+    
+    
+
+    
+    /**
+     * The ids of the sensors this connection holds.
+     */override fun `sensorIds`(): List<kotlin.String> {
+            return FfiConverterSequenceString.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_sensorconnection_sensor_ids(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSensorConnection: FfiConverter<SensorConnection, Long> {
+    override fun lower(value: SensorConnection): Long {
+        return value.uniffiCloneHandle()
+    }
+
+    override fun lift(value: Long): SensorConnection {
+        return SensorConnection(UniffiWithHandle, value)
+    }
+
+    override fun read(buf: ByteBuffer): SensorConnection {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: SensorConnection) = 8UL
+
+    override fun write(value: SensorConnection, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Hears a connection's sensors connect, drop, reconnect, report a new battery level or get
+ * disabled. Called on the engine's Bluetooth thread: return quickly.
+ */
+public interface SensorListener {
+    
+    fun `onSensorStatus`(`status`: SensorStatus)
+    
+    companion object
+}
+
+/**
+ * Hears a connection's sensors connect, drop, reconnect, report a new battery level or get
+ * disabled. Called on the engine's Bluetooth thread: return quickly.
+ */
+open class SensorListenerImpl: Disposable, AutoCloseable, SensorListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_fitedge_ffi_fn_free_sensorlistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_fitedge_ffi_fn_clone_sensorlistener(handle, status)
+        }
+    }
+
+    override fun `onSensorStatus`(`status`: SensorStatus)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_sensorlistener_on_sensor_status(
+        it,
+        
+        FfiConverterTypeSensorStatus.lower(`status`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceSensorListener {
+    internal object `onSensorStatus`: UniffiCallbackInterfaceSensorListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`status`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeSensorListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onSensorStatus`(
+                    FfiConverterTypeSensorStatus.lift(`status`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeSensorListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeSensorListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceSensorListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onSensorStatus`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_fitedge_ffi_fn_init_callback_vtable_sensorlistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSensorListener: FfiConverter<SensorListener, Long> {
+    internal val handleMap = UniffiHandleMap<SensorListener>()
+
+    override fun lower(value: SensorListener): Long {
+        if (value is SensorListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): SensorListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return SensorListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): SensorListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: SensorListener) = 8UL
+
+    override fun write(value: SensorListener, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * A live-metrics subscription; cancel it (or drop it) to stop the calls.
  */
 public interface SubscriptionInterface {
@@ -3507,6 +4361,78 @@ public object FfiConverterTypeBatchResult: FfiConverterRustBuffer<BatchResult> {
             FfiConverterUInt.write(value.`accepted`, buf)
             FfiConverterUInt.write(value.`flagged`, buf)
             FfiConverterUInt.write(value.`rejected`, buf)
+    }
+}
+
+
+
+/**
+ * A sensor that answered a scan.
+ */
+data class FoundSensor (
+    /**
+     * The platform's id for it (a MAC address on Linux, a UUID on iOS and macOS): pass it to
+     * `connect_sensors`.
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * The name it advertises, if any.
+     */
+    var `name`: kotlin.String?
+    , 
+    /**
+     * Signal strength of its last advertisement in dBm, when the platform reports one.
+     */
+    var `rssi`: kotlin.Short?
+    , 
+    /**
+     * The services it advertises, as full UUIDs ("0000180d-0000-1000-8000-00805f9b34fb").
+     */
+    var `services`: List<kotlin.String>
+    , 
+    /**
+     * What the engine can read from it, from those services (empty: nothing it decodes).
+     */
+    var `kinds`: List<SensorKind>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFoundSensor: FfiConverterRustBuffer<FoundSensor> {
+    override fun read(buf: ByteBuffer): FoundSensor {
+        return FoundSensor(
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalShort.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterSequenceTypeSensorKind.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: FoundSensor) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterOptionalString.allocationSize(value.`name`) +
+            FfiConverterOptionalShort.allocationSize(value.`rssi`) +
+            FfiConverterSequenceString.allocationSize(value.`services`) +
+            FfiConverterSequenceTypeSensorKind.allocationSize(value.`kinds`)
+    )
+
+    override fun write(value: FoundSensor, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterOptionalString.write(value.`name`, buf)
+            FfiConverterOptionalShort.write(value.`rssi`, buf)
+            FfiConverterSequenceString.write(value.`services`, buf)
+            FfiConverterSequenceTypeSensorKind.write(value.`kinds`, buf)
     }
 }
 
@@ -4089,6 +5015,84 @@ public object FfiConverterTypeSample: FfiConverterRustBuffer<Sample> {
     override fun write(value: Sample, buf: ByteBuffer) {
             FfiConverterLong.write(value.`timestampMs`, buf)
             FfiConverterTypeReading.write(value.`reading`, buf)
+    }
+}
+
+
+
+/**
+ * What the engine knows about one sensor: connected by `connect_sensors` or fed by the app.
+ */
+data class SensorStatus (
+    var `id`: kotlin.String
+    , 
+    var `kind`: SensorKind
+    , 
+    var `connected`: kotlin.Boolean
+    , 
+    /**
+     * The last battery level it reported (0x2A19), percent.
+     */
+    var `batteryPct`: kotlin.UByte?
+    , 
+    /**
+     * Notifications received from it.
+     */
+    var `notifications`: kotlin.ULong
+    , 
+    /**
+     * Notifications that did not decode.
+     */
+    var `errors`: kotlin.ULong
+    , 
+    /**
+     * Switched off for too many errors: its readings are ignored.
+     */
+    var `disabled`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSensorStatus: FfiConverterRustBuffer<SensorStatus> {
+    override fun read(buf: ByteBuffer): SensorStatus {
+        return SensorStatus(
+            FfiConverterString.read(buf),
+            FfiConverterTypeSensorKind.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalUByte.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SensorStatus) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterTypeSensorKind.allocationSize(value.`kind`) +
+            FfiConverterBoolean.allocationSize(value.`connected`) +
+            FfiConverterOptionalUByte.allocationSize(value.`batteryPct`) +
+            FfiConverterULong.allocationSize(value.`notifications`) +
+            FfiConverterULong.allocationSize(value.`errors`) +
+            FfiConverterBoolean.allocationSize(value.`disabled`)
+    )
+
+    override fun write(value: SensorStatus, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterTypeSensorKind.write(value.`kind`, buf)
+            FfiConverterBoolean.write(value.`connected`, buf)
+            FfiConverterOptionalUByte.write(value.`batteryPct`, buf)
+            FfiConverterULong.write(value.`notifications`, buf)
+            FfiConverterULong.write(value.`errors`, buf)
+            FfiConverterBoolean.write(value.`disabled`, buf)
     }
 }
 
@@ -5099,6 +6103,57 @@ public object FfiConverterTypeSampleVerdict : FfiConverterRustBuffer<SampleVerdi
 
 
 
+/**
+ * What a sensor measures, from the services it offers.
+ */
+
+enum class SensorKind {
+    
+    HEART_RATE,
+    CYCLING_POWER,
+    /**
+     * Cycling speed and cadence (wheel and crank revolutions).
+     */
+    SPEED_CADENCE,
+    /**
+     * Running speed and cadence (a foot pod).
+     */
+    RUNNING_SPEED_CADENCE,
+    /**
+     * A treadmill or an indoor bike (FTMS).
+     */
+    FITNESS_MACHINE,
+    PULSE_OXIMETER,
+    OTHER;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSensorKind: FfiConverterRustBuffer<SensorKind> {
+    override fun read(buf: ByteBuffer) = try {
+        SensorKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: SensorKind) = 4UL
+
+    override fun write(value: SensorKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
 
 enum class Sex {
     
@@ -5347,6 +6402,38 @@ public object FfiConverterTypeWorkoutStats : FfiConverterRustBuffer<WorkoutStats
 /**
  * @suppress
  */
+public object FfiConverterOptionalUByte: FfiConverterRustBuffer<kotlin.UByte?> {
+    override fun read(buf: ByteBuffer): kotlin.UByte? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterUByte.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.UByte?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterUByte.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.UByte?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterUByte.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalUShort: FfiConverterRustBuffer<kotlin.UShort?> {
     override fun read(buf: ByteBuffer): kotlin.UShort? {
         if (buf.get().toInt() == 0) {
@@ -5369,6 +6456,38 @@ public object FfiConverterOptionalUShort: FfiConverterRustBuffer<kotlin.UShort?>
         } else {
             buf.put(1)
             FfiConverterUShort.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalShort: FfiConverterRustBuffer<kotlin.Short?> {
+    override fun read(buf: ByteBuffer): kotlin.Short? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterShort.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Short?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterShort.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Short?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterShort.write(value, buf)
         }
     }
 }
@@ -5497,6 +6616,38 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
         } else {
             buf.put(1)
             FfiConverterString.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeSensorListener: FfiConverterRustBuffer<SensorListener?> {
+    override fun read(buf: ByteBuffer): SensorListener? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeSensorListener.read(buf)
+    }
+
+    override fun allocationSize(value: SensorListener?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeSensorListener.allocationSize(value)
+        }
+    }
+
+    override fun write(value: SensorListener?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeSensorListener.write(value, buf)
         }
     }
 }
@@ -5695,6 +6846,34 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeFoundSensor: FfiConverterRustBuffer<List<FoundSensor>> {
+    override fun read(buf: ByteBuffer): List<FoundSensor> {
+        val len = buf.getInt()
+        return List<FoundSensor>(len) {
+            FfiConverterTypeFoundSensor.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<FoundSensor>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeFoundSensor.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<FoundSensor>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeFoundSensor.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeGear: FfiConverterRustBuffer<List<Gear>> {
     override fun read(buf: ByteBuffer): List<Gear> {
         val len = buf.getInt()
@@ -5835,6 +7014,34 @@ public object FfiConverterSequenceTypeSample: FfiConverterRustBuffer<List<Sample
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeSensorStatus: FfiConverterRustBuffer<List<SensorStatus>> {
+    override fun read(buf: ByteBuffer): List<SensorStatus> {
+        val len = buf.getInt()
+        return List<SensorStatus>(len) {
+            FfiConverterTypeSensorStatus.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SensorStatus>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSensorStatus.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SensorStatus>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSensorStatus.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeWorkoutListItem: FfiConverterRustBuffer<List<WorkoutListItem>> {
     override fun read(buf: ByteBuffer): List<WorkoutListItem> {
         val len = buf.getInt()
@@ -5884,4 +7091,46 @@ public object FfiConverterSequenceTypeWorkoutSummary: FfiConverterRustBuffer<Lis
         }
     }
 }
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeSensorKind: FfiConverterRustBuffer<List<SensorKind>> {
+    override fun read(buf: ByteBuffer): List<SensorKind> {
+        val len = buf.getInt()
+        return List<SensorKind>(len) {
+            FfiConverterTypeSensorKind.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SensorKind>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSensorKind.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SensorKind>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSensorKind.write(it, buf)
+        }
+    }
+}
+        /**
+         * Whether this build can scan and connect sensors itself (the cargo feature `ble`). Without it,
+         * feed notifications from the platform's Bluetooth stack to `Engine.feed_notification`.
+         */ fun `hasBluetoothTransport`(): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_func_has_bluetooth_transport(
+    
+        _status)
+}
+    )
+    }
+    
+
 
