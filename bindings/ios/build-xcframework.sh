@@ -10,8 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root=../..
 lib=libfitedge_ffi.a
-build() { cargo build --manifest-path "$root/Cargo.toml" --release -p fitedge-ffi --target "$1"; }
-build_tier3() { cargo +nightly build -Zbuild-std=std,panic_abort --manifest-path "$root/Cargo.toml" --release -p fitedge-ffi --target "$1"; }
+# FITEDGE_FFI_FEATURES=ble adds the SDK's own Bluetooth transport (btleplug over CoreBluetooth;
+# untested on watchOS, so combine it with WATCHOS=0). See README.md and docs/adr/0011.
+features="${FITEDGE_FFI_FEATURES:-}"
+build() { cargo build --manifest-path "$root/Cargo.toml" --release -p fitedge-ffi ${features:+--features "$features"} --target "$1"; }
+build_tier3() { cargo +nightly build -Zbuild-std=std,panic_abort --manifest-path "$root/Cargo.toml" --release -p fitedge-ffi ${features:+--features "$features"} --target "$1"; }
 
 for t in aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios; do rustup target add "$t"; build "$t"; done
 out="$root/target/xcframework"; rm -rf "$out" FitEdgeFFI.xcframework; mkdir -p "$out"
