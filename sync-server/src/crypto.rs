@@ -42,6 +42,17 @@ pub fn hmac_parts(key: &[u8], domain: &str, parts: &[&[u8]]) -> [u8; 32] {
 
 /// AES-256-GCM; the output is nonce || ciphertext || tag.
 pub fn seal(key: &[u8; 32], plaintext: &[u8]) -> Result<Vec<u8>> {
+    seal_with_aad(key, plaintext, &[])
+}
+
+/// Reverses [`seal`]; `None` when the key is wrong or the data was altered.
+pub fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+    open_with_aad(key, sealed, &[])
+}
+
+/// [`seal`] bound to `aad`: the result opens only with the same associated data, so a sealed
+/// value copied to another context (another account) is refused instead of accepted.
+pub fn seal_with_aad(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
     let k = LessSafeKey::new(
         UnboundKey::new(&aead::AES_256_GCM, key).map_err(|_| Error::Crypto("bad AEAD key"))?,
     );
@@ -49,15 +60,19 @@ pub fn seal(key: &[u8; 32], plaintext: &[u8]) -> Result<Vec<u8>> {
     let mut nonce = [0u8; aead::NONCE_LEN];
     nonce.copy_from_slice(&nonce_bytes);
     let mut buf = plaintext.to_vec();
-    k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf)
-        .map_err(|_| Error::Crypto("encryption failed"))?;
+    k.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| Error::Crypto("encryption failed"))?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     Ok(out)
 }
 
-/// Reverses [`seal`]; `None` when the key is wrong or the data was altered.
-pub fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+/// Reverses [`seal_with_aad`]; `None` when the key or `aad` is wrong or the data was altered.
+pub fn open_with_aad(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < aead::NONCE_LEN + aead::AES_256_GCM.tag_len() {
         return None;
     }
@@ -65,7 +80,7 @@ pub fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
     let (n, ct) = sealed.split_at(aead::NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(n).ok()?;
     let mut buf = ct.to_vec();
-    let plain = k.open_in_place(nonce, Aad::empty(), &mut buf).ok()?;
+    let plain = k.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?;
     Some(plain.to_vec())
 }
 
@@ -89,6 +104,18 @@ mod tests {
         assert!(open(&key, &t).is_none());
         assert!(open(&[8u8; 32], &s).is_none());
         assert!(open(&key, &[1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn associated_data_must_match() {
+        let key = [7u8; 32];
+        let s = seal_with_aad(&key, b"secret", b"user-a").unwrap();
+        assert_eq!(open_with_aad(&key, &s, b"user-a").unwrap(), b"secret");
+        assert!(open_with_aad(&key, &s, b"user-b").is_none());
+        assert!(
+            open(&key, &s).is_none(),
+            "empty associated data is another context"
+        );
     }
 
     #[test]
