@@ -12,9 +12,12 @@ use crate::error::Result;
 pub enum MailKind {
     VerifyEmail,
     PasswordReset,
+    /// Someone registered with an address that already has an account: its owner is told, the
+    /// registrant gets the same answer as for a new address. Carries no token.
+    RegistrationAttempt,
 }
 
-/// A message. `token` is a secret: only the mail body may carry it.
+/// A message. `token` is a secret: only the mail body may carry it. Empty for notices.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Mail {
     pub to: String,
@@ -37,6 +40,7 @@ impl Mail {
         match self.kind {
             MailKind::VerifyEmail => "Confirm your FitEdge email address",
             MailKind::PasswordReset => "Reset your FitEdge password",
+            MailKind::RegistrationAttempt => "Someone tried to register with your address",
         }
     }
 
@@ -51,10 +55,19 @@ impl Mail {
                  (valid 1 hour):\n\n{}\n\nIf not, ignore this message.\n",
                 self.token
             ),
+            MailKind::RegistrationAttempt => "Someone tried to create a FitEdge account with \
+                 this address, which already has one. If it was you, sign in, or reset your \
+                 password if you no longer know it. If you never confirmed the address, use the \
+                 confirmation mail sent when the account was created.\n\nIf it was not you, \
+                 ignore this message: nothing was changed.\n"
+                .to_string(),
         }
     }
 }
 
+/// Implementations should hand the message over (queue it) rather than deliver it before
+/// returning: identity routes send a mail for some addresses and not for others (a password
+/// reset for an unknown address sends none), and their response time must not tell which.
 pub trait MailSender: Send + Sync + fmt::Debug {
     fn send<'a>(&'a self, mail: &'a Mail) -> BoxFuture<'a, Result<()>>;
 }

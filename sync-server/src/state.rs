@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::crypto;
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::identity::sealed::TotpKeys;
 use crate::mail::MailSender;
 use crate::metrics::Metrics;
 use crate::outbox::Handlers;
@@ -31,6 +32,9 @@ pub struct Inner {
     pub secret: [u8; 32],
     /// Short public id of `secret`, stored with each record so a key change is recognised.
     pub secret_id: String,
+    /// Seals TOTP secrets at rest (ADR 0013); derived from the same configured key in its own
+    /// domain. Unlike `secret` it is never per-process random: a sealed secret must outlive it.
+    pub totp_keys: TotpKeys,
     /// Woken after a transaction that wrote to the outbox commits.
     pub outbox_notify: Notify,
     pub outbox_handlers: Handlers,
@@ -47,6 +51,7 @@ impl std::fmt::Debug for Inner {
             .field("config", &self.config)
             .field("secret", &"<redacted>")
             .field("secret_id", &self.secret_id)
+            .field("totp_keys", &self.totp_keys)
             .finish_non_exhaustive()
     }
 }
@@ -66,7 +71,7 @@ impl AppState {
         mail: Arc<dyn MailSender>,
         outbox_handlers: Handlers,
     ) -> Result<Self> {
-        let secret: [u8; 32] = match &config.secret_key {
+        let configured = match &config.secret_key {
             Some(hex_key) => {
                 let bytes = hex::decode(hex_key.trim())
                     .map_err(|_| Error::Config("FITEDGE_SECRET_KEY must be hexadecimal".into()))?;
@@ -75,13 +80,29 @@ impl AppState {
                         "FITEDGE_SECRET_KEY must be at least 32 bytes (64 hex digits)".into(),
                     ));
                 }
-                crypto::hmac_parts(&bytes, "fitedge-secret-key", &[])
+                Some(bytes)
             }
-            None => {
-                let r = crypto::random_bytes(32)?;
-                crypto::hmac_parts(&r, "fitedge-secret-key", &[])
-            }
+            None => None,
         };
+        let secret = match &configured {
+            Some(bytes) => crypto::hmac_parts(bytes, "fitedge-secret-key", &[]),
+            None => crypto::hmac_parts(&crypto::random_bytes(32)?, "fitedge-secret-key", &[]),
+        };
+        let totp_keys = TotpKeys::new(configured.as_deref(), config.dev);
+        match (&configured, config.dev) {
+            (Some(_), _) => tracing::info!(
+                totp_key_id = totp_keys.current_id().unwrap_or_default(),
+                "TOTP secrets are sealed under this key id (users.totp_key_id)"
+            ),
+            (None, true) => tracing::warn!(
+                "DEV MODE without FITEDGE_SECRET_KEY: TOTP secrets are sealed under a public \
+                 development key, which protects nothing"
+            ),
+            (None, false) => tracing::warn!(
+                "FITEDGE_SECRET_KEY not set: TOTP enrolment is refused (503 mfa_unavailable), \
+                 and plain TOTP secrets from earlier versions stay unsealed"
+            ),
+        }
         let secret_id = crypto::sha256_hex(&secret)[..16].to_string();
         Ok(Self(Arc::new(Inner {
             address_limiter: RateLimiter::new(config.rate_limit_address),
@@ -93,6 +114,7 @@ impl AppState {
             metrics: Metrics::default(),
             secret,
             secret_id,
+            totp_keys,
             outbox_notify: Notify::new(),
             outbox_handlers,
             sync: crate::sync::Hub::new(hex::encode(crypto::random_bytes(6)?)),

@@ -13,8 +13,8 @@ use fitedge_server::idempotency;
 use fitedge_server::identity::totp;
 use fitedge_server::mail::MailKind;
 use fitedge_server::outbox::{self, Event, Handler, Handlers};
-use fitedge_server::testing::{NowExt, TestApp, TestRequest, PASSWORD};
-use fitedge_server::{auth::Role, identity, Db};
+use fitedge_server::testing::{test_config, NowExt, TestApp, TestRequest, PASSWORD};
+use fitedge_server::{auth::Role, identity, AppState, Config, Db};
 use futures::future::BoxFuture;
 use serde_json::json;
 
@@ -22,6 +22,70 @@ const DAY: f64 = 86_400.0;
 
 async fn app(b: Backend) -> TestApp {
     TestApp::new(b).await.expect("test app")
+}
+
+/// A `FITEDGE_SECRET_KEY` (64 hex digits): TOTP enrolment needs one outside dev mode.
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+async fn app_with_key(b: Backend) -> TestApp {
+    TestApp::with_config(b, |c| c.secret_key = Some(KEY.into()))
+        .await
+        .expect("test app")
+}
+
+/// The same database, clock and mailbox served by a new process configured by `f` (a new state:
+/// per-process keys are new, as after a restart).
+async fn restart(a: TestApp, f: impl FnOnce(&mut Config)) -> TestApp {
+    let TestApp {
+        db, clock, mail, ..
+    } = a;
+    let mut config = test_config(&db.url);
+    f(&mut config);
+    let pool = Db::connect(&db.url).await.unwrap();
+    pool.migrate().await.unwrap();
+    let state = AppState::new(pool, config, clock.clone(), mail.clone(), Handlers::new()).unwrap();
+    TestApp {
+        router: fitedge_server::app(state.clone()),
+        state,
+        clock,
+        mail,
+        db,
+    }
+}
+
+/// The stored TOTP columns of an account: (secret, pending, key id).
+async fn totp_columns(
+    a: &TestApp,
+    email: &str,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let row: (Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT totp_secret, totp_pending_secret, totp_key_id FROM users WHERE email = $1",
+    )
+    .bind(email)
+    .fetch_one(a.state.db.pool())
+    .await
+    .unwrap();
+    row
+}
+
+/// Half a minute later (a new code), signs in with the code.
+async fn next_code_login(
+    a: &TestApp,
+    email: &str,
+    secret: &[u8],
+) -> fitedge_server::testing::TestResponse {
+    a.clock.advance_secs(30.0);
+    a.call(login_with_code(
+        email,
+        &totp::code_at(secret, a.clock.now_ts()),
+    ))
+    .await
+}
+
+fn login_with_code(email: &str, code: &str) -> TestRequest {
+    TestRequest::post("/api/v1/auth/login")
+        .json(json!({"email": email, "password": PASSWORD, "totp_code": code}))
 }
 
 fn key() -> String {
@@ -74,6 +138,14 @@ conformance!(
     dev_mode_returns_tokens_only_in_dev,
     operator_commands_set_role_and_tier,
     migrations_are_idempotent,
+    registration_answers_the_same_for_an_existing_address,
+    registration_of_an_existing_address_spends_the_hash_cost,
+    login_answers_and_lockout_the_same_without_an_account,
+    password_reset_request_answers_the_same_for_every_address,
+    totp_secrets_are_sealed_and_bound_to_the_account,
+    totp_enrolment_needs_a_key_that_survives_a_restart,
+    dev_mode_totp_survives_a_restart_and_is_resealed_under_a_real_key,
+    plain_totp_secrets_from_earlier_versions_verify_and_are_sealed,
 );
 
 async fn password_11_characters_refused_12_accepted(b: Backend) {
@@ -128,10 +200,20 @@ async fn validation_errors_name_every_field(b: Backend) {
     assert_eq!(r.body["code"], 400);
     let dup = a.register_verified("d@example.com").await.unwrap();
     assert!(!dup.is_empty());
+    // A registered address is not refused (that would reveal it): its owner is told instead.
     let r = a.register("D@Example.com", PASSWORD, "1990-01-01").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_ne!(r.body["user_id"], dup.as_str());
+    let notices = a
+        .mail
+        .sent()
+        .into_iter()
+        .filter(|m| m.kind == MailKind::RegistrationAttempt)
+        .map(|m| m.to)
+        .collect::<Vec<_>>();
     assert_eq!(
-        r.status,
-        StatusCode::CONFLICT,
+        notices,
+        vec!["d@example.com".to_string()],
         "emails compare case-insensitively"
     );
 }
@@ -392,7 +474,7 @@ async fn password_reset_flow_tokens_and_expiry(b: Backend) {
 }
 
 async fn mfa_required_for_health_data_then_satisfied(b: Backend) {
-    let a = app(b).await;
+    let a = app_with_key(b).await;
     a.register_verified("h@example.com").await.unwrap();
     let t = a.token("h@example.com").await.unwrap();
     let health = |t: &str| a.call(TestRequest::get("/api/v1/health-data/summary").token(t));
@@ -426,7 +508,7 @@ async fn mfa_required_for_health_data_then_satisfied(b: Backend) {
 }
 
 async fn mfa_login_needs_code_and_codes_are_single_use(b: Backend) {
-    let a = app(b).await;
+    let a = app_with_key(b).await;
     a.register_verified("m@example.com").await.unwrap();
     let t = a.token("m@example.com").await.unwrap();
     let secret = a.enable_totp(&t).await.unwrap();
@@ -474,7 +556,7 @@ async fn mfa_login_needs_code_and_codes_are_single_use(b: Backend) {
 }
 
 async fn admin_needs_role_and_mfa(b: Backend) {
-    let a = app(b).await;
+    let a = app_with_key(b).await;
     let target = a.register_verified("target@example.com").await.unwrap();
     a.register_verified("boss@example.com").await.unwrap();
     let t = a.token("boss@example.com").await.unwrap();
@@ -637,11 +719,15 @@ async fn idempotency_replays_same_request(b: Backend) {
     assert_eq!(again.body, first.body);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(a.mail.sent().len(), 1, "the handler ran once");
-    // Without the key the request really runs again (and conflicts).
+    // Without the key the request really runs again: the address exists now, so the answer
+    // looks the same but names no account, and the owner is mailed.
     let third = a
         .call(TestRequest::post("/api/v1/auth/register").json(body))
         .await;
-    assert_eq!(third.status, StatusCode::CONFLICT);
+    assert_eq!(third.status, StatusCode::CREATED);
+    assert_ne!(third.body["user_id"], first.body["user_id"]);
+    assert_eq!(a.mail.sent().len(), 2, "the handler ran again");
+    assert_eq!(a.mail.sent()[1].kind, MailKind::RegistrationAttempt);
     // Sign-in replays the same token; the stored copy is not readable in the database.
     a.call(TestRequest::post("/api/v1/auth/verify-email").json(
         json!({"token": a.mail.last_token("i@example.com", MailKind::VerifyEmail).unwrap()}),
@@ -1249,6 +1335,16 @@ async fn dev_mode_returns_tokens_only_in_dev(b: Backend) {
         )
         .await;
     assert!(r.body["dev_token"].is_string());
+    // An address that has an account gets a dev token of the same form, which verifies nothing:
+    // what dev mode reveals (README, "Identity") and no more.
+    let again = dev.register("n@example.com", PASSWORD, "1990-01-01").await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    let fake = again.body["dev_token"].as_str().unwrap().to_string();
+    assert_eq!(fake.len(), t.len());
+    let v = dev
+        .call(TestRequest::post("/api/v1/auth/verify-email").json(json!({"token": fake})))
+        .await;
+    assert_eq!(v.body["error"], "invalid_token");
 }
 
 async fn operator_commands_set_role_and_tier(b: Backend) {
@@ -1282,4 +1378,476 @@ async fn migrations_are_idempotent(b: Backend) {
     again.migrate().await.unwrap();
     again.ping().await.unwrap();
     again.pool().close().await;
+}
+
+fn keys_of(v: &serde_json::Value) -> Vec<String> {
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+async fn count(a: &TestApp, sql: &'static str, arg: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(arg)
+        .fetch_one(a.state.db.pool())
+        .await
+        .unwrap()
+}
+
+async fn registration_answers_the_same_for_an_existing_address(b: Backend) {
+    let a = app(b).await;
+    let owner = a.register_verified("own@example.com").await.unwrap();
+    a.register("pending@example.com", PASSWORD, "1990-01-01")
+        .await;
+    let fresh = a
+        .register("fresh@example.com", "another password!", "1985-05-05")
+        .await;
+    assert_eq!(fresh.status, StatusCode::CREATED);
+    for email in ["own@example.com", "pending@example.com"] {
+        let r = a.register(email, "another password!", "1985-05-05").await;
+        assert_eq!(r.status, fresh.status, "{email}: {}", r.body);
+        assert_eq!(keys_of(&r.body), keys_of(&fresh.body), "{email}");
+        assert_eq!(r.body["status"], "pending_verification");
+        assert_eq!(r.body["email"], email);
+        let id = r.body["user_id"].as_str().unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        assert_ne!(id, owner);
+        assert_eq!(
+            count(&a, "SELECT COUNT(*) FROM users WHERE id = $1", id).await,
+            0,
+            "the id names no account"
+        );
+        assert_eq!(
+            count(&a, "SELECT COUNT(*) FROM users WHERE email = $1", email).await,
+            1
+        );
+    }
+    // The account is untouched: its password still signs in, the newcomer's does not.
+    assert_eq!(
+        a.login("own@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.login("own@example.com", "another password!").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The owners are told; no verification token goes out for an account that was not made.
+    let sent = a.mail.sent();
+    let of =
+        |to: &str, kind: MailKind| sent.iter().filter(|m| m.to == to && m.kind == kind).count();
+    for email in ["own@example.com", "pending@example.com"] {
+        assert_eq!(of(email, MailKind::RegistrationAttempt), 1, "{email}");
+        assert_eq!(
+            of(email, MailKind::VerifyEmail),
+            1,
+            "{email}: only the first"
+        );
+    }
+    let notice = sent
+        .iter()
+        .find(|m| m.kind == MailKind::RegistrationAttempt)
+        .unwrap();
+    assert!(notice.token.is_empty());
+    assert!(notice.body().contains("reset your"), "{}", notice.body());
+    assert_eq!(of("fresh@example.com", MailKind::RegistrationAttempt), 0);
+    // The attempt is in the owner's security log, and no registration event was emitted for it.
+    let t = a.token("own@example.com").await.unwrap();
+    let log = a
+        .call(TestRequest::get("/api/v1/me/audit-log").token(&t))
+        .await;
+    assert!(
+        log.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "registration.attempted"),
+        "{}",
+        log.body
+    );
+    assert_eq!(
+        count(
+            &a,
+            "SELECT COUNT(*) FROM outbox WHERE kind = $1",
+            "identity.user_registered"
+        )
+        .await,
+        3
+    );
+}
+
+async fn registration_of_an_existing_address_spends_the_hash_cost(b: Backend) {
+    use std::time::{Duration, Instant};
+    // The production cost: with the test suite's minimal hash the two paths would be close
+    // whether or not the hash ran.
+    let a = TestApp::with_config(b, |c| {
+        c.hash_cost = fitedge_server::config::HashCost::Standard
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        a.register("taken@example.com", PASSWORD, "1990-01-01")
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let timed = |email: String| {
+        let a = &a;
+        async move {
+            let start = Instant::now();
+            let r = a.register(&email, PASSWORD, "1990-01-01").await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            start.elapsed()
+        }
+    };
+    // The fastest of a few runs each: other work on the machine only ever adds time.
+    let (mut new, mut existing) = (Duration::MAX, Duration::MAX);
+    for i in 0..3 {
+        new = new.min(timed(format!("new{i}@example.com")).await);
+        existing = existing.min(timed("taken@example.com".into()).await);
+    }
+    assert!(
+        existing * 2 >= new,
+        "an existing address answered in {existing:?}, a new one in {new:?}: the hash was skipped"
+    );
+}
+
+async fn login_answers_and_lockout_the_same_without_an_account(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("real@example.com").await.unwrap();
+    let wrong = "wrong password!";
+    for i in 1..=5 {
+        let real = a.login("real@example.com", wrong).await;
+        let ghost = a.login("ghost@example.com", wrong).await;
+        assert_eq!(real.status, StatusCode::UNAUTHORIZED, "failure {i}");
+        assert_eq!(
+            (ghost.status, &ghost.body),
+            (real.status, &real.body),
+            "failure {i}"
+        );
+    }
+    // Both locked after the 5th, with the same answer, even for the right password.
+    let real = a.login("real@example.com", PASSWORD).await;
+    let ghost = a.login("ghost@example.com", PASSWORD).await;
+    assert_eq!(real.status, StatusCode::LOCKED, "{}", real.body);
+    assert_eq!((ghost.status, &ghost.body), (real.status, &real.body));
+    assert_eq!(ghost.header("retry-after"), Some("900"));
+    assert_eq!(ghost.header("retry-after"), real.header("retry-after"));
+    // Both cool down alike, and count again from zero.
+    a.clock.advance_secs(900.0);
+    assert_eq!(
+        a.login("real@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    for i in 1..=4 {
+        assert_eq!(
+            a.login("ghost@example.com", wrong).await.status,
+            StatusCode::UNAUTHORIZED,
+            "failure {i} after the lock"
+        );
+    }
+    assert_eq!(
+        a.login("ghost@example.com", wrong).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.login("ghost@example.com", wrong).await.status,
+        StatusCode::LOCKED
+    );
+    // The address itself is not stored.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT email_hmac FROM login_failures")
+        .fetch_all(a.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains("ghost"), "{}", stored[0]);
+}
+
+async fn password_reset_request_answers_the_same_for_every_address(b: Backend) {
+    for dev in [false, true] {
+        let a = TestApp::with_config(b, |c| c.dev = dev).await.unwrap();
+        a.register_verified("known@example.com").await.unwrap();
+        a.register("unverified@example.com", PASSWORD, "1990-01-01")
+            .await;
+        let req = |e: &str| {
+            a.call(
+                TestRequest::post("/api/v1/auth/password-reset/request")
+                    .json(json!({ "email": e })),
+            )
+        };
+        let known = req("known@example.com").await;
+        assert_eq!(known.status, StatusCode::ACCEPTED);
+        let mailed = a.mail.sent();
+        assert_eq!(mailed.last().unwrap().kind, MailKind::PasswordReset);
+        for e in ["nobody@example.com", "unverified@example.com"] {
+            let r = req(e).await;
+            assert_eq!(r.status, known.status, "{e}");
+            if dev {
+                // A token of the same form, which resets nothing: what dev mode reveals.
+                assert_eq!(keys_of(&r.body), keys_of(&known.body), "{e}: {}", r.body);
+                let fake = r.body["dev_token"].as_str().unwrap();
+                assert_eq!(fake.len(), known.body["dev_token"].as_str().unwrap().len());
+                let c = a
+                    .call(
+                        TestRequest::post("/api/v1/auth/password-reset/confirm")
+                            .json(json!({"token": fake, "new_password": "a brand new secret!"})),
+                    )
+                    .await;
+                assert_eq!(c.body["error"], "invalid_token", "{e}");
+            } else {
+                assert_eq!(r.body, known.body, "{e}");
+                assert_eq!(r.body, json!({"status": "accepted"}));
+            }
+        }
+        assert_eq!(
+            a.mail.sent(),
+            mailed,
+            "dev {dev}: only a verified address is mailed"
+        );
+        // Every request writes the same kind of record, so none is quicker than the others.
+        assert_eq!(
+            count(
+                &a,
+                "SELECT COUNT(*) FROM audit_events WHERE kind = $1",
+                "password.reset_requested"
+            )
+            .await,
+            3,
+            "dev {dev}"
+        );
+    }
+}
+
+async fn totp_secrets_are_sealed_and_bound_to_the_account(b: Backend) {
+    let a = app_with_key(b).await;
+    a.register_verified("sa@example.com").await.unwrap();
+    a.register_verified("sb@example.com").await.unwrap();
+    let t = a.token("sa@example.com").await.unwrap();
+    let e = a
+        .call(TestRequest::post("/api/v1/auth/mfa/totp/enroll").token(&t))
+        .await;
+    assert_eq!(e.status, StatusCode::OK, "{}", e.body);
+    let raw = fitedge_server::testing::base32_decode(e.body["secret"].as_str().unwrap()).unwrap();
+    let key_id = a.state.totp_keys.current_id().unwrap().to_string();
+    let (secret, pending, kid) = totp_columns(&a, "sa@example.com").await;
+    assert!(secret.is_none());
+    let pending = pending.unwrap();
+    assert!(pending.starts_with("v1:"), "{pending}");
+    assert!(
+        !pending.contains(&hex::encode(&raw)),
+        "stored in plain text"
+    );
+    assert_eq!(kid.as_deref(), Some(key_id.as_str()));
+    let code = totp::code_at(&raw, a.clock.now_ts());
+    let c = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/totp/confirm")
+                .token(&t)
+                .json(json!({ "code": code })),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.body);
+    let (secret, pending, kid) = totp_columns(&a, "sa@example.com").await;
+    let secret = secret.unwrap();
+    assert!(secret.starts_with("v1:"), "{secret}");
+    assert!(!secret.contains(&hex::encode(&raw)), "stored in plain text");
+    assert!(pending.is_none());
+    assert_eq!(kid.as_deref(), Some(key_id.as_str()));
+    let me = a.call(TestRequest::get("/api/v1/me").token(&t)).await;
+    assert_eq!(me.body["mfa_enabled"], true);
+    a.clock.advance_secs(30.0);
+    let code = totp::code_at(&raw, a.clock.now_ts());
+    let r = a.call(login_with_code("sa@example.com", &code)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Copied to another account, the sealed secret does not open: its codes do not pass there.
+    sqlx::query("UPDATE users SET totp_secret = $1, totp_key_id = $2 WHERE email = $3")
+        .bind(&secret)
+        .bind(&key_id)
+        .bind("sb@example.com")
+        .execute(a.state.db.pool())
+        .await
+        .unwrap();
+    a.clock.advance_secs(30.0);
+    let code = totp::code_at(&raw, a.clock.now_ts());
+    let r = a.call(login_with_code("sb@example.com", &code)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    assert!(r.body.get("access_token").is_none());
+}
+
+async fn totp_enrolment_needs_a_key_that_survives_a_restart(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("k@example.com").await.unwrap();
+    let t = a.token("k@example.com").await.unwrap();
+    // No FITEDGE_SECRET_KEY outside dev mode: a per-process key would lose the secret at the
+    // next restart, so enrolment is refused and nothing is stored.
+    let r = a
+        .call(TestRequest::post("/api/v1/auth/mfa/totp/enroll").token(&t))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.body["error"], "mfa_unavailable");
+    assert_eq!(totp_columns(&a, "k@example.com").await, (None, None, None));
+    // With a key, an enrolment survives a restart with the same key.
+    let a = restart(a, |c| c.secret_key = Some(KEY.into())).await;
+    let secret = a.enable_totp(&t).await.unwrap();
+    let mut a = restart(a, |c| c.secret_key = Some(KEY.into())).await;
+    a.clock.advance_secs(30.0);
+    let code = totp::code_at(&secret, a.clock.now_ts());
+    let r = a.call(login_with_code("k@example.com", &code)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Another key, or none: the secret cannot be opened. The account cannot pass MFA, and the
+    // answer says so rather than "wrong code" (nor counts a failure).
+    for key in [Some(OTHER_KEY), None] {
+        a = restart(a, move |c| c.secret_key = key.map(str::to_string)).await;
+        a.clock.advance_secs(30.0);
+        let code = totp::code_at(&secret, a.clock.now_ts());
+        let r = a.call(login_with_code("k@example.com", &code)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{key:?}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"], "mfa_unavailable");
+    }
+    let a = restart(a, |c| c.secret_key = Some(KEY.into())).await;
+    a.clock.advance_secs(30.0);
+    let code = totp::code_at(&secret, a.clock.now_ts());
+    let r = a.call(login_with_code("k@example.com", &code)).await;
+    assert_eq!(r.status, StatusCode::OK, "the old key back: {}", r.body);
+}
+
+async fn dev_mode_totp_survives_a_restart_and_is_resealed_under_a_real_key(b: Backend) {
+    let a = TestApp::with_config(b, |c| c.dev = true).await.unwrap();
+    a.register_verified("dv@example.com").await.unwrap();
+    let t = a.token("dv@example.com").await.unwrap();
+    let secret = a.enable_totp(&t).await.unwrap();
+    let (stored, _, kid) = totp_columns(&a, "dv@example.com").await;
+    assert!(stored.unwrap().starts_with("v1:"));
+    assert_eq!(kid.as_deref(), Some(identity::sealed::DEV_KEY_ID));
+    let a = restart(a, |c| c.dev = true).await;
+    assert_eq!(
+        next_code_login(&a, "dv@example.com", &secret).await.status,
+        StatusCode::OK,
+        "dev restart"
+    );
+    // A real key later: the public development key still opens it, and it is sealed again.
+    let a = restart(a, |c| c.secret_key = Some(KEY.into())).await;
+    let r = next_code_login(&a, "dv@example.com", &secret).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (stored, _, kid) = totp_columns(&a, "dv@example.com").await;
+    assert!(stored.unwrap().starts_with("v1:"));
+    assert_eq!(kid.as_deref(), a.state.totp_keys.current_id());
+    assert_ne!(kid.as_deref(), Some(identity::sealed::DEV_KEY_ID));
+    let a = restart(a, |c| c.secret_key = Some(KEY.into())).await;
+    assert_eq!(
+        next_code_login(&a, "dv@example.com", &secret).await.status,
+        StatusCode::OK,
+        "resealed value opens"
+    );
+}
+
+async fn plain_totp_secrets_from_earlier_versions_verify_and_are_sealed(b: Backend) {
+    // A server without a key first, as earlier versions ran.
+    let a = app(b).await;
+    for e in ["old", "dormant", "step", "pend"] {
+        a.register_verified(&format!("{e}@example.com"))
+            .await
+            .unwrap();
+    }
+    let step_token = a.token("step@example.com").await.unwrap();
+    let pend_token = a.token("pend@example.com").await.unwrap();
+    // What versions before migration 0002 wrote: plain hex, no key id.
+    let raw = b"12345678901234567890".to_vec();
+    let plain = hex::encode(&raw);
+    for (column, email) in [
+        ("totp_secret", "old@example.com"),
+        ("totp_secret", "dormant@example.com"),
+        ("totp_secret", "step@example.com"),
+        ("totp_pending_secret", "pend@example.com"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE users SET {column} = $1 WHERE email = $2"
+        )))
+        .bind(&plain)
+        .bind(email)
+        .execute(a.state.db.pool())
+        .await
+        .unwrap();
+    }
+    let code = |a: &TestApp| {
+        a.clock.advance_secs(30.0);
+        totp::code_at(&raw, a.clock.now_ts())
+    };
+    // Without a key they keep working, and stay as they are (nothing durable to seal with).
+    let r = a.call(login_with_code("old@example.com", &code(&a))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        totp_columns(&a, "old@example.com").await,
+        (Some(plain.clone()), None, None)
+    );
+    // With a key: the next successful use seals them.
+    let a = restart(a, |c| c.secret_key = Some(KEY.into())).await;
+    let key_id = a.state.totp_keys.current_id().map(str::to_string);
+    let r = a.call(login_with_code("old@example.com", &code(&a))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["mfa"], true);
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/verify")
+                .token(&step_token)
+                .json(json!({ "code": code(&a) })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/totp/confirm")
+                .token(&pend_token)
+                .json(json!({ "code": code(&a) })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for email in ["old@example.com", "step@example.com", "pend@example.com"] {
+        let (secret, pending, kid) = totp_columns(&a, email).await;
+        let secret = secret.unwrap();
+        assert!(secret.starts_with("v1:"), "{email}: {secret}");
+        assert!(!secret.contains(&plain), "{email}");
+        assert!(pending.is_none(), "{email}");
+        assert_eq!(kid, key_id, "{email}");
+    }
+    // An account that does not sign in is sealed by the pass meant for start-up.
+    assert_eq!(
+        totp_columns(&a, "dormant@example.com").await.0,
+        Some(plain.clone())
+    );
+    let report = identity::sealed::seal_stored_secrets(&a.state)
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        identity::sealed::SealReport {
+            sealed: 1,
+            unreadable: 0
+        }
+    );
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users WHERE totp_secret NOT LIKE 'v1:%'
+            OR totp_pending_secret NOT LIKE 'v1:%' OR totp_secret = $1",
+    )
+    .bind(&plain)
+    .fetch_one(a.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "only the sealed form is left");
+    assert_eq!(
+        identity::sealed::seal_stored_secrets(&a.state)
+            .await
+            .unwrap()
+            .sealed,
+        0
+    );
+    // The sealed forms verify.
+    for email in ["old@example.com", "dormant@example.com", "pend@example.com"] {
+        let r = a.call(login_with_code(email, &code(&a))).await;
+        assert_eq!(r.status, StatusCode::OK, "{email}: {}", r.body);
+    }
 }

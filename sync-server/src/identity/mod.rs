@@ -3,6 +3,7 @@
 //! sessions), lockout, sign-out, password reset, TOTP, roles, audit log, GDPR export and delete.
 
 pub mod password;
+pub mod sealed;
 pub mod store;
 pub mod totp;
 
@@ -18,14 +19,18 @@ use utoipa_axum::routes;
 
 use crate::auth::{too_many, Caller, ClientAddr, Permission, Role, Tier};
 use crate::crypto;
-use crate::db::{col, is_unique_violation, Tx};
+use crate::db::{col, Tx};
 use crate::error::{ApiError, Error, FieldErrors, Result};
 use crate::http::ValidJson;
 use crate::idempotency::ResponseOwner;
 use crate::mail::{Mail, MailKind};
 use crate::outbox;
 use crate::state::AppState;
-use store::{audit, load_profile, profile_from_row, record_failure, Profile, PROFILE_COLUMNS};
+use sealed::{mfa_unavailable, upgrade_in_tx};
+use store::{
+    audit, load_profile, profile_from_row, record_failure, record_unknown_failure, Profile,
+    PROFILE_COLUMNS,
+};
 
 pub const MIN_AGE_YEARS: i32 = 13;
 pub const VERIFY_TOKEN_TTL_MS: i64 = 48 * 3_600_000;
@@ -207,27 +212,34 @@ pub struct RegisterRequest {
     pub display_name: String,
 }
 
+/// The same for a new address and for one that already has an account, so that registration
+/// does not tell which addresses are registered.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RegisterResponse {
+    /// The new account's id. For an address that already has an account, a random id that
+    /// names no account (the owner is mailed instead).
     #[schema(format = Uuid)]
     pub user_id: String,
     pub email: String,
     /// Always `pending_verification`: the account is active once the email is verified.
     pub status: String,
-    /// DEV MODE ONLY (`--dev`): the verification token that was mailed. Never present in
-    /// production.
+    /// DEV MODE ONLY (`--dev`): the verification token that was mailed. For an address that
+    /// already has an account, a token of the same form that verifies nothing (dev mode reveals
+    /// this much: `verify-email` refuses it). Never present in production.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_token: Option<String>,
 }
 
-/// Register an account; a verification token is mailed.
+/// Register an account; a verification token is mailed. An address that already has an account
+/// gets the same answer (and takes as long); its owner is mailed that someone tried.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "identity",
     params(crate::openapi::IdempotencyKey),
     request_body = RegisterRequest,
     responses(
-        (status = 201, body = RegisterResponse),
+        (status = 201, body = RegisterResponse,
+            description = "registered, or the address already has an account (not revealed)"),
         (status = 400, body = ApiError, description = "validation failed (details.fields)"),
-        (status = 409, body = ApiError, description = "email already registered"),
+        (status = 409, body = ApiError, description = "idempotency_in_flight"),
         (status = 422, body = ApiError), (status = 429, body = ApiError)))]
 pub async fn register(
     State(state): State<AppState>,
@@ -268,11 +280,14 @@ pub async fn register(
         );
     }
     check(f)?;
+    // Hashed before the address is looked up: both outcomes spend the argon2 cost.
     let hash = password::hash(state.config.hash_cost, req.password).await?;
+    // For an existing address these are never stored: the answer carries a random id and, in
+    // dev mode, a token that verifies nothing.
     let user_id = uuid::Uuid::new_v4().to_string();
     let token = crypto::new_token()?;
     let birth = req.birth_date.trim().to_string();
-    let res = state
+    let existing: Option<String> = state
         .db
         .write(|tx| {
             let (user_id, email, hash, name, birth, token, addr) = (
@@ -285,10 +300,14 @@ pub async fn register(
                 addr.clone(),
             );
             Box::pin(async move {
-                let ins = sqlx::query(
+                // DO NOTHING keeps the transaction usable (a unique violation would abort it on
+                // PostgreSQL), so the existing account can be found and its owner's log written.
+                let inserted: Option<String> = sqlx::query_scalar(
                     "INSERT INTO users (id, email, password_hash, display_name, birth_date,
                         created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)
+                     ON CONFLICT (email) DO NOTHING
+                     RETURNING id",
                 )
                 .bind(&user_id)
                 .bind(&email)
@@ -296,19 +315,23 @@ pub async fn register(
                 .bind(&name)
                 .bind(&birth)
                 .bind(now.as_millis())
-                .execute(&mut **tx)
-                .await;
-                match ins {
-                    Err(e) if is_unique_violation(&e) => {
-                        return Err(ApiError::conflict(
-                            "email_taken",
-                            "an account with this email already exists",
-                        )
-                        .into())
-                    }
-                    other => {
-                        other?;
-                    }
+                .fetch_optional(&mut **tx)
+                .await?;
+                if inserted.is_none() {
+                    let owner: String = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+                        .bind(&email)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    audit(
+                        tx,
+                        now,
+                        Some(&owner),
+                        "registration.attempted",
+                        Some(&addr),
+                        serde_json::json!({}),
+                    )
+                    .await?;
+                    return Ok(Some(owner));
                 }
                 store_email_token(
                     tx,
@@ -336,32 +359,49 @@ pub async fn register(
                     serde_json::json!({ "user_id": user_id }),
                 )
                 .await?;
-                Ok(())
+                Ok(None)
             })
         })
-        .await;
-    res?;
-    state.outbox_notify.notify_one();
-    send_mail(
-        &state,
-        Mail {
-            to: email.clone(),
-            kind: MailKind::VerifyEmail,
-            token: token.clone(),
-        },
-    )
-    .await;
+        .await?;
+    let owner = match &existing {
+        Some(owner) => {
+            send_mail(
+                &state,
+                Mail {
+                    to: email.clone(),
+                    kind: MailKind::RegistrationAttempt,
+                    token: String::new(),
+                },
+            )
+            .await;
+            owner.clone()
+        }
+        None => {
+            state.outbox_notify.notify_one();
+            send_mail(
+                &state,
+                Mail {
+                    to: email.clone(),
+                    kind: MailKind::VerifyEmail,
+                    token: token.clone(),
+                },
+            )
+            .await;
+            user_id.clone()
+        }
+    };
     let mut resp = (
         StatusCode::CREATED,
         axum::Json(RegisterResponse {
-            user_id: user_id.clone(),
+            user_id,
             email,
             status: "pending_verification".into(),
             dev_token: dev_token(&state, &token),
         }),
     )
         .into_response();
-    resp.extensions_mut().insert(ResponseOwner(user_id));
+    // The stored replay holds the owner's address: it goes with the owner's account deletion.
+    resp.extensions_mut().insert(ResponseOwner(owner));
     Ok(resp)
 }
 
@@ -461,27 +501,32 @@ impl Retag for ApiError {
     }
 }
 
+/// Also the answer for an address without an account after as many failures: the wording
+/// speaks of the address, not of an account.
 fn locked(until: i64, now: Timestamp) -> ApiError {
     let secs = ((until - now.as_millis()) as f64 / 1000.0).ceil().max(1.0) as u64;
     ApiError::new(
         StatusCode::LOCKED,
         "account_locked",
-        "too many failed sign-ins; the account is locked for a while",
+        "too many failed sign-ins for this address; try again later",
     )
     .with_retry_after(secs)
 }
 
 /// Sign in with email and password (and a TOTP code when MFA is on); returns a bearer token
-/// valid 7 days. A sixth session ends the oldest; 5 failures in a row lock the account.
+/// valid 7 days. A sixth session ends the oldest; 5 failures in a row lock the account. An
+/// address without an account is answered exactly like a wrong password, lock included.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity",
     params(crate::openapi::IdempotencyKey),
     request_body = LoginRequest,
     responses((status = 200, body = LoginResponse),
-        (status = 400, body = ApiError), (status = 401, body = ApiError, description = "invalid_credentials, or mfa_required"),
-        (status = 403, body = ApiError, description = "email_not_verified"),
+        (status = 400, body = ApiError),
+        (status = 401, body = ApiError, description = "invalid_credentials (wrong password, wrong code, or no such account: not told apart), or mfa_required (after the right password)"),
+        (status = 403, body = ApiError, description = "email_not_verified (after the right password)"),
         (status = 409, body = ApiError), (status = 422, body = ApiError),
-        (status = 423, body = ApiError, description = "account_locked (Retry-After)"),
-        (status = 429, body = ApiError)))]
+        (status = 423, body = ApiError, description = "account_locked (Retry-After): 5 failures in a row for this address, whether or not it has an account"),
+        (status = 429, body = ApiError),
+        (status = 503, body = ApiError, description = "mfa_unavailable: the account's TOTP secret was sealed under a key this server does not have")))]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -497,28 +542,52 @@ pub async fn login(
     if let Err(secs) = state.account_limiter.check(&format!("email:{email}"), now) {
         return Err(too_many(secs));
     }
+    let email_hmac = hex::encode(crypto::hmac_parts(
+        &state.secret,
+        "fitedge-login-failures",
+        &[email.as_bytes()],
+    ));
+    let (threshold, lockout) = (state.config.lockout_threshold, state.config.lockout_secs);
+    // One query whether or not the address has an account, so the two cost the same.
     let row = sqlx::query(
-        "SELECT id, password_hash, email_verified_at, locked_until, totp_secret, totp_last_step
-         FROM users WHERE email = $1",
+        "SELECT u.id, u.password_hash, u.email_verified_at, u.locked_until, u.totp_secret,
+                u.totp_key_id, u.totp_last_step, f.locked_until AS unknown_locked_until
+         FROM (SELECT 1 AS one) k
+         LEFT JOIN users u ON u.email = $1
+         LEFT JOIN login_failures f ON f.email_hmac = $2",
     )
     .bind(&email)
-    .fetch_optional(state.db.pool())
+    .bind(&email_hmac)
+    .fetch_one(state.db.pool())
     .await
     .map_err(Error::from)?;
-    let Some(row) = row else {
-        // Same work as a real check, so timing does not tell which emails exist.
+    let user_id: Option<String> = col(&row, "id")?;
+    let Some(user_id) = user_id else {
+        // The same steps as for an account with a wrong password: lock check, a hash check of
+        // the same cost, a counted failure.
+        let until: Option<i64> = col(&row, "unknown_locked_until")?;
+        if let Some(until) = until.filter(|u| *u > now.as_millis()) {
+            return Err(locked(until, now));
+        }
         let dummy = password::dummy_hash(state.config.hash_cost).await?;
         let _ = password::verify(dummy, req.password).await?;
+        state
+            .db
+            .write(|tx| {
+                let h = email_hmac.clone();
+                Box::pin(
+                    async move { record_unknown_failure(tx, now, &h, threshold, lockout).await },
+                )
+            })
+            .await?;
         return Err(invalid_credentials());
     };
-    let user_id: String = col(&row, "id")?;
     let locked_until: Option<i64> = col(&row, "locked_until")?;
     if let Some(until) = locked_until.filter(|u| *u > now.as_millis()) {
         return Err(locked(until, now));
     }
     let stored: String = col(&row, "password_hash")?;
     let good = password::verify(stored, req.password).await?;
-    let (threshold, lockout) = (state.config.lockout_threshold, state.config.lockout_secs);
     let fail = |what: &'static str| {
         let (user_id, addr) = (user_id.clone(), addr.clone());
         let state = state.clone();
@@ -546,16 +615,21 @@ pub async fn login(
         ));
     }
     let totp_secret: Option<String> = col(&row, "totp_secret")?;
+    let totp_key_id: Option<String> = col(&row, "totp_key_id")?;
     let last_step: Option<i64> = col(&row, "totp_last_step")?;
     let mut mfa_step = None;
-    if let Some(secret) = &totp_secret {
+    let mut reseal = false;
+    if let Some(stored) = &totp_secret {
         let Some(code) = &req.totp_code else {
             return Err(ApiError::unauthorized(
                 "this account uses multi-factor authentication: send totp_code",
             )
             .retag("mfa_required"));
         };
-        let secret = hex::decode(secret).map_err(|_| Error::Corrupt("totp secret".into()))?;
+        let secret = state
+            .totp_keys
+            .open(&user_id, stored, totp_key_id.as_deref())?;
+        reseal = state.totp_keys.needs_reseal(stored, totp_key_id.as_deref());
         match totp::verify(&secret, code, now, last_step) {
             Some(step) => mfa_step = Some(step),
             None => {
@@ -572,13 +646,17 @@ pub async fn login(
     state
         .db
         .write(|tx| {
-            let (user_id, session_id, token_hash, addr) = (
+            let (user_id, session_id, token_hash, addr, keys) = (
                 user_id.clone(),
                 session_id.clone(),
                 token_hash.clone(),
                 addr.clone(),
+                state.totp_keys.clone(),
             );
             Box::pin(async move {
+                if reseal {
+                    upgrade_in_tx(tx, &keys, &user_id).await?;
+                }
                 let active: Vec<String> = sqlx::query_scalar(
                     "SELECT id FROM sessions
                      WHERE user_id = $1 AND ended_at IS NULL AND expires_at > $2
@@ -789,16 +867,21 @@ pub struct ResetRequest {
 pub struct AcceptedResponse {
     /// Always `accepted`: whether the email exists is not revealed.
     pub status: String,
-    /// DEV MODE ONLY (`--dev`): the reset token that was mailed, when one was.
+    /// DEV MODE ONLY (`--dev`): the reset token that was mailed. When none was (no account, or
+    /// the address is not verified), a token of the same form that resets nothing (dev mode
+    /// reveals this much: `password-reset/confirm` refuses it). Never present in production.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_token: Option<String>,
 }
 
-/// Ask for a password reset: a single-use token (1 hour) goes to the verified email.
+/// Ask for a password reset: a single-use token (1 hour) goes to the verified email. The answer
+/// is the same whether or not the address has an account.
 #[utoipa::path(post, path = "/api/v1/auth/password-reset/request", tag = "identity",
     params(crate::openapi::IdempotencyKey),
     request_body = ResetRequest,
-    responses((status = 202, body = AcceptedResponse), (status = 400, body = ApiError),
+    responses((status = 202, body = AcceptedResponse,
+            description = "accepted, whether or not a token was mailed (not revealed)"),
+        (status = 400, body = ApiError),
         (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
 pub async fn request_password_reset(
     State(state): State<AppState>,
@@ -810,35 +893,46 @@ pub async fn request_password_reset(
     if let Err(secs) = state.account_limiter.check(&format!("email:{email}"), now) {
         return Err(too_many(secs));
     }
-    let user: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NOT NULL",
-    )
-    .bind(&email)
-    .fetch_optional(state.db.pool())
-    .await
-    .map_err(Error::from)?;
-    let mut dev = None;
-    if let Some(user_id) = user {
-        let token = crypto::new_token()?;
-        state
-            .db
-            .write(|tx| {
-                let (uid, token, addr) = (user_id.clone(), token.clone(), addr.clone());
-                Box::pin(async move {
-                    store_email_token(tx, now, &uid, "password_reset", &token, RESET_TOKEN_TTL_MS)
+    let row = sqlx::query("SELECT id, email_verified_at FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(state.db.pool())
+        .await
+        .map_err(Error::from)?;
+    let (user, verified) = match &row {
+        Some(r) => (
+            Some(col::<String>(r, "id")?),
+            col::<Option<i64>>(r, "email_verified_at")?.is_some(),
+        ),
+        None => (None, false),
+    };
+    // Made either way: in dev mode a token of the same form is answered whether or not one was
+    // stored and mailed.
+    let token = crypto::new_token()?;
+    let send = user.is_some() && verified;
+    // Every outcome writes one transaction, so the time taken does not tell them apart; the
+    // audit event without an account records the request, not the email address asked for.
+    state
+        .db
+        .write(|tx| {
+            let (uid, token, addr) = (user.clone(), token.clone(), addr.clone());
+            Box::pin(async move {
+                if let (Some(uid), true) = (&uid, send) {
+                    store_email_token(tx, now, uid, "password_reset", &token, RESET_TOKEN_TTL_MS)
                         .await?;
-                    audit(
-                        tx,
-                        now,
-                        Some(&uid),
-                        "password.reset_requested",
-                        Some(&addr),
-                        serde_json::json!({}),
-                    )
-                    .await
-                })
+                }
+                audit(
+                    tx,
+                    now,
+                    uid.as_deref(),
+                    "password.reset_requested",
+                    Some(&addr),
+                    serde_json::json!({ "mailed": send }),
+                )
+                .await
             })
-            .await?;
+        })
+        .await?;
+    if send {
         send_mail(
             &state,
             Mail {
@@ -848,13 +942,12 @@ pub async fn request_password_reset(
             },
         )
         .await;
-        dev = dev_token(&state, &token);
     }
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(AcceptedResponse {
             status: "accepted".into(),
-            dev_token: dev,
+            dev_token: dev_token(&state, &token),
         }),
     )
         .into_response())
@@ -936,12 +1029,15 @@ pub struct TotpEnrollment {
     pub otpauth_uri: String,
 }
 
-/// Start TOTP enrolment: returns a new secret; confirm it with a code to turn MFA on.
+/// Start TOTP enrolment: returns a new secret; confirm it with a code to turn MFA on. The secret
+/// is stored sealed (ADR 0013); a server without `FITEDGE_SECRET_KEY` (outside `--dev`) has no
+/// key that survives a restart and refuses.
 #[utoipa::path(post, path = "/api/v1/auth/mfa/totp/enroll", tag = "identity", security(("bearer" = [])),
     params(crate::openapi::IdempotencyKey),
     responses((status = 200, body = TotpEnrollment), (status = 401, body = ApiError),
         (status = 409, body = ApiError, description = "MFA already enabled, or idempotency key in flight"),
-        (status = 422, body = ApiError), (status = 429, body = ApiError)))]
+        (status = 422, body = ApiError), (status = 429, body = ApiError),
+        (status = 503, body = ApiError, description = "mfa_unavailable: the server has no FITEDGE_SECRET_KEY")))]
 pub async fn totp_enroll(
     State(state): State<AppState>,
     caller: Caller,
@@ -953,18 +1049,38 @@ pub async fn totp_enroll(
         ));
     }
     let secret = crypto::random_bytes(totp::SECRET_LEN)?;
-    let email: String = sqlx::query_scalar(
-        "UPDATE users SET totp_pending_secret = $1 WHERE id = $2 RETURNING email",
+    let Some(sealed) = state.totp_keys.seal(&caller.user_id, &secret)? else {
+        return Err(no_key_to_enrol());
+    };
+    // The row's key id covers both TOTP columns: only a row without an enabled secret (which
+    // could be under another key) takes a new pending one.
+    let email: Option<String> = sqlx::query_scalar(
+        "UPDATE users SET totp_pending_secret = $1, totp_key_id = $2
+         WHERE id = $3 AND totp_secret IS NULL RETURNING email",
     )
-    .bind(hex::encode(&secret))
+    .bind(&sealed.value)
+    .bind(&sealed.key_id)
     .bind(&caller.user_id)
-    .fetch_one(state.db.pool())
+    .fetch_optional(state.db.pool())
     .await
     .map_err(Error::from)?;
+    let Some(email) = email else {
+        return Err(ApiError::conflict(
+            "mfa_already_enabled",
+            "TOTP is already enabled",
+        ));
+    };
     Ok(axum::Json(TotpEnrollment {
         secret: totp::base32(&secret),
         otpauth_uri: totp::otpauth_uri(&secret, &email),
     }))
+}
+
+fn no_key_to_enrol() -> ApiError {
+    mfa_unavailable(
+        "TOTP cannot be enabled on this server: it has no FITEDGE_SECRET_KEY to protect \
+         authenticator secrets with; ask the operator",
+    )
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -991,11 +1107,14 @@ async fn check_code(
     let mut f = FieldErrors::new();
     push(&mut f, "code", totp_code_problems(code));
     check(f)?;
-    let row = sqlx::query("SELECT totp_secret, totp_pending_secret, totp_last_step, locked_until FROM users WHERE id = $1")
-        .bind(&caller.user_id)
-        .fetch_one(state.db.pool())
-        .await
-        .map_err(Error::from)?;
+    let row = sqlx::query(
+        "SELECT totp_secret, totp_pending_secret, totp_key_id, totp_last_step, locked_until
+         FROM users WHERE id = $1",
+    )
+    .bind(&caller.user_id)
+    .fetch_one(state.db.pool())
+    .await
+    .map_err(Error::from)?;
     let locked_until: Option<i64> = col(&row, "locked_until")?;
     if let Some(until) = locked_until.filter(|u| *u > now.as_millis()) {
         return Err(locked(until, now));
@@ -1020,7 +1139,19 @@ async fn check_code(
             },
         ));
     };
-    let secret_bytes = hex::decode(&secret).map_err(|_| Error::Corrupt("totp secret".into()))?;
+    let key_id: Option<String> = col(&row, "totp_key_id")?;
+    let secret_bytes = state
+        .totp_keys
+        .open(&caller.user_id, &secret, key_id.as_deref())?;
+    // Enabling stores the secret again: it needs a key that survives a restart (a pending
+    // secret can be plain text from an earlier version).
+    let enabled = if pending {
+        let sealed = state.totp_keys.seal(&caller.user_id, &secret_bytes)?;
+        Some(sealed.ok_or_else(no_key_to_enrol)?)
+    } else {
+        None
+    };
+    let reseal = state.totp_keys.needs_reseal(&secret, key_id.as_deref());
     let last: Option<i64> = col(&row, "totp_last_step")?;
     let (threshold, lockout) = (state.config.lockout_threshold, state.config.lockout_secs);
     let Some(step) = totp::verify(&secret_bytes, code, now, last) else {
@@ -1040,24 +1171,30 @@ async fn check_code(
     state
         .db
         .write(|tx| {
-            let (uid, sid, addr, secret) = (
+            let (uid, sid, addr, enabled, keys) = (
                 caller.user_id.clone(),
                 caller.session_id.clone(),
                 addr.to_string(),
-                secret.clone(),
+                enabled.clone(),
+                state.totp_keys.clone(),
             );
             Box::pin(async move {
-                if pending {
+                if let Some(sealed) = enabled {
                     sqlx::query(
                         "UPDATE users SET totp_secret = $1, totp_pending_secret = NULL,
-                            totp_last_step = $2, failed_logins = 0 WHERE id = $3",
+                            totp_key_id = $2, totp_last_step = $3, failed_logins = 0
+                         WHERE id = $4",
                     )
-                    .bind(&secret)
+                    .bind(&sealed.value)
+                    .bind(&sealed.key_id)
                     .bind(step)
                     .bind(&uid)
                     .execute(&mut **tx)
                     .await?;
                 } else {
+                    if reseal {
+                        upgrade_in_tx(tx, &keys, &uid).await?;
+                    }
                     sqlx::query(
                         "UPDATE users SET totp_last_step = $1, failed_logins = 0 WHERE id = $2",
                     )
@@ -1096,7 +1233,8 @@ async fn check_code(
     request_body = CodeRequest,
     responses((status = 200, body = MfaResponse), (status = 400, body = ApiError),
         (status = 401, body = ApiError, description = "invalid_code"), (status = 409, body = ApiError),
-        (status = 422, body = ApiError), (status = 423, body = ApiError), (status = 429, body = ApiError)))]
+        (status = 422, body = ApiError), (status = 423, body = ApiError), (status = 429, body = ApiError),
+        (status = 503, body = ApiError, description = "mfa_unavailable: no key to seal or open the TOTP secret with")))]
 pub async fn totp_confirm(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
@@ -1113,7 +1251,8 @@ pub async fn totp_confirm(
     request_body = CodeRequest,
     responses((status = 200, body = MfaResponse), (status = 400, body = ApiError),
         (status = 401, body = ApiError, description = "invalid_code"), (status = 409, body = ApiError),
-        (status = 422, body = ApiError), (status = 423, body = ApiError), (status = 429, body = ApiError)))]
+        (status = 422, body = ApiError), (status = 423, body = ApiError), (status = 429, body = ApiError),
+        (status = 503, body = ApiError, description = "mfa_unavailable: no key to seal or open the TOTP secret with")))]
 pub async fn mfa_verify(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,

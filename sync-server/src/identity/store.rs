@@ -131,3 +131,46 @@ pub async fn record_failure(
     }
     Ok(false)
 }
+
+/// How long the failure count of an address without an account is kept after its last failure.
+/// An account's count has no such limit; this one bounds a table anyone can add rows to. The
+/// difference is only observable by someone who fails, waits this long, and fails again.
+pub const UNKNOWN_FAILURES_KEPT_MS: i64 = 30 * 24 * 3_600_000;
+
+/// [`record_failure`] for an address without an account: the same count, threshold and lock,
+/// so the answers match; no audit event (there is no account to attach it to). Returns whether
+/// this failure locked it.
+pub async fn record_unknown_failure(
+    tx: &mut Tx,
+    now: Timestamp,
+    email_hmac: &str,
+    threshold: u32,
+    lockout_secs: u64,
+) -> Result<bool> {
+    sqlx::query("DELETE FROM login_failures WHERE updated_at < $1")
+        .bind(now.as_millis() - UNKNOWN_FAILURES_KEPT_MS)
+        .execute(&mut **tx)
+        .await?;
+    let failed: i64 = sqlx::query_scalar(
+        "INSERT INTO login_failures (email_hmac, failed, updated_at) VALUES ($1, 1, $2)
+         ON CONFLICT (email_hmac) DO UPDATE
+           SET failed = login_failures.failed + 1, updated_at = $2
+         RETURNING failed",
+    )
+    .bind(email_hmac)
+    .bind(now.as_millis())
+    .fetch_one(&mut **tx)
+    .await?;
+    if failed >= i64::from(threshold) {
+        let until = now.as_millis() + (lockout_secs as i64).saturating_mul(1000);
+        sqlx::query(
+            "UPDATE login_failures SET failed = 0, locked_until = $1 WHERE email_hmac = $2",
+        )
+        .bind(until)
+        .bind(email_hmac)
+        .execute(&mut **tx)
+        .await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
