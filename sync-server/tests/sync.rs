@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use automerge::sync::BloomFilter;
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ReadDoc, ROOT};
+use automerge::{Automerge, ChangeHash, ReadDoc, ROOT};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
@@ -60,6 +61,8 @@ both!(
     gdpr_export_and_delete_cover_sync,
     sync_state_is_kept_per_peer_and_compaction_keeps_the_document,
     completed_workout_summary_is_checked_against_its_chunks,
+    a_change_that_arrives_before_its_dependency_is_kept,
+    a_dependency_hidden_by_a_bloom_false_positive_is_asked_for,
 );
 
 // ------------------------------------------------------------------------------------ harness
@@ -1058,6 +1061,184 @@ async fn completed_workout_summary_is_checked_against_its_chunks(b: Backend) {
         .unwrap();
     let d = o.recomputed_distance_m.unwrap();
     assert!((d - 5400.0).abs() < 50.0, "recomputed {d}");
+}
+
+// ------------------------------------------------------------- changes waiting for dependencies
+
+// Issue 7's livelock, root cause: a sync message may carry a change whose dependency the
+// server does not hold yet; automerge queues it, and the sender counts it as sent on this link
+// and never sends it again there. A server that drops the queued change asks for it forever
+// while both sides exchange empty messages. These tests fail against such a server.
+
+/// One `put` committed on `doc`; its hash.
+fn commit_put(doc: &mut Automerge, key: &str, value: i64) -> ChangeHash {
+    let mut tx = doc.transaction();
+    tx.put(ROOT, key, value).unwrap();
+    tx.commit().0.unwrap()
+}
+
+/// The automerge sync message inside a `sync`/`request` frame.
+fn sync_message(m: &Message) -> automerge::sync::Message {
+    match m {
+        Message::Sync { data, .. } | Message::Request { data, .. } => {
+            automerge::sync::Message::decode(data).unwrap()
+        }
+        other => panic!("not a sync message: {other:?}"),
+    }
+}
+
+/// Pumps `c` until the server has stored exactly `c`'s heads of `id`.
+async fn until_stored(s: &Server, c: &mut Client, id: &DocumentId, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let want = c.docs[id].get_heads();
+        if stored(s, id).await.map(|d| d.get_heads()) == Some(want) {
+            return;
+        }
+        assert!(!c.closed, "{what}: closed: {:?}", c.errors);
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the server never stored the device's heads"
+        );
+        c.pump_once(Duration::from_millis(50)).await;
+    }
+}
+
+/// A change that arrives before the change it depends on (as a frame delayed by a proxy or a
+/// lost-then-retried send would make it): on a new document (the creation path), on an
+/// existing one, and when another link brings the dependency.
+async fn a_change_that_arrives_before_its_dependency_is_kept(b: Backend) {
+    let s = server(b).await;
+    let (_, token) = s.user("ann@example.com").await;
+    for case in [
+        "new document",
+        "existing document",
+        "dependency from another link",
+    ] {
+        let mut a = s.client(&token).await;
+        let id = DocumentId::random();
+        if case == "new document" {
+            let doc = a.docs.entry(id).or_default();
+            commit_put(doc, "d", 1);
+            // The opening message carries no changes; its answer asks for them.
+            a.push(&id).await;
+            let frame = loop {
+                match tokio::time::timeout(WAIT, a.ws.next()).await.unwrap() {
+                    Some(Ok(Ws::Binary(b))) => break b,
+                    Some(Ok(_)) => {}
+                    other => panic!("{case}: no answer: {other:?}"),
+                }
+            };
+            let Event::Sync { message, .. } = a.conn.receive(&frame).unwrap() else {
+                panic!("{case}: not a sync answer");
+            };
+            a.conn
+                .receive_sync(&id, a.docs.get_mut(&id).unwrap(), message)
+                .unwrap();
+        } else {
+            a.change(&id, put("title", "first")).await;
+            until_stored(&s, &mut a, &id, case).await;
+            commit_put(a.docs.get_mut(&id).unwrap(), "d", 1);
+        }
+        let doc = a.docs.get_mut(&id).unwrap();
+        let with_d = a.conn.generate(&id, doc).unwrap().expect("a message");
+        let d_only = doc.clone();
+        let x = commit_put(doc, "x", 2);
+        let with_x = a.conn.generate(&id, doc).unwrap().expect("a message");
+        assert_eq!(sync_message(&with_d).changes.len(), 1, "{case}: D alone");
+        assert_eq!(sync_message(&with_x).changes.len(), 1, "{case}: X alone");
+        // X first: the server cannot apply it yet.
+        a.send(&with_x).await;
+        if case == "dependency from another link" {
+            // The same device's second link brings D (only: it does not hold X), and the
+            // server stores X, held by the first link, as soon as it applies.
+            let mut other = s.client(&token).await;
+            other.docs.insert(id, d_only);
+            other.push(&id).await;
+            other.pump().await;
+            let deadline = Instant::now() + WAIT;
+            while stored(&s, &id)
+                .await
+                .and_then(|d| d.get_change_by_hash(&x))
+                .is_none()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{case}: X stored without a's help"
+                );
+                other.pump_once(Duration::from_millis(20)).await;
+            }
+            assert!(other.errors.is_empty(), "{case}: {:?}", other.errors);
+        } else {
+            a.send(&with_d).await;
+        }
+        until_stored(&s, &mut a, &id, case).await;
+        assert!(a.errors.is_empty(), "{case}: {:?}", a.errors);
+        let doc = stored(&s, &id).await.unwrap();
+        assert!(doc.get_change_by_hash(&x).is_some(), "{case}: X stored");
+        assert!(
+            doc.get_missing_deps(&[]).is_empty(),
+            "{case}: nothing left waiting"
+        );
+    }
+}
+
+/// The same on a link without any fault: the server's opening message summarises the changes
+/// it holds in a Bloom filter, which wrongly claims ~1% of the changes it lacks. A device
+/// change D it wrongly claims is not sent; its child X is. The server must then ask for D
+/// (automerge's `need` walks back through the queued X), not for X again.
+async fn a_dependency_hidden_by_a_bloom_false_positive_is_asked_for(b: Backend) {
+    let s = server(b).await;
+    let (_, token) = s.user("ann@example.com").await;
+    let id = DocumentId::random();
+    let mut a = s.client(&token).await;
+    a.change(&id, put("title", "base")).await;
+    until_stored(&s, &mut a, &id, "base").await;
+    let mut doc = a.docs[&id].clone();
+    let _ = a.ws.close(None).await;
+    drop(a);
+    // Another device adds changes, so the server's filter has entries.
+    let mut other = s.client(&token).await;
+    other.request(&id).await;
+    for i in 0..8 {
+        other
+            .change(&id, move |tx| {
+                tx.put(ROOT, format!("s{i}"), i64::from(i)).unwrap();
+            })
+            .await;
+    }
+    until_stored(&s, &mut other, &id, "other device").await;
+    // A new link shares no heads yet: the server's filter covers every change it holds.
+    let server_doc = stored(&s, &id).await.unwrap();
+    let held: Vec<ChangeHash> = server_doc
+        .get_changes(&[])
+        .iter()
+        .map(|c| c.hash())
+        .collect();
+    let bloom = BloomFilter::from_hashes(held.iter());
+    let d = (0..100_000)
+        .find_map(|i| {
+            let mut t = doc.clone();
+            let h = commit_put(&mut t, "d", i);
+            bloom.contains_hash(&h).then_some((t, h))
+        })
+        .expect("a false positive (about 1 in 100)");
+    doc = d.0;
+    let (x_doc, x) = (0..1000)
+        .find_map(|i| {
+            let mut t = doc.clone();
+            let h = commit_put(&mut t, "x", i);
+            (!bloom.contains_hash(&h)).then_some((t, h))
+        })
+        .unwrap();
+    let mut a = s.client(&token).await;
+    a.docs.insert(id, x_doc);
+    a.push(&id).await;
+    until_stored(&s, &mut a, &id, "D and X").await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let stored_doc = stored(&s, &id).await.unwrap();
+    assert!(stored_doc.get_change_by_hash(&d.1).is_some(), "D stored");
+    assert!(stored_doc.get_change_by_hash(&x).is_some(), "X stored");
 }
 
 // ------------------------------------------------------------------------ two nodes, PostgreSQL

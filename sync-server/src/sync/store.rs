@@ -2,7 +2,7 @@
 //! `sync_compact_after` incrementals), the access list, per-peer sync states. Written in the SQL
 //! subset both backends share (ADR 0006); see ADR 0009 for the choices.
 
-use automerge::Automerge;
+use automerge::{Automerge, SaveOptions};
 use fitedge_core::sync::protocol::DocumentId;
 
 use crate::db::{col, Backend, Tx};
@@ -245,7 +245,12 @@ async fn commit_in(
         let chunks = chunks_after(&mut **tx, &id, 0).await?;
         let mut doc = Automerge::new();
         apply_chunks(&mut doc, &chunks)?;
-        let snapshot = doc.save();
+        // Applied changes only: a change waiting for its dependencies was never checked (older
+        // servers could store one at creation); the peer that sent it sends it again when asked.
+        let snapshot = doc.save_with_options(SaveOptions {
+            retain_orphans: false,
+            ..SaveOptions::default()
+        });
         size = i64::try_from(snapshot.len()).unwrap_or(i64::MAX);
         seq = next + 1;
         sqlx::query("DELETE FROM sync_chunks WHERE doc_id = $1 AND seq <= $2")

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use automerge::{sync, Automerge};
+use automerge::{sync, Automerge, ReadDoc, SaveOptions};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
@@ -18,10 +18,10 @@ use fitedge_core::sync::protocol::{
     Connection, DocumentId, Event, Message, PeerId, PeerMetadata, ProtocolError,
 };
 
-use super::hub::{DocEntry, Outbound};
+use super::hub::{DocEntry, DocState, Outbound};
 use super::store::{self, Access, Commit};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Error};
 use crate::state::AppState;
 
 /// The caller of the upgrade: `Authorization: Bearer ...`, or (browsers cannot set headers on a
@@ -103,6 +103,13 @@ struct Session {
     peer_key: Option<String>,
     entries: HashMap<DocumentId, Arc<DocEntry>>,
     restored: HashSet<DocumentId>,
+    /// Per document: changes the peer sent on this link that automerge could not apply yet
+    /// because their dependencies are missing (its queue), as change chunks. They belong with
+    /// this link's sync state: the peer counts them as sent on this link and never sends them
+    /// again on it, so dropping them makes the server ask for them forever (issue 7's livelock).
+    /// They stay out of the shared document, unchecked, until they apply; then they are
+    /// checked with this peer's access like anything else it sends. See [`Session::view`].
+    held: HashMap<DocumentId, Vec<u8>>,
 }
 
 async fn send(socket: &mut WebSocket, m: &Message) -> bool {
@@ -136,6 +143,7 @@ async fn run(state: AppState, user_id: String, mut socket: WebSocket) {
         peer_key: None,
         entries: HashMap::new(),
         restored: HashSet::new(),
+        held: HashMap::new(),
     };
     loop {
         tokio::select! {
@@ -174,12 +182,24 @@ async fn run(state: AppState, user_id: String, mut socket: WebSocket) {
                 Some(Ok(_)) => {} // ping/pong: answered by the library
             },
             out = rx.recv() => match out {
-                Some(Outbound::Changed(id)) => {
-                    if let Some(m) = s.generate(&id).await {
-                        if !send(&mut socket, &m).await { break; }
+                Some(Outbound::Changed(id)) => match s.changed(&id).await {
+                    Outcome::Send(ms) => {
+                        let mut ok = true;
+                        for m in &ms {
+                            ok &= send(&mut socket, m).await;
+                        }
+                        if !ok { break; }
                     }
+                    Outcome::Refuse(why) => {
+                        refuse(&mut socket, &mut s.conn, why).await;
+                        break;
+                    }
+                    Outcome::Quit => break,
+                },
+                Some(Outbound::Unsubscribe(id)) => {
+                    s.held.remove(&id);
+                    s.forget(&id);
                 }
-                Some(Outbound::Unsubscribe(id)) => s.forget(&id),
                 Some(Outbound::Ephemeral { document_id, session_id, count, data }) => {
                     if let Some(m) = s.relay(document_id, session_id, count, data) {
                         if !send(&mut socket, &m).await { break; }
@@ -290,13 +310,19 @@ impl Session {
             },
         };
         self.restore(&id).await;
+        let mut st = entry.state.lock().await;
+        let mut next = match self.view(&id, &mut st, access).await? {
+            Ok(next) => next,
+            Err(o) => return Ok(o),
+        };
         let ctx = self.ctx();
         let limit = self.state.config.sync_max_untyped_bytes;
-        let mut st = entry.state.lock().await;
         let before_heads = st.doc.get_heads();
-        let mut next = st.doc.clone();
+        let state_before = self.conn.sync_state(&id);
         let mut validated = None;
         let stored = st.size_bytes;
+        // `next` is the loaded document plus this link's held changes (still waiting), so the
+        // sync state advances against everything this peer sent on this link.
         let r = self
             .conn
             .receive_sync_checked(&id, &mut next, message, |before, after| {
@@ -313,32 +339,165 @@ impl Session {
         if let Some(o) = refusal(&id, r) {
             return Ok(o);
         }
+        let waiting = waiting_changes(&next);
         if next.get_heads() != before_heads {
-            let c = Commit {
-                id,
-                create_owner: None,
-                incremental: next.save_after(&before_heads),
-                kind: kind_name(validated.as_ref()).into(),
-                blob_refs: blob_refs(validated.as_ref()),
-            };
-            let Some(done) = store::commit(&self.state, c).await? else {
-                return Ok(Outcome::Refuse(format!(
-                    "document {id}: it no longer exists"
-                )));
-            };
-            st.doc = next;
-            st.size_bytes = done.size_bytes;
-            st.kind = kind_name(validated.as_ref()).into();
-            if done.first_seq == st.max_seq + 1 {
-                st.max_seq = done.seq;
-            }
-            self.state.sync.changed(&id, Some(self.conn_id));
-            if let Some(Validated::Workout(w)) = &validated {
-                super::summary::after_commit(&self.state, &id, w);
+            let keep_next = waiting.is_some();
+            match self
+                .store_changes(&id, &mut st, &mut next, keep_next, validated.as_ref())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Ok(Outcome::Refuse(format!(
+                        "document {id}: it no longer exists"
+                    )))
+                }
+                Err(e) => {
+                    // The state must not claim changes the server did not keep: it is saved
+                    // when the link ends and restored on the next one.
+                    self.reset_state(&id, state_before.as_deref());
+                    return Err(e);
+                }
             }
         }
-        let reply = self.conn.generate(&id, &st.doc)?;
+        self.reply(&id, &st.doc, &next, waiting)
+    }
+
+    /// The document as this link sees it: the loaded one plus the changes this peer sent on
+    /// this link that are waiting for their dependencies ([`Session::held`]). When another link
+    /// has brought those dependencies meanwhile, the held changes now apply: they are checked
+    /// with this peer's access and stored first, exactly as if the peer had just sent them.
+    /// `Err(outcome)` when they are refused or the document is gone.
+    async fn view(
+        &mut self,
+        id: &DocumentId,
+        st: &mut DocState,
+        access: Access,
+    ) -> crate::error::Result<Result<Automerge, Outcome>> {
+        let mut next = st.doc.clone();
+        let Some(held) = self.held.get(id) else {
+            return Ok(Ok(next));
+        };
+        next.load_incremental(held)
+            .map_err(|e| Error::Corrupt(format!("held changes of {id}: {e}")))?;
+        if next.get_heads() == st.doc.get_heads() {
+            return Ok(Ok(next));
+        }
+        let ctx = self.ctx();
+        let limit = self.state.config.sync_max_untyped_bytes;
+        let mut validated = None;
+        if let Err(why) = check(
+            Some(&st.doc),
+            &next,
+            access,
+            st.size_bytes,
+            limit,
+            &ctx,
+            &mut validated,
+        ) {
+            return Ok(Err(rejected(id, &why)));
+        }
+        if !self
+            .store_changes(id, st, &mut next, true, validated.as_ref())
+            .await?
+        {
+            return Ok(Err(Outcome::Refuse(format!(
+                "document {id}: it no longer exists"
+            ))));
+        }
+        Ok(Ok(next))
+    }
+
+    /// Stores the changes `next` has applied beyond the loaded document (already checked) and
+    /// brings the loaded document up to them. Only applied changes enter the shared document:
+    /// the ones still waiting stay with the link that sent them. Unless `keep_next` (it holds
+    /// such changes, or the caller still needs it), `next` itself becomes the loaded document
+    /// and is left empty. `false`: the document is gone.
+    async fn store_changes(
+        &self,
+        id: &DocumentId,
+        st: &mut DocState,
+        next: &mut Automerge,
+        keep_next: bool,
+        validated: Option<&Validated>,
+    ) -> crate::error::Result<bool> {
+        let before_heads = st.doc.get_heads();
+        let incremental = next.save_after(&before_heads);
+        let c = Commit {
+            id: *id,
+            create_owner: None,
+            incremental: incremental.clone(),
+            kind: kind_name(validated).into(),
+            blob_refs: blob_refs(validated),
+        };
+        let Some(done) = store::commit(&self.state, c).await? else {
+            return Ok(false);
+        };
+        if keep_next {
+            st.doc
+                .load_incremental(&incremental)
+                .map_err(|e| Error::Corrupt(format!("committed changes of {id}: {e}")))?;
+        } else {
+            st.doc = std::mem::take(next);
+        }
+        st.size_bytes = done.size_bytes;
+        st.kind = kind_name(validated).into();
+        if done.first_seq == st.max_seq + 1 {
+            st.max_seq = done.seq;
+        }
+        self.state.sync.changed(id, Some(self.conn_id));
+        if let Some(Validated::Workout(w)) = validated {
+            super::summary::after_commit(&self.state, id, w);
+        }
+        Ok(true)
+    }
+
+    /// Keeps the changes still waiting (`waiting_changes(next)`) with this link
+    /// ([`Session::held`]) and answers: from `next` while some wait, so that the reply's `need`
+    /// follows their dependencies (automerge asks for the missing ancestors of what it holds,
+    /// not for what it already received); from the loaded document otherwise.
+    fn reply(
+        &mut self,
+        id: &DocumentId,
+        loaded: &Automerge,
+        next: &Automerge,
+        waiting: Option<Vec<u8>>,
+    ) -> crate::error::Result<Outcome> {
+        let from = match waiting {
+            None => {
+                self.held.remove(id);
+                loaded
+            }
+            Some(w) => {
+                let limit = self.state.config.sync_max_frame_bytes;
+                if w.len() > limit {
+                    return Ok(Outcome::Refuse(format!(
+                        "document {id}: more than {limit} bytes of changes whose dependencies \
+                         were never sent"
+                    )));
+                }
+                self.held.insert(*id, w);
+                next
+            }
+        };
+        let reply = self.conn.generate(id, from)?;
         Ok(Outcome::Send(reply.into_iter().collect()))
+    }
+
+    /// Puts back the encoded sync state of `id` taken before a message was applied (a fresh
+    /// state when there was none).
+    fn reset_state(&mut self, id: &DocumentId, before: Option<&[u8]>) {
+        let fresh;
+        let bytes = match before {
+            Some(b) => b,
+            None => {
+                fresh = sync::State::new().encode();
+                &fresh
+            }
+        };
+        if let Err(e) = self.conn.restore_sync_state(id, bytes) {
+            tracing::warn!(document_id = %id, error = %e, "sync: sync state not reset");
+        }
     }
 
     /// A `sync` for a document the caller cannot see or that does not exist: we hold nothing
@@ -352,6 +511,11 @@ impl Session {
         let ctx = self.ctx();
         let limit = self.state.config.sync_max_untyped_bytes;
         let mut doc = Automerge::new();
+        if let Some(held) = self.held.get(&id) {
+            // Held changes wait for dependencies: on an empty document they still wait.
+            doc.load_incremental(held)
+                .map_err(|e| Error::Corrupt(format!("held changes of {id}: {e}")))?;
+        }
         let mut validated = None;
         let r = self
             .conn
@@ -362,14 +526,19 @@ impl Session {
             return Ok(o);
         }
         if doc.get_heads().is_empty() {
-            // Nothing yet: say so, and the peer sends its changes.
-            let reply = self.conn.generate(&id, &doc)?;
-            return Ok(Outcome::Send(reply.into_iter().collect()));
+            // Nothing applied yet: say so, and the peer sends its changes (or what the held
+            // ones depend on).
+            let waiting = waiting_changes(&doc);
+            return self.reply(&id, &doc, &doc, waiting);
         }
         let c = Commit {
             id,
             create_owner: Some(self.user_id.clone()),
-            incremental: doc.save(),
+            // Applied changes only: held ones are this link's until they apply and are checked.
+            incremental: doc.save_with_options(SaveOptions {
+                retain_orphans: false,
+                ..SaveOptions::default()
+            }),
             kind: kind_name(validated.as_ref()).into(),
             blob_refs: blob_refs(validated.as_ref()),
         };
@@ -387,13 +556,26 @@ impl Session {
         if let Some(Validated::Workout(w)) = &validated {
             super::summary::after_commit(&self.state, &id, w);
         }
-        let st = entry.state.lock().await;
-        let reply = self.conn.generate(&id, &st.doc)?;
-        Ok(Outcome::Send(reply.into_iter().collect()))
+        match waiting_changes(&doc) {
+            Some(w) => {
+                self.held.insert(id, w);
+            }
+            None => {
+                self.held.remove(&id);
+            }
+        }
+        let mut st = entry.state.lock().await;
+        let next = match self.view(&id, &mut st, Access::Owner).await? {
+            Ok(next) => next,
+            Err(o) => return Ok(o),
+        };
+        let waiting = waiting_changes(&next);
+        self.reply(&id, &st.doc, &next, waiting)
     }
 
     fn doc_unavailable(&mut self, id: &DocumentId) -> Result<Message, ProtocolError> {
         self.restored.remove(id);
+        self.held.remove(id);
         self.conn.doc_unavailable(id)
     }
 
@@ -413,10 +595,38 @@ impl Session {
         }
     }
 
-    async fn generate(&mut self, id: &DocumentId) -> Option<Message> {
-        let entry = self.entries.get(id)?.clone();
-        let st = entry.state.lock().await;
-        self.conn.generate(id, &st.doc).ok().flatten()
+    /// Another connection changed `id`: tell this peer, from this link's view of the document
+    /// (held changes that now apply are checked and stored first).
+    async fn changed(&mut self, id: &DocumentId) -> Outcome {
+        self.changed_inner(id).await.unwrap_or_else(|e| {
+            tracing::error!(document_id = %id, error = %e, "sync: internal error");
+            Outcome::Refuse(format!(
+                "document {id}: the server could not process the change"
+            ))
+        })
+    }
+
+    async fn changed_inner(&mut self, id: &DocumentId) -> crate::error::Result<Outcome> {
+        let Some(entry) = self.entries.get(id).cloned() else {
+            return Ok(Outcome::Send(vec![]));
+        };
+        let mut st = entry.state.lock().await;
+        if !self.held.contains_key(id) {
+            // The common case: nothing held, no copy of the document needed.
+            let m = self.conn.generate(id, &st.doc)?;
+            return Ok(Outcome::Send(m.into_iter().collect()));
+        }
+        let Some(access) = store::access(&self.state, id, &self.user_id).await? else {
+            self.held.remove(id);
+            return Ok(Outcome::Send(vec![]));
+        };
+        match self.view(id, &mut st, access).await? {
+            Ok(next) => {
+                let waiting = waiting_changes(&next);
+                self.reply(id, &st.doc, &next, waiting)
+            }
+            Err(o) => Ok(o),
+        }
     }
 
     /// An ephemeral message from another peer, re-addressed from us to this peer.
@@ -469,14 +679,39 @@ impl Session {
 fn refusal(id: &DocumentId, r: Result<(), ProtocolError>) -> Option<Outcome> {
     match r {
         Ok(()) => None,
-        Err(ProtocolError::Rejected(why)) => {
-            tracing::info!(document_id = %id, reason = %why, "sync: change refused");
-            Some(Outcome::Refuse(format!(
-                "document {id}: change refused: {why}"
-            )))
-        }
+        Err(ProtocolError::Rejected(why)) => Some(rejected(id, &why)),
         Err(e) => Some(Outcome::Refuse(format!("document {id}: {e}"))),
     }
+}
+
+fn rejected(id: &DocumentId, why: &str) -> Outcome {
+    tracing::info!(document_id = %id, reason = %why, "sync: change refused");
+    Outcome::Refuse(format!("document {id}: change refused: {why}"))
+}
+
+/// The changes `doc` received but cannot apply yet (automerge's queue: their dependencies are
+/// missing), as change chunks `load_incremental` takes back; `None` when there are none.
+fn waiting_changes(doc: &Automerge) -> Option<Vec<u8>> {
+    // The missing dependencies of an empty queue are none; of a non-empty one, at least one.
+    if doc.get_missing_deps(&[]).is_empty() {
+        return None;
+    }
+    // `save` writes the applied document and then appends the queued changes' raw chunks.
+    let save = |retain_orphans| {
+        doc.save_with_options(SaveOptions {
+            deflate: false,
+            retain_orphans,
+        })
+    };
+    let applied = save(false);
+    let mut all = save(true);
+    Some(if all.starts_with(&applied) {
+        all.split_off(applied.len())
+    } else {
+        // Not expected (both encodings come from one state); the whole document loads back
+        // just as well, only bigger.
+        all
+    })
 }
 
 /// The check run on a copy before a change is kept: write access, the document's rules
