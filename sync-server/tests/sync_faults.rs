@@ -14,13 +14,27 @@
 //! What the server does with frames a real WebSocket never duplicates or reorders: it applies a
 //! duplicated or early `sync` message like any other (automerge merges are idempotent) and does
 //! not answer it with an `error`; no schedule has seen an `error` from the server (counted as
-//! `server_errors`). It can, however, end up asking again and again on one link for a change the
-//! device already sent on that link (`need` repeated); automerge's sent-hashes bookkeeping never
-//! resends a change on the same link, so the two sides exchange empty sync messages forever. The
-//! devices here act as a watchdog would: the third `need` for a change they hold ends the link,
-//! and the next link converges. These livelocks are counted (`livelocks`, and
-//! `livelocks_on_clean_links` for links without injected faults) and printed;
-//! `FAULT_STRICT_LIVELOCK=1` makes any of them fail the test instead.
+//! `server_errors`). A change that arrives before one it depends on (reordered here; on a clean
+//! link, hidden by a Bloom-filter false positive) is held by the server for that link until it
+//! applies (`Session::held` in `src/sync/ws.rs`).
+//!
+//! A livelock fails the test: the server asking again and again on one link for a change the
+//! device already wrote to that link (automerge's sent-hashes bookkeeping never sends a change
+//! again on the same link, so the two sides would exchange empty sync messages forever; issue 7,
+//! before the server held such changes). A device counts the server's `need` for a change only
+//! once the frame carrying it was written to the socket (not while held back), and only on
+//! frames handled as they arrive (not a delayed or duplicated copy of an older message); the
+//! counts of a document restart after `doc-unavailable` (the server dropped what the link sent).
+//! Requests the server made before reading the change still arrive afterwards, which is why it
+//! takes [`LIVELOCK_NEEDS`] of them. `FAULT_LIVELOCK_WATCHDOG=1` turns this into a diagnostic:
+//! the device cuts the link instead (the next link converges), every schedule runs, and the test
+//! fails at the end with the count (`livelocks`, and `livelocks_on_clean_links` for links
+//! without injected faults).
+//!
+//! Frames are never lost silently here: a dropped frame cuts the link. Over a WebSocket a frame
+//! cannot be lost while the link stays up, and automerge's sync cannot recover from such a loss
+//! without a new link (the sender's `in_flight` and sent hashes say it was delivered; see
+//! `a_frame_lost_without_cutting_the_link_needs_a_new_link`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::{HashMap, HashSet};
@@ -53,6 +67,11 @@ const QUIET: Duration = Duration::from_millis(80);
 /// The most a clean phase may take.
 const WAIT: Duration = Duration::from_secs(15);
 const DEFAULT_SEED: u64 = 0x5EED_F17E_D6E0_0007;
+/// How many counted `need`s for one change make a livelock (see the module documentation for
+/// what is counted). Against the fixed server no count reached 4 in 1,150 schedules (requests
+/// the server made before reading the change, after bursts of held-back and duplicated
+/// frames); a real livelock grows without bound.
+const LIVELOCK_NEEDS: u32 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_random_fault_schedules_converge() {
@@ -62,6 +81,16 @@ async fn sqlite_random_fault_schedules_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_random_fault_schedules_converge() {
     random_schedules(Backend::Postgres, 150).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_frame_lost_without_cutting_the_link_needs_a_new_link() {
+    lost_frame(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_frame_lost_without_cutting_the_link_needs_a_new_link() {
+    lost_frame(Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,8 +287,90 @@ struct Link {
     /// Incoming frames held back (handled later, after newer ones).
     in_held: Vec<Vec<u8>>,
     unavailable_retries: u32,
-    /// How often the server asked for each change this device holds (see `handle`).
+    /// Per document, the changes written to this link's socket (not held back): the server
+    /// has them or will read them next, in order.
+    written: HashMap<DocumentId, HashSet<ChangeHash>>,
+    /// How often the server asked for each written change since it was written (see `handle`).
     needed: HashMap<ChangeHash, u32>,
+}
+
+impl Link {
+    /// Writes one frame and records the changes it carries as written.
+    async fn write(&mut self, frame: Vec<u8>) -> bool {
+        if let Some((id, hashes)) = changes_in(&frame) {
+            self.written.entry(id).or_default().extend(hashes);
+        }
+        self.ws.send(Ws::Binary(frame.into())).await.is_ok()
+    }
+}
+
+/// The document and the hashes of the changes a `sync`/`request` frame carries.
+fn changes_in(frame: &[u8]) -> Option<(DocumentId, Vec<ChangeHash>)> {
+    use fitedge_core::sync::protocol::Message;
+    let (Ok(Message::Sync {
+        document_id, data, ..
+    })
+    | Ok(Message::Request {
+        document_id, data, ..
+    })) = Message::decode(frame)
+    else {
+        return None;
+    };
+    let m = sync::Message::decode(&data).ok()?;
+    let mut hashes = vec![];
+    for c in m.changes.iter() {
+        hashes.extend(chunk_hashes(c));
+    }
+    Some((document_id, hashes))
+}
+
+/// The change hashes in a run of automerge storage chunks: a v1 message has one change per
+/// entry, a v2 message one entry holding several changes back to back, or a whole document.
+fn chunk_hashes(mut bytes: &[u8]) -> Vec<ChangeHash> {
+    let mut out = vec![];
+    // magic (4), checksum (4), type (1), ULEB128 length, contents
+    while bytes.len() > 9 {
+        let (mut len, mut shift, mut at) = (0_usize, 0, 9);
+        while let Some(b) = bytes.get(at) {
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            at += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = (at + len).min(bytes.len());
+        let chunk = &bytes[..end];
+        if bytes[8] == 0 {
+            // A document chunk: every change in it.
+            if let Ok(doc) = Automerge::load(chunk) {
+                out.extend(doc.get_changes(&[]).iter().map(|c| c.hash()));
+            }
+        } else if let Ok(c) = automerge::Change::try_from(chunk) {
+            out.push(c.hash());
+        }
+        bytes = &bytes[end..];
+    }
+    out
+}
+
+/// What a device does when the server keeps needing a change it already sent on the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watchdog {
+    /// Fail the test at once, with the device's last frames.
+    Fail,
+    /// Count it and cut the link, as a device watchdog would (`FAULT_LIVELOCK_WATCHDOG=1`).
+    Cut,
+}
+
+impl Watchdog {
+    fn from_env() -> Watchdog {
+        if std::env::var_os("FAULT_LIVELOCK_WATCHDOG").is_some() {
+            Watchdog::Cut
+        } else {
+            Watchdog::Fail
+        }
+    }
 }
 
 /// One device: its replicas, what it has saved (as its local database would), and its link.
@@ -279,6 +390,7 @@ struct Device {
     /// Persist received changes (document and sync state together) only sometimes, as a device
     /// that batches its writes; its own changes are always saved at once.
     lazy_save: bool,
+    watchdog: Watchdog,
 }
 
 impl Device {
@@ -296,6 +408,7 @@ impl Device {
             trace: std::collections::VecDeque::new(),
             unavailable: HashSet::new(),
             lazy_save,
+            watchdog: Watchdog::from_env(),
         }
     }
 
@@ -356,6 +469,7 @@ impl Device {
             out_held: vec![],
             in_held: vec![],
             unavailable_retries: 0,
+            written: HashMap::new(),
             needed: HashMap::new(),
         };
         link.ws
@@ -425,7 +539,7 @@ impl Device {
         };
         let mut ok = true;
         for _ in 0..copies {
-            ok &= link.ws.send(Ws::Binary(frame.clone().into())).await.is_ok();
+            ok &= link.write(frame.clone()).await;
         }
         if ok && !link.out_held.is_empty() && rng.chance(500) {
             ok = Self::flush_out(link).await;
@@ -439,7 +553,7 @@ impl Device {
     async fn flush_out(link: &mut Link) -> bool {
         let mut ok = true;
         while let Some(h) = link.out_held.pop() {
-            ok &= link.ws.send(Ws::Binary(h.into())).await.is_ok();
+            ok &= link.write(h).await;
         }
         ok
     }
@@ -482,10 +596,10 @@ impl Device {
                 continue;
             }
             let dup = rng.chance(f.dup);
-            self.handle(&frame, rng, f, st).await;
+            self.handle(&frame, true, rng, f, st).await;
             if dup {
                 st.duplicated += 1;
-                self.handle(&frame, rng, f, st).await;
+                self.handle(&frame, false, rng, f, st).await;
             }
             if rng.chance(500) {
                 let held = match &mut self.link {
@@ -493,14 +607,23 @@ impl Device {
                     None => vec![],
                 };
                 for h in held.into_iter().rev() {
-                    self.handle(&h, rng, f, st).await;
+                    self.handle(&h, false, rng, f, st).await;
                 }
             }
         }
         n
     }
 
-    async fn handle(&mut self, frame: &[u8], rng: &mut Rng, f: Faults, st: &mut Stats) {
+    /// Handles one incoming frame; `fresh` when it is handled as it arrives (not a delayed or
+    /// duplicated copy).
+    async fn handle(
+        &mut self,
+        frame: &[u8],
+        fresh: bool,
+        rng: &mut Rng,
+        f: Faults,
+        st: &mut Stats,
+    ) {
         if self.link.is_none() {
             return;
         }
@@ -513,39 +636,48 @@ impl Device {
                 ..
             }) => {
                 let doc = self.docs.entry(id).or_default();
-                // The server asking three times on one link for a change we hold means it
-                // dropped the change once (see the module documentation) and automerge's
-                // sent-hashes bookkeeping will never send it again on this link: a livelock of
-                // empty messages. Break it as a device watchdog would, with a new link.
+                // The server asking again and again on one link for a change we wrote to it:
+                // automerge's sent-hashes bookkeeping never sends it again on this link, a
+                // livelock of empty messages. Counted only on frames handled as they arrive
+                // (not a delayed or duplicated copy of an older message) and only once the
+                // change was written: a request the server made before reading it is not one.
                 let mut stuck = None;
-                for h in &message.need {
-                    if doc.get_change_by_hash(h).is_some() {
-                        let n = link.needed.entry(*h).or_default();
-                        *n += 1;
-                        if *n >= 3 {
-                            stuck = Some(*h);
+                if fresh {
+                    let written = link.written.get(&id);
+                    for h in &message.need {
+                        if written.is_some_and(|w| w.contains(h)) {
+                            let n = link.needed.entry(*h).or_default();
+                            *n += 1;
+                            if *n >= LIVELOCK_NEEDS {
+                                stuck = Some(*h);
+                            }
                         }
                     }
                 }
                 if let Some(h) = stuck {
-                    assert!(
-                        std::env::var_os("FAULT_STRICT_LIVELOCK").is_none(),
-                        "{}: the server keeps needing {} on one link",
+                    let deps = doc.get_change_by_hash(&h).map(|c| c.deps().to_vec());
+                    let note = format!(
+                        "{}: the server keeps needing {} (deps [{}]) on one link{}",
                         self.storage_id,
-                        short(&[h])
+                        short(&[h]),
+                        short(&deps.unwrap_or_default()),
+                        if f.drop == 0 && f.dup == 0 && f.delay == 0 {
+                            " without faults"
+                        } else {
+                            ""
+                        }
+                    );
+                    assert!(
+                        self.watchdog == Watchdog::Cut,
+                        "livelock: {note}; last frames {:#?}",
+                        self.trace
                     );
                     st.livelocks += 1;
                     if f.drop == 0 && f.dup == 0 && f.delay == 0 {
                         st.livelocks_on_clean_links += 1;
                     }
                     if st.livelock_notes.len() < 5 {
-                        let deps = doc.get_change_by_hash(&h).map(|c| c.deps().to_vec());
-                        st.livelock_notes.push(format!(
-                            "{}: server keeps needing {} (deps [{}]) on one link",
-                            self.storage_id,
-                            short(&[h]),
-                            short(&deps.unwrap_or_default())
-                        ));
+                        st.livelock_notes.push(note);
                     }
                     self.cut();
                     return;
@@ -569,6 +701,13 @@ impl Device {
             Ok(Event::DocUnavailable { document_id: id }) => {
                 st.unavailable += 1;
                 self.unavailable.insert(id);
+                // The server dropped what this link sent about the document (a lost creation
+                // race); the state is reset below and the changes are sent again.
+                if let Some(w) = link.written.remove(&id) {
+                    for h in w {
+                        link.needed.remove(&h);
+                    }
+                }
                 // Start the document afresh on this link, so a later offer speaks again.
                 link.conn
                     .restore_sync_state(&id, &sync::State::new().encode())
@@ -688,6 +827,11 @@ async fn random_schedules(b: Backend, default_count: u64) {
         started.elapsed()
     );
     assert_eq!(st.schedules, count);
+    assert_eq!(
+        st.livelocks, 0,
+        "livelocks ({} on links without faults): {:?}",
+        st.livelocks_on_clean_links, st.livelock_notes
+    );
 }
 
 async fn schedule(server: &mut Server, token: &str, seed: u64, st: &mut Stats) {
@@ -863,6 +1007,101 @@ async fn all_converged(server: &Server, devices: &[Device], ids: &[DocumentId]) 
         }
     }
     true
+}
+
+// ----------------------------------------------------------------------------- lost frame
+
+/// Pumps `d` until the server has stored exactly its heads of `id`.
+async fn until_stored(
+    server: &Server,
+    d: &mut Device,
+    id: &DocumentId,
+    rng: &mut Rng,
+    st: &mut Stats,
+) {
+    let deadline = Instant::now() + WAIT;
+    while server.stored(id).await.map(|doc| doc.get_heads()) != Some(d.heads(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never stored the device's heads"
+        );
+        assert!(d.link.is_some(), "the link ended: {:?}", d.errors);
+        d.pump(Duration::from_millis(5), 64, rng, CLEAN, st).await;
+    }
+}
+
+/// What the fault layer does not model, shown on purpose: a frame lost while the link stays up.
+/// automerge's sync state believes it was delivered (it is in flight and its changes are in the
+/// sent hashes), so nothing re-drives it: the link goes quiet, and after the next change the
+/// server asks for the lost change again and again, in vain. Only a new link (the kept sync
+/// state decoded afresh: no sent hashes, nothing in flight) delivers it. A WebSocket cannot
+/// lose a frame without the link ending, which is why the fault layer cuts the link on a drop;
+/// if this test ever fails at the "in vain" step, something re-drives lost frames and the
+/// fault layer could drop frames silently.
+async fn lost_frame(b: Backend) {
+    let (server, _db, token) = Server::start(b).await;
+    let mut rng = Rng(7);
+    let mut st = Stats::default();
+    let id = DocumentId::random();
+    let mut dev = Device::new("lost-frame".into(), &token, vec![id], false);
+    dev.watchdog = Watchdog::Cut;
+    dev.change(&id, &mut rng);
+    dev.connect(server.addr, &mut rng, CLEAN, &mut st).await;
+    until_stored(&server, &mut dev, &id, &mut rng, &mut st).await;
+    while dev.pump(QUIET, 64, &mut rng, CLEAN, &mut st).await > 0 {}
+
+    // The frame carrying X is lost; the link stays up.
+    dev.change(&id, &mut rng);
+    let x = dev.made.last().unwrap().1;
+    let link = dev.link.as_mut().unwrap();
+    let lost = link.conn.generate(&id, &dev.docs[&id]).unwrap();
+    let lost = lost.expect("a message carrying X").encode();
+    // (A small document goes whole: automerge sends everything past a third of it.)
+    let (_, carried) = changes_in(&lost).unwrap();
+    assert!(carried.contains(&x), "X in the lost message");
+    // Written, as far as the device knows, and lost on the way.
+    link.written.entry(id).or_default().extend(carried);
+    let got = dev.pump(QUIET, 64, &mut rng, CLEAN, &mut st).await;
+    assert_eq!(got, 0, "the server has nothing to say");
+    let link = dev.link.as_mut().unwrap();
+    assert!(
+        link.conn.generate(&id, &dev.docs[&id]).unwrap().is_none(),
+        "automerge waits for an answer to the lost message"
+    );
+    assert!(server
+        .stored(&id)
+        .await
+        .unwrap()
+        .get_change_by_hash(&x)
+        .is_none());
+
+    // The next change goes out without X (sent already, as far as the link knows): the server
+    // asks for X until the device's watchdog cuts the link.
+    dev.change(&id, &mut rng);
+    dev.push(&id, &mut rng, CLEAN, &mut st).await;
+    let deadline = Instant::now() + WAIT;
+    while dev.link.is_some() {
+        assert!(Instant::now() < deadline, "the server stopped asking");
+        dev.pump(Duration::from_millis(5), 64, &mut rng, CLEAN, &mut st)
+            .await;
+    }
+    assert_eq!(st.livelocks, 1, "{:?}", st.livelock_notes);
+    assert!(server
+        .stored(&id)
+        .await
+        .unwrap()
+        .get_change_by_hash(&x)
+        .is_none());
+
+    // A new link delivers it.
+    dev.watchdog = Watchdog::Fail;
+    dev.connect(server.addr, &mut rng, CLEAN, &mut st).await;
+    until_stored(&server, &mut dev, &id, &mut rng, &mut st).await;
+    let stored = server.stored(&id).await.unwrap();
+    for (_, h) in &dev.made {
+        assert!(stored.get_change_by_hash(h).is_some(), "change {h} stored");
+    }
+    assert!(dev.errors.is_empty(), "{:?}", dev.errors);
 }
 
 // ------------------------------------------------------------------------- workout rule
