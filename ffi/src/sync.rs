@@ -40,6 +40,13 @@ pub struct SyncReport {
     pub blobs_uploaded: u64,
     /// Sample chunk blobs downloaded and checked against their SHA-256.
     pub blobs_downloaded: u64,
+    /// Workouts recorded on other devices that entered this device's history this round
+    /// (`list_workouts` shows them).
+    pub workouts_added: u64,
+    /// History entries that changed this round (edited on another device, samples arrived).
+    pub workouts_updated: u64,
+    /// History entries removed this round (cancelled or deleted on another device).
+    pub workouts_removed: u64,
     /// Problems that did not stop the round (a blob the server refused or lacks, ...), one
     /// human-readable line each. Empty when all went well.
     pub problems: Vec<String>,
@@ -58,6 +65,9 @@ impl From<client::SyncReport> for SyncReport {
             bytes_received: r.bytes_received,
             blobs_uploaded: r.blobs_uploaded,
             blobs_downloaded: r.blobs_downloaded,
+            workouts_added: r.workouts_added,
+            workouts_updated: r.workouts_updated,
+            workouts_removed: r.workouts_removed,
             problems: r.errors,
         }
     }

@@ -3081,7 +3081,7 @@ class SyncReport:
     """
     What one sync round did.
 """
-    def __init__(self, *, docs_sent:int, docs_received:int, docs_discovered:int, docs_unavailable:int, messages_sent:int, messages_received:int, bytes_sent:int, bytes_received:int, blobs_uploaded:int, blobs_downloaded:int, problems:typing.List[str]):
+    def __init__(self, *, docs_sent:int, docs_received:int, docs_discovered:int, docs_unavailable:int, messages_sent:int, messages_received:int, bytes_sent:int, bytes_received:int, blobs_uploaded:int, blobs_downloaded:int, workouts_added:int, workouts_updated:int, workouts_removed:int, problems:typing.List[str]):
         self.docs_sent = docs_sent
         self.docs_received = docs_received
         self.docs_discovered = docs_discovered
@@ -3092,13 +3092,16 @@ class SyncReport:
         self.bytes_received = bytes_received
         self.blobs_uploaded = blobs_uploaded
         self.blobs_downloaded = blobs_downloaded
+        self.workouts_added = workouts_added
+        self.workouts_updated = workouts_updated
+        self.workouts_removed = workouts_removed
         self.problems = problems
         
         
 
     
     def __str__(self):
-        return "SyncReport(docs_sent={}, docs_received={}, docs_discovered={}, docs_unavailable={}, messages_sent={}, messages_received={}, bytes_sent={}, bytes_received={}, blobs_uploaded={}, blobs_downloaded={}, problems={})".format(self.docs_sent, self.docs_received, self.docs_discovered, self.docs_unavailable, self.messages_sent, self.messages_received, self.bytes_sent, self.bytes_received, self.blobs_uploaded, self.blobs_downloaded, self.problems)
+        return "SyncReport(docs_sent={}, docs_received={}, docs_discovered={}, docs_unavailable={}, messages_sent={}, messages_received={}, bytes_sent={}, bytes_received={}, blobs_uploaded={}, blobs_downloaded={}, workouts_added={}, workouts_updated={}, workouts_removed={}, problems={})".format(self.docs_sent, self.docs_received, self.docs_discovered, self.docs_unavailable, self.messages_sent, self.messages_received, self.bytes_sent, self.bytes_received, self.blobs_uploaded, self.blobs_downloaded, self.workouts_added, self.workouts_updated, self.workouts_removed, self.problems)
     def __eq__(self, other):
         if self.docs_sent != other.docs_sent:
             return False
@@ -3120,6 +3123,12 @@ class SyncReport:
             return False
         if self.blobs_downloaded != other.blobs_downloaded:
             return False
+        if self.workouts_added != other.workouts_added:
+            return False
+        if self.workouts_updated != other.workouts_updated:
+            return False
+        if self.workouts_removed != other.workouts_removed:
+            return False
         if self.problems != other.problems:
             return False
         return True
@@ -3138,6 +3147,9 @@ class _UniffiFfiConverterTypeSyncReport(_UniffiConverterRustBuffer):
             bytes_received=_UniffiFfiConverterUInt64.read(buf),
             blobs_uploaded=_UniffiFfiConverterUInt64.read(buf),
             blobs_downloaded=_UniffiFfiConverterUInt64.read(buf),
+            workouts_added=_UniffiFfiConverterUInt64.read(buf),
+            workouts_updated=_UniffiFfiConverterUInt64.read(buf),
+            workouts_removed=_UniffiFfiConverterUInt64.read(buf),
             problems=_UniffiFfiConverterSequenceString.read(buf),
         )
 
@@ -3153,6 +3165,9 @@ class _UniffiFfiConverterTypeSyncReport(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.check_lower(value.bytes_received)
         _UniffiFfiConverterUInt64.check_lower(value.blobs_uploaded)
         _UniffiFfiConverterUInt64.check_lower(value.blobs_downloaded)
+        _UniffiFfiConverterUInt64.check_lower(value.workouts_added)
+        _UniffiFfiConverterUInt64.check_lower(value.workouts_updated)
+        _UniffiFfiConverterUInt64.check_lower(value.workouts_removed)
         _UniffiFfiConverterSequenceString.check_lower(value.problems)
 
     @staticmethod
@@ -3167,6 +3182,9 @@ class _UniffiFfiConverterTypeSyncReport(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.bytes_received, buf)
         _UniffiFfiConverterUInt64.write(value.blobs_uploaded, buf)
         _UniffiFfiConverterUInt64.write(value.blobs_downloaded, buf)
+        _UniffiFfiConverterUInt64.write(value.workouts_added, buf)
+        _UniffiFfiConverterUInt64.write(value.workouts_updated, buf)
+        _UniffiFfiConverterUInt64.write(value.workouts_removed, buf)
         _UniffiFfiConverterSequenceString.write(value.problems, buf)
 
 

@@ -331,15 +331,20 @@ class SyncWithServerTest(unittest.TestCase):
         self.assertGreater(sent.blobs_uploaded, 0, sent)
         self.assertEqual(sent.problems, [], sent)
 
-        tablet = fe.Engine.open(os.path.join(self.dir.name, "tablet.db"), bytes(range(1, 33)), None)
+        # A second device of the same user shares the user's storage key (sample chunks are
+        # sealed with it).
+        tablet = fe.Engine.open(os.path.join(self.dir.name, "tablet.db"), KEY, None)
+        self.assertEqual(tablet.list_workouts(10).items, [])
         got = tablet.sync_now(self.url, token)
         self.assertGreater(got.docs_discovered, 0, got)
         self.assertGreater(got.docs_received, 0, got)
         self.assertGreater(got.blobs_downloaded, 0, got)
         self.assertEqual(got.problems, [], got)
-        # The received workout is kept as its synced document (and its sample blobs); the core
-        # does not yet turn a document received from another device into a history entry, so it
-        # is not asserted through list_workouts here.
+        self.assertEqual(got.workouts_added, 1, got)
+        received = tablet.list_workouts(10).items
+        self.assertEqual([w.id for w in received], [stored[0].id])
+        self.assertEqual(received[0].title, "Morning run")
+        self.assertAlmostEqual(received[0].distance_m, stored[0].distance_m, delta=0.5)
         # An unchanged second round sends no changes.
         again = phone.sync_now(self.url, token)
         self.assertEqual(again.docs_sent, 0, again)

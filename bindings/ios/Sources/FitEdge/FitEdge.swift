@@ -3451,6 +3451,19 @@ public struct SyncReport: Equatable, Hashable {
      */
     public var blobsDownloaded: UInt64
     /**
+     * Workouts recorded on other devices that entered this device's history this round
+     * (`list_workouts` shows them).
+     */
+    public var workoutsAdded: UInt64
+    /**
+     * History entries that changed this round (edited on another device, samples arrived).
+     */
+    public var workoutsUpdated: UInt64
+    /**
+     * History entries removed this round (cancelled or deleted on another device).
+     */
+    public var workoutsRemoved: UInt64
+    /**
      * Problems that did not stop the round (a blob the server refused or lacks, ...), one
      * human-readable line each. Empty when all went well.
      */
@@ -3491,6 +3504,16 @@ public struct SyncReport: Equatable, Hashable {
          * Sample chunk blobs downloaded and checked against their SHA-256.
          */blobsDownloaded: UInt64, 
         /**
+         * Workouts recorded on other devices that entered this device's history this round
+         * (`list_workouts` shows them).
+         */workoutsAdded: UInt64, 
+        /**
+         * History entries that changed this round (edited on another device, samples arrived).
+         */workoutsUpdated: UInt64, 
+        /**
+         * History entries removed this round (cancelled or deleted on another device).
+         */workoutsRemoved: UInt64, 
+        /**
          * Problems that did not stop the round (a blob the server refused or lacks, ...), one
          * human-readable line each. Empty when all went well.
          */problems: [String]) {
@@ -3504,6 +3527,9 @@ public struct SyncReport: Equatable, Hashable {
         self.bytesReceived = bytesReceived
         self.blobsUploaded = blobsUploaded
         self.blobsDownloaded = blobsDownloaded
+        self.workoutsAdded = workoutsAdded
+        self.workoutsUpdated = workoutsUpdated
+        self.workoutsRemoved = workoutsRemoved
         self.problems = problems
     }
 
@@ -3533,6 +3559,9 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 bytesReceived: FfiConverterUInt64.read(from: &buf), 
                 blobsUploaded: FfiConverterUInt64.read(from: &buf), 
                 blobsDownloaded: FfiConverterUInt64.read(from: &buf), 
+                workoutsAdded: FfiConverterUInt64.read(from: &buf), 
+                workoutsUpdated: FfiConverterUInt64.read(from: &buf), 
+                workoutsRemoved: FfiConverterUInt64.read(from: &buf), 
                 problems: FfiConverterSequenceString.read(from: &buf)
         )
     }
@@ -3548,6 +3577,9 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.bytesReceived, into: &buf)
         FfiConverterUInt64.write(value.blobsUploaded, into: &buf)
         FfiConverterUInt64.write(value.blobsDownloaded, into: &buf)
+        FfiConverterUInt64.write(value.workoutsAdded, into: &buf)
+        FfiConverterUInt64.write(value.workoutsUpdated, into: &buf)
+        FfiConverterUInt64.write(value.workoutsRemoved, into: &buf)
         FfiConverterSequenceString.write(value.problems, into: &buf)
     }
 }

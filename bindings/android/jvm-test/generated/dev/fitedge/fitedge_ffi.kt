@@ -5154,6 +5154,22 @@ data class SyncReport (
     var `blobsDownloaded`: kotlin.ULong
     , 
     /**
+     * Workouts recorded on other devices that entered this device's history this round
+     * (`list_workouts` shows them).
+     */
+    var `workoutsAdded`: kotlin.ULong
+    , 
+    /**
+     * History entries that changed this round (edited on another device, samples arrived).
+     */
+    var `workoutsUpdated`: kotlin.ULong
+    , 
+    /**
+     * History entries removed this round (cancelled or deleted on another device).
+     */
+    var `workoutsRemoved`: kotlin.ULong
+    , 
+    /**
      * Problems that did not stop the round (a blob the server refused or lacks, ...), one
      * human-readable line each. Empty when all went well.
      */
@@ -5184,6 +5200,9 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
             FfiConverterSequenceString.read(buf),
         )
     }
@@ -5199,6 +5218,9 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.allocationSize(value.`bytesReceived`) +
             FfiConverterULong.allocationSize(value.`blobsUploaded`) +
             FfiConverterULong.allocationSize(value.`blobsDownloaded`) +
+            FfiConverterULong.allocationSize(value.`workoutsAdded`) +
+            FfiConverterULong.allocationSize(value.`workoutsUpdated`) +
+            FfiConverterULong.allocationSize(value.`workoutsRemoved`) +
             FfiConverterSequenceString.allocationSize(value.`problems`)
     )
 
@@ -5213,6 +5235,9 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.write(value.`bytesReceived`, buf)
             FfiConverterULong.write(value.`blobsUploaded`, buf)
             FfiConverterULong.write(value.`blobsDownloaded`, buf)
+            FfiConverterULong.write(value.`workoutsAdded`, buf)
+            FfiConverterULong.write(value.`workoutsUpdated`, buf)
+            FfiConverterULong.write(value.`workoutsRemoved`, buf)
             FfiConverterSequenceString.write(value.`problems`, buf)
     }
 }
