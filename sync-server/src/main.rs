@@ -6,6 +6,14 @@ use clap::{Parser, Subcommand};
 use fitedge_server::auth::{Role, Tier};
 use fitedge_server::{identity, Config};
 
+/// jemalloc rather than the system allocator: the sync context loads documents and evicts them
+/// when idle, and glibc's malloc keeps what eviction frees for reuse, so the process's memory
+/// stayed at its peak working set; jemalloc gives unused pages back after its decay time (10 s
+/// by default, `_RJEM_MALLOC_CONF` tunes it). ADR 0009, BENCHMARKS.md (100,000 stored documents).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "fitedge-server", version, about = "FitEdge server")]
 struct Cli {
