@@ -99,9 +99,10 @@ pub struct Config {
     #[arg(long, env = "FITEDGE_IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 3600)]
     pub idempotency_ttl_secs: u64,
 
-    /// Hex key (at least 32 bytes) for the HMAC and encryption of stored idempotent responses.
-    /// Every node of a deployment needs the same one. Unset: a random key per process (stored
-    /// responses are then not replayed after a restart).
+    /// Hex key (at least 32 bytes) for the HMAC and encryption of stored idempotent responses
+    /// and for sealing TOTP secrets (ADR 0013). Every node of a deployment needs the same one.
+    /// Unset: a random key per process (stored responses are then not replayed after a restart)
+    /// and TOTP enrolment is refused outside --dev.
     #[arg(long, env = "FITEDGE_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
 

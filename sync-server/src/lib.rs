@@ -201,6 +201,12 @@ pub async fn serve(config: Config) -> Result<(), Error> {
         "starting"
     );
     let state = state_from_config(config).await?;
+    // Dormant accounts' TOTP secrets from before sealing (or sealed under the development key)
+    // are sealed now rather than at their owner's next sign-in (ADR 0013).
+    let sealed = identity::sealed::seal_stored_secrets(&state).await?;
+    if sealed.sealed > 0 {
+        tracing::info!(accounts = sealed.sealed, "TOTP secrets sealed under the server key");
+    }
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(address = %listener.local_addr()?, backend = state.db.backend().name(), "listening");
     serve_on(state, listener, shutdown_signal()).await
