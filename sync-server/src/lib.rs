@@ -205,7 +205,10 @@ pub async fn serve(config: Config) -> Result<(), Error> {
     // are sealed now rather than at their owner's next sign-in (ADR 0013).
     let sealed = identity::sealed::seal_stored_secrets(&state).await?;
     if sealed.sealed > 0 {
-        tracing::info!(accounts = sealed.sealed, "TOTP secrets sealed under the server key");
+        tracing::info!(
+            accounts = sealed.sealed,
+            "TOTP secrets sealed under the server key"
+        );
     }
     let listener = tokio::net::TcpListener::bind(bind).await?;
     tracing::info!(address = %listener.local_addr()?, backend = state.db.backend().name(), "listening");

@@ -54,6 +54,7 @@ both!(
     sharing_read_vs_write,
     strangers_and_missing_ids_get_the_same_doc_unavailable,
     invalid_workout_change_is_refused_and_not_stored,
+    a_profile_document_lives_only_at_its_owners_id,
     untyped_documents_are_size_limited,
     malformed_frames_close_only_their_connection,
     idle_documents_are_evicted,
@@ -651,6 +652,57 @@ async fn invalid_workout_change_is_refused_and_not_stored(b: Backend) {
     assert!(a.errors.is_empty(), "{:?}", a.errors);
     let doc = stored(&s, &id).await.unwrap();
     assert!(doc.get(ROOT, "endTime").unwrap().is_some());
+}
+
+async fn a_profile_document_lives_only_at_its_owners_id(b: Backend) {
+    let s = server(b).await;
+    let (ann_id, ann) = s.user("ann@example.com").await;
+    let as_doc = |mut ac: automerge::AutoCommit| Automerge::load(&ac.save()).unwrap();
+
+    // A profile at any other id would be a second profile of the same user: refused.
+    let mut a = s.client(&ann).await;
+    let elsewhere = DocumentId::random();
+    a.docs
+        .insert(elsewhere, as_doc(docs::new_profile(None).unwrap()));
+    a.push(&elsewhere).await;
+    a.pump_until("an error", |c| !c.errors.is_empty()).await;
+    assert!(
+        a.errors[0].contains(&elsewhere.to_string()),
+        "{:?}",
+        a.errors
+    );
+    assert!(a.errors[0].contains("profile"), "{:?}", a.errors);
+    assert!(
+        stored(&s, &elsewhere).await.is_none(),
+        "never reached storage"
+    );
+
+    // At the id derived from its owner it is stored, owned by her.
+    let mut a = s.client(&ann).await;
+    let (id, profile) = docs::new_user_profile(&ann_id).unwrap();
+    assert_eq!(id, docs::profile_document_id(&ann_id));
+    a.docs.insert(id, as_doc(profile));
+    a.push(&id).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let doc = stored(&s, &id).await.expect("profile stored");
+    assert_eq!(str_of(&doc, "type").as_deref(), Some(docs::PROFILE_TYPE));
+    let owner = store::owner_of(&s.app.state, &id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(owner.as_deref(), Some(ann_id.as_str()));
+
+    // Bob cannot slip a copy of Ann's profile in at a random id either: only the id derived
+    // from Bob himself can hold a profile he creates.
+    let (bob_id, bob) = s.user("bob@example.com").await;
+    assert_ne!(docs::profile_document_id(&bob_id), id);
+    let mut b2 = s.client(&bob).await;
+    let foreign = DocumentId::random();
+    let (_, annish) = docs::new_user_profile(&ann_id).unwrap();
+    b2.docs.insert(foreign, as_doc(annish));
+    b2.push(&foreign).await;
+    b2.pump_until("an error", |c| !c.errors.is_empty()).await;
+    assert!(stored(&s, &foreign).await.is_none());
 }
 
 async fn untyped_documents_are_size_limited(b: Backend) {

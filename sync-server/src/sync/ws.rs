@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fitedge_core::sync::docs::{
-    validate_update, Validated, ValidationContext, PROFILE_TYPE, WORKOUT_TYPE,
+    profile_document_id, validate_update, Validated, ValidationContext, PROFILE_TYPE, WORKOUT_TYPE,
 };
 use fitedge_core::sync::protocol::{
     Connection, DocumentId, Event, Message, PeerId, PeerMetadata, ProtocolError,
@@ -520,7 +520,17 @@ impl Session {
         let r = self
             .conn
             .receive_sync_checked(&id, &mut doc, message, |_, after| {
-                check(None, after, Access::Owner, 0, limit, &ctx, &mut validated)
+                check(None, after, Access::Owner, 0, limit, &ctx, &mut validated)?;
+                // One profile per user, at the id every device derives from the user (ADR
+                // 0012): a profile made anywhere else would be a second, diverging profile.
+                if matches!(validated, Some(Validated::Profile(_)))
+                    && id != profile_document_id(&self.user_id)
+                {
+                    return Err("a profile document must live at the id derived from its \
+                                owner (fitedge_core::sync::docs::profile_document_id)"
+                        .to_string());
+                }
+                Ok(())
             });
         if let Some(o) = refusal(&id, r) {
             return Ok(o);
