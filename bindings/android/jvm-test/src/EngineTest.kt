@@ -209,6 +209,114 @@ fun fedSensorsAreListedWithTheirBattery() {
     f.close()
 }
 
+/**
+ * A real fitedge-server (dev mode, SQLite in a temporary directory) from FITEDGE_SERVER_BIN,
+ * which scripts/test-bindings builds and sets.
+ */
+class LiveServer : AutoCloseable {
+    val dir: File = Files.createTempDirectory("fitedge-server").toFile()
+    val port = java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress()).use { it.localPort }
+    val url = "http://127.0.0.1:$port"
+    private val log = File(dir, "server.log")
+    private val process: Process
+
+    init {
+        val bin = System.getenv("FITEDGE_SERVER_BIN")
+            ?: throw AssertionError("FITEDGE_SERVER_BIN is not set (scripts/test-bindings builds the server and sets it)")
+        check(File(bin).canExecute()) { "no fitedge-server at $bin" }
+        process = ProcessBuilder(bin, "--dev", "--hash-cost", "insecure-fast",
+            "--database-url", "sqlite://${dir.path}/s.db", "--bind", "127.0.0.1:$port")
+            .redirectErrorStream(true).redirectOutput(log).start()
+        val deadline = System.currentTimeMillis() + 30_000
+        while (true) {
+            try { call("GET", "/healthcheck"); break } catch (e: java.io.IOException) {
+                if (!process.isAlive || System.currentTimeMillis() > deadline) {
+                    throw AssertionError("the server did not start:\n" + log.readText().takeLast(4000))
+                }
+                Thread.sleep(100)
+            }
+        }
+    }
+
+    /** One JSON request; an answer of 400 or more fails the test with the server's message. */
+    fun call(method: String, path: String, body: String? = null, token: String? = null): String {
+        val c = java.net.URI(url + path).toURL().openConnection() as java.net.HttpURLConnection
+        c.requestMethod = method
+        c.connectTimeout = 1000
+        c.readTimeout = 10_000
+        c.setRequestProperty("content-type", "application/json")
+        if (token != null) c.setRequestProperty("authorization", "Bearer $token")
+        if (body != null) {
+            c.doOutput = true
+            c.outputStream.use { it.write(body.toByteArray()) }
+        }
+        val code = c.responseCode
+        val text = (if (code < 400) c.inputStream else c.errorStream)?.bufferedReader()?.use { it.readText() } ?: ""
+        if (code >= 400) throw AssertionError("$method $path: HTTP $code $text")
+        return text
+    }
+
+    /** Registers, verifies (dev mode returns the token) and signs in; the bearer token. */
+    fun signIn(email: String, password: String): String {
+        val reg = call("POST", "/api/v1/auth/register",
+            """{"email":"$email","password":"$password","birth_date":"1990-01-01","display_name":"Ann"}""")
+        call("POST", "/api/v1/auth/verify-email", """{"token":"${jsonField(reg, "dev_token")}"}""")
+        return jsonField(call("POST", "/api/v1/auth/login", """{"email":"$email","password":"$password"}"""), "access_token")
+    }
+
+    override fun close() {
+        process.destroy()
+        if (!process.waitFor(10, java.util.concurrent.TimeUnit.SECONDS)) process.destroyForcibly()
+        dir.deleteRecursively()
+    }
+}
+
+/** A top-level string or number field of a flat JSON answer (the JVM has no JSON parser). */
+fun jsonField(json: String, key: String): String =
+    Regex("\"$key\"\\s*:\\s*(?:\"([^\"]*)\"|(-?[0-9]+))").find(json)
+        ?.groupValues?.drop(1)?.first { it.isNotEmpty() }
+        ?: throw AssertionError("no $key in $json")
+
+fun workoutsSyncToASecondDeviceAndTheOutboxIsDelivered() {
+    LiveServer().use { server ->
+        val token = server.signIn("ann@example.com", "correct horse battery!")
+        val dir = Files.createTempDirectory("fitedge-sync").toFile()
+        val phone = Engine.open(File(dir, "phone.db").path, KEY)
+        // A ride of 60.4 s: just over the one-minute floor, so it is recorded.
+        val stored = phone.importFile(sharedFit("garmin-fenix-5-bike.fit"))
+        check(stored.size == 1) { "imported $stored" }
+        phone.setWorkoutText(stored[0].id, "Morning ride", "felt easy")
+
+        val sent = phone.syncNow(server.url, token)
+        check(sent.docsSent > 0uL && sent.blobsUploaded > 0uL && sent.problems.isEmpty()) { "phone $sent" }
+
+        // A second device of the same user shares the user's storage key.
+        val tablet = Engine.open(File(dir, "tablet.db").path, KEY)
+        check(tablet.listWorkouts(10u).items.isEmpty()) { "tablet starts empty" }
+        val got = tablet.syncNow(server.url, token)
+        check(got.docsDiscovered > 0uL && got.blobsDownloaded > 0uL && got.problems.isEmpty()) { "tablet $got" }
+        check(got.workoutsAdded == 1uL) { "tablet $got" }
+        val received = tablet.listWorkouts(10u).items
+        check(received.map { it.id } == listOf(stored[0].id)) { "tablet history $received" }
+        check(received[0].title == "Morning ride") { "title ${received[0].title}" }
+        check(phone.syncNow(server.url, token).docsSent == 0uL) { "an unchanged round sends nothing" }
+
+        // The outbox: a profile change queued offline, then delivered.
+        val me = server.call("GET", "/api/v1/me", token = token)
+        val cmd = phone.outboxEnqueue("PATCH", "/api/v1/users/${jsonField(me, "id")}",
+            """{"display_name":"Ann Outbox","version":${jsonField(me, "version")}}""")
+        check(cmd.status == OutboxStatus.PENDING) { "$cmd" }
+        val report = phone.outboxFlush(server.url, token)
+        check(report.sent == 1uL && report.failed == 0uL && report.pending == 0uL) { "$report" }
+        val done = phone.outboxList()[0]
+        check(done.status == OutboxStatus.SENT && done.lastHttpStatus == 200.toUShort()) { "$done" }
+        check(jsonField(server.call("GET", "/api/v1/me", token = token), "display_name") == "Ann Outbox") { "profile not changed" }
+        phone.close()
+        tablet.close()
+        dir.deleteRecursively()
+    }
+}
+
 fun main() {
     val tests = listOf(
         "a whole workout with live metrics and history" to ::aWholeWorkoutWithLiveMetricsAndHistory,
@@ -220,6 +328,7 @@ fun main() {
         "a flush to an unreachable server keeps the commands pending" to ::aFlushToAnUnreachableServerKeepsTheCommandsPending,
         "scanning without a Bluetooth transport is a clear error" to ::scanningWithoutABluetoothTransportIsAClearError,
         "fed sensors are listed with their battery" to ::fedSensorsAreListedWithTheirBattery,
+        "workouts sync to a second device and the outbox is delivered" to ::workoutsSyncToASecondDeviceAndTheOutboxIsDelivered,
     )
     var failed = 0
     for ((name, t) in tests) {
