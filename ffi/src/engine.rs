@@ -84,14 +84,13 @@ impl State {
         source: Source,
         payload: &[u8],
         at: core::Timestamp,
-    ) -> Result<Dispatch, HubError> {
+    ) -> Result<(Dispatch, Option<Emission>), HubError> {
         let State { recording, hub, .. } = self;
         let d = match recording.as_mut() {
             Some(rec) => hub.on_notification(device, source, payload, at, rec)?,
             None => hub.on_notification(device, source, payload, at, &mut NotRecording)?,
         };
-        emit(listeners, self, false, Some(at.0));
-        Ok(d)
+        Ok((d, due(listeners, self, false, Some(at.0))))
     }
 }
 
@@ -129,6 +128,7 @@ impl SensorSide {
         ev: TransportEvent,
         stopped: &std::sync::atomic::AtomicBool,
     ) -> Option<SensorStatus> {
+        let mut emission = None;
         let mut st = lock(&self.state);
         if stopped.load(Ordering::SeqCst) {
             return None;
@@ -149,13 +149,18 @@ impl SensorSide {
                 at,
             } => {
                 // A payload that does not decode is counted against the device by the hub.
-                let _ = st.notify(&self.listeners, &device, source, &bytes, at);
+                if let Ok((_, e)) = st.notify(&self.listeners, &device, source, &bytes, at) {
+                    emission = e;
+                }
                 device
             }
             // Radio transports carry no host samples or workout commands.
             TransportEvent::Host(_) | TransportEvent::Control { .. } => return None,
         };
-        st.hub.device(&device).map(SensorStatus::from)
+        let status = st.hub.device(&device).map(SensorStatus::from);
+        drop(st);
+        deliver(emission);
+        status
     }
 
     /// Marks sensors disconnected (their connection was cancelled).
@@ -229,28 +234,49 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 const EMIT_EVERY_MS: i64 = 1000;
 
-/// Calls the listeners now (`force`), or when `sample_t` is a second past the last call.
-fn emit(listeners: &Listeners, st: &mut State, force: bool, sample_t: Option<i64>) {
-    let Some(rec) = st.recording.as_ref() else {
-        return;
-    };
+/// Live metrics due to the listeners: taken while the engine's state is locked, delivered
+/// ([`deliver`]) once it is released, so a listener may call back into the engine (read
+/// `live_metrics`, pause the workout, cancel its subscription) without deadlocking.
+#[must_use = "deliver it once the engine's state is unlocked"]
+pub(crate) struct Emission {
+    listeners: Vec<Arc<dyn LiveMetricsListener>>,
+    metrics: LiveMetrics,
+}
+
+/// Calls the listeners of an emission; never with the engine's state or the listener list
+/// locked.
+fn deliver(emission: Option<Emission>) {
+    if let Some(e) = emission {
+        for l in e.listeners {
+            l.on_live_metrics(e.metrics.clone());
+        }
+    }
+}
+
+/// The listeners are due a call now (`force`), or when `sample_t` is a second past the last.
+fn due(
+    listeners: &Listeners,
+    st: &mut State,
+    force: bool,
+    sample_t: Option<i64>,
+) -> Option<Emission> {
+    let rec = st.recording.as_ref()?;
     if !force {
         match sample_t {
             Some(t) if t.saturating_sub(st.last_emit_ms) >= EMIT_EVERY_MS => st.last_emit_ms = t,
-            _ => return,
+            _ => return None,
         }
     }
-    if lock(listeners).is_empty() {
-        return;
-    }
-    let Some(m) = rec.live() else { return };
-    let metrics = LiveMetrics::from_core(&rec.id().0, rec.state(), m);
     let listeners: Vec<Arc<dyn LiveMetricsListener>> =
         lock(listeners).iter().map(|(_, l)| l.clone()).collect();
-    // Called without holding the listener list, so a listener may cancel itself.
-    for l in listeners {
-        l.on_live_metrics(metrics.clone());
+    if listeners.is_empty() {
+        return None;
     }
+    let m = rec.live()?;
+    Some(Emission {
+        listeners,
+        metrics: LiveMetrics::from_core(&rec.id().0, rec.state(), m),
+    })
 }
 
 fn kind_of(c: Characteristic) -> DeviceKind {
@@ -300,8 +326,8 @@ impl Engine {
         }))
     }
 
-    fn emit(&self, st: &mut State, force: bool, sample_t: Option<i64>) {
-        emit(&self.listeners, st, force, sample_t);
+    fn due(&self, st: &mut State, force: bool, sample_t: Option<i64>) -> Option<Emission> {
+        due(&self.listeners, st, force, sample_t)
     }
 
     fn with_recording<T>(
@@ -314,7 +340,9 @@ impl Engine {
             .as_mut()
             .ok_or_else(|| FitEdgeError::InvalidState("no workout is being recorded".into()))?;
         let out = f(rec)?;
-        self.emit(&mut st, true, None);
+        let e = self.due(&mut st, true, None);
+        drop(st);
+        deliver(e);
         Ok(out)
     }
 
@@ -403,7 +431,9 @@ impl Engine {
         let id = rec.id().0.clone();
         st.recording = Some(rec);
         st.last_emit_ms = i64::MIN;
-        self.emit(&mut st, true, None);
+        let e = self.due(&mut st, true, None);
+        drop(st);
+        deliver(e);
         Ok(id)
     }
 
@@ -445,7 +475,9 @@ impl Engine {
             .as_mut()
             .ok_or_else(|| FitEdgeError::InvalidState("no workout is being recorded".into()))?;
         let v = rec.record(sample.into())?;
-        self.emit(&mut st, false, Some(sample.timestamp_ms));
+        let e = self.due(&mut st, false, Some(sample.timestamp_ms));
+        drop(st);
+        deliver(e);
         Ok(v.into())
     }
 
@@ -469,7 +501,9 @@ impl Engine {
                 core::validation::Verdict::Rejected(_) => out.rejected += 1,
             }
         }
-        self.emit(&mut st, false, last_t);
+        let e = self.due(&mut st, false, last_t);
+        drop(st);
+        deliver(e);
         Ok(out)
     }
 
@@ -502,8 +536,11 @@ impl Engine {
                 .connected(&device_id, at)
                 .map_err(|e| FitEdgeError::InvalidInput(e.to_string()))?;
         }
-        st.notify(&self.listeners, &device_id, Source::Gatt(c), &payload, at)
+        let (_, e) = st
+            .notify(&self.listeners, &device_id, Source::Gatt(c), &payload, at)
             .map_err(|e| FitEdgeError::InvalidInput(e.to_string()))?;
+        drop(st);
+        deliver(e);
         Ok(())
     }
 
@@ -722,5 +759,92 @@ impl Engine {
         let samples = self.store.samples(&summary.id.0)?;
         let text = core::formats::export(f, &summary, &samples)?;
         std::fs::write(&path, text).map_err(|e| FitEdgeError::Storage(format!("{path}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicI64;
+    use std::sync::{mpsc, OnceLock, Weak};
+    use std::time::Duration;
+
+    use super::*;
+
+    const T0: i64 = 1_763_700_000_000;
+
+    #[derive(Debug)]
+    struct TestClock(AtomicI64);
+
+    impl EngineClock for TestClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A listener that calls back into the engine from its callback, as an app's UI code may.
+    #[derive(Default)]
+    struct Reentrant {
+        engine: OnceLock<Weak<Engine>>,
+        heard: Mutex<Vec<(String, bool, WorkoutState)>>,
+    }
+
+    impl LiveMetricsListener for Reentrant {
+        fn on_live_metrics(&self, metrics: LiveMetrics) {
+            let engine = self.engine.get().and_then(Weak::upgrade).expect("engine");
+            let live_again = engine.live_metrics().is_some();
+            let state = engine.workout_state();
+            lock(&self.heard).push((metrics.workout_id, live_again, state));
+        }
+    }
+
+    #[test]
+    fn a_listener_may_call_back_into_the_engine() {
+        let (done_tx, done_rx) = mpsc::channel();
+        // Run where a deadlock shows as a timeout instead of a test that never ends.
+        std::thread::spawn(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = Arc::new(TestClock(AtomicI64::new(T0)));
+            let db = dir.path().join("e.db").to_string_lossy().into_owned();
+            let engine = Engine::open_with_clock(db, vec![7; 32], None, clock.clone()).unwrap();
+            let listener = Arc::new(Reentrant::default());
+            listener.engine.set(Arc::downgrade(&engine)).unwrap();
+            let _sub = engine.subscribe_live_metrics(listener.clone());
+
+            let id = engine.start_workout(Some(Sport::Cycling)).unwrap();
+            for s in 0..3_i64 {
+                let t = T0 + s * 1000;
+                clock.0.store(t, Ordering::SeqCst);
+                let power = Sample {
+                    timestamp_ms: t,
+                    reading: Reading::Power { watts: 200.0 },
+                };
+                engine.record_sample(power).unwrap();
+                engine
+                    .record_samples(vec![Sample {
+                        timestamp_ms: t + 500,
+                        reading: Reading::Power { watts: 210.0 },
+                    }])
+                    .unwrap();
+                let hr = vec![0x00, 130];
+                engine
+                    .feed_notification("strap".into(), "180D".into(), "2A37".into(), hr, t + 900)
+                    .unwrap();
+            }
+            engine.pause_workout().unwrap();
+            done_tx.send((id, lock(&listener.heard).clone())).unwrap();
+        });
+        let (id, heard) = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a listener calling back into the engine deadlocked it");
+        // start, a call per second of samples, pause.
+        assert!(heard.len() >= 4, "{heard:?}");
+        assert!(
+            heard.iter().all(|(w, live, _)| *w == id && *live),
+            "{heard:?}"
+        );
+        assert!(
+            matches!(heard.last().unwrap().2, WorkoutState::Paused),
+            "{heard:?}"
+        );
     }
 }
