@@ -87,10 +87,21 @@ impl State {
     ) -> Result<(Dispatch, Option<Emission>), HubError> {
         let State { recording, hub, .. } = self;
         let d = match recording.as_mut() {
-            Some(rec) => hub.on_notification(device, source, payload, at, rec)?,
-            None => hub.on_notification(device, source, payload, at, &mut NotRecording)?,
+            Some(rec) => hub.on_notification(device, source, payload, at, rec),
+            None => hub.on_notification(device, source, payload, at, &mut NotRecording),
         };
-        Ok((d, due(listeners, self, false, Some(at.0))))
+        // Also after a payload that did not decode: that is what queues most events.
+        self.drop_device_events();
+        Ok((d?, due(listeners, self, false, Some(at.0))))
+    }
+
+    /// The hub queues a device event for every connection change and every payload that does
+    /// not decode; nothing in the SDK consumes them, and an engine runs for hours, so they are
+    /// dropped here. Nothing is lost to the app: the same facts are in each sensor's status
+    /// (`connected`, `errors`, `disabled`), which `Engine.sensors()` and a connection's
+    /// `SensorListener` report.
+    fn drop_device_events(&mut self) {
+        let _ = self.hub.take_events();
     }
 }
 
@@ -157,6 +168,7 @@ impl SensorSide {
             // Radio transports carry no host samples or workout commands.
             TransportEvent::Host(_) | TransportEvent::Control { .. } => return None,
         };
+        st.drop_device_events();
         let status = st.hub.device(&device).map(SensorStatus::from);
         drop(st);
         deliver(emission);
@@ -169,6 +181,7 @@ impl SensorSide {
         for id in ids {
             let _ = st.hub.disconnected(id, at);
         }
+        st.drop_device_events();
     }
 
     pub(crate) fn statuses(&self) -> Vec<SensorStatus> {
@@ -795,6 +808,36 @@ mod tests {
             let state = engine.workout_state();
             lock(&self.heard).push((metrics.workout_id, live_again, state));
         }
+    }
+
+    #[test]
+    fn device_events_do_not_pile_up_in_a_long_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(TestClock(AtomicI64::new(T0)));
+        let db = dir.path().join("e.db").to_string_lossy().into_owned();
+        let engine = Engine::open_with_clock(db, vec![7; 32], None, clock).unwrap();
+        engine.start_workout(Some(Sport::Running)).unwrap();
+        let mut refused = 0;
+        for i in 0..2000_i64 {
+            // Flags announce a 16-bit heart rate, and the payload ends before it.
+            let garbage = vec![0x01];
+            let at = T0 + i * 250;
+            if engine
+                .feed_notification("strap".into(), "180D".into(), "2A37".into(), garbage, at)
+                .is_err()
+            {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 2000);
+        assert!(lock(&engine.state).hub.take_events().is_empty());
+        // What the events said is in the sensor's status.
+        let strap = engine
+            .sensors()
+            .into_iter()
+            .find(|s| s.id == "strap")
+            .unwrap();
+        assert!(strap.errors > 0 && strap.connected, "{strap:?}");
     }
 
     #[test]
