@@ -102,12 +102,30 @@ fn decode(bytes: &[u8]) -> Result<Decoded, FitError> {
     let mut messages = Vec::new();
     let mut buf = bytes;
     let mut damage = None;
+    // Where the current file's messages end (absolute offset), from its header. fitparser
+    // reads a header at the start, after each CRC (chained files), and whenever a message ran
+    // past that end.
+    let mut data_end: Option<usize> = None;
     while !buf.is_empty() {
         let offset = bytes.len() - buf.len();
+        let header_next = data_end.is_none_or(|end| offset > end);
+        if header_next && buf.len() < 12 {
+            // fitparser 0.11 computes the bytes it still needs for a short header as
+            // `first byte - bytes left`, which overflows (a panic in debug builds) when the
+            // first byte is the smaller: found by `fit_robustness` with a flipped byte.
+            damage = Some(format!(
+                "{} bytes after byte {offset} are too few for a FIT header",
+                buf.len()
+            ));
+            break;
+        }
         match p.deserialize_next(buf) {
             Ok((rest, obj)) => {
                 match obj {
-                    FitObject::Crc(..) => p.reset(),
+                    FitObject::Crc(..) => {
+                        p.reset();
+                        data_end = None;
+                    }
                     FitObject::DataMessage(m) => match p.decode_message(m) {
                         Ok(r) => messages.push(r),
                         Err(e) => {
@@ -115,7 +133,14 @@ fn decode(bytes: &[u8]) -> Result<Decoded, FitError> {
                             break;
                         }
                     },
-                    FitObject::Header(_) | FitObject::DefinitionMessage(_) => {}
+                    FitObject::Header(h) => {
+                        data_end = Some(
+                            offset
+                                .saturating_add(usize::from(h.header_size()))
+                                .saturating_add(h.data_size() as usize),
+                        );
+                    }
+                    FitObject::DefinitionMessage(_) => {}
                 }
                 buf = rest;
             }
@@ -794,6 +819,47 @@ mod tests {
         assert!(
             matches!(e, FitError::NoActivity(_) | FitError::Damaged(_)),
             "{e}"
+        );
+    }
+
+    /// The FIT CRC-16 (the SDK's nibble table).
+    fn fit_crc(data: &[u8]) -> u16 {
+        const T: [u16; 16] = [
+            0x0000, 0xCC01, 0xD801, 0x1400, 0xF001, 0x3C00, 0x2800, 0xE401, 0xA001, 0x6C00, 0x7800,
+            0xB401, 0x5000, 0x9C01, 0x8801, 0x4400,
+        ];
+        let mut crc = 0u16;
+        for &b in data {
+            for nibble in [b & 0xF, b >> 4] {
+                let t = T[usize::from(crc & 0xF)];
+                crc = ((crc >> 4) & 0x0FFF) ^ t ^ T[usize::from(nibble)];
+            }
+        }
+        crc
+    }
+
+    #[test]
+    fn a_few_bytes_after_the_crc_are_damage_not_a_panic() {
+        // An empty file, its CRC, then 5 bytes whose first (3) is below their count: fitparser
+        // 0.11 subtracts the two to say how much of a header is missing and overflows.
+        let mut f = vec![12u8, 0x10, 0x5c, 0x08, 0, 0, 0, 0];
+        f.extend_from_slice(b".FIT");
+        let crc = fit_crc(&f);
+        f.extend_from_slice(&crc.to_le_bytes());
+        f.extend_from_slice(&[3, 0, 0, 0, 0]);
+        let e = import(&f, Profile::default(), "k").unwrap_err();
+        assert!(
+            matches!(e, FitError::NoActivity(_) | FitError::Damaged(_)),
+            "{e}"
+        );
+        let d = decode(&f).unwrap();
+        assert!(
+            d.damage
+                .as_deref()
+                .unwrap()
+                .contains("too few for a FIT header"),
+            "{:?}",
+            d.damage
         );
     }
 
