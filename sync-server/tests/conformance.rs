@@ -119,6 +119,7 @@ conformance!(
     password_reset_flow_tokens_and_expiry,
     mfa_required_for_health_data_then_satisfied,
     mfa_login_needs_code_and_codes_are_single_use,
+    one_totp_code_signs_in_once_even_when_raced,
     admin_needs_role_and_mfa,
     ownership_on_every_route_with_an_id,
     optimistic_locking_on_profile,
@@ -553,6 +554,34 @@ async fn mfa_login_needs_code_and_codes_are_single_use(b: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+/// Eight sign-ins with the same valid code at once: each checks the code against the last used
+/// step it read before its transaction, so only the conditional claim inside the transaction
+/// keeps all of them from passing.
+async fn one_totp_code_signs_in_once_even_when_raced(b: Backend) {
+    let a = app_with_key(b).await;
+    a.register_verified("race@example.com").await.unwrap();
+    let t = a.token("race@example.com").await.unwrap();
+    let secret = a.enable_totp(&t).await.unwrap();
+    a.clock.advance_secs(60.0);
+    let code = totp::code_at(&secret, a.clock.now_ts());
+    let attempts =
+        (0..8).map(|_| {
+            a.call(TestRequest::post("/api/v1/auth/login").json(
+                json!({"email": "race@example.com", "password": PASSWORD, "totp_code": code}),
+            ))
+        });
+    let answers = futures::future::join_all(attempts).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(|r| r.status).collect();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
 }
 
 async fn admin_needs_role_and_mfa(b: Backend) {

@@ -643,7 +643,7 @@ pub async fn login(
     let session_id = uuid::Uuid::new_v4().to_string();
     let expires = now.as_millis() + (state.config.session_ttl_secs as i64).saturating_mul(1000);
     let max_sessions = i64::from(state.config.max_sessions.max(1));
-    state
+    let signed_in = state
         .db
         .write(|tx| {
             let (user_id, session_id, token_hash, addr, keys) = (
@@ -654,6 +654,11 @@ pub async fn login(
                 state.totp_keys.clone(),
             );
             Box::pin(async move {
+                if let Some(step) = mfa_step {
+                    if !claim_totp_step(tx, &user_id, step).await? {
+                        return Ok(false);
+                    }
+                }
                 if reseal {
                     upgrade_in_tx(tx, &keys, &user_id).await?;
                 }
@@ -699,11 +704,8 @@ pub async fn login(
                 .execute(&mut **tx)
                 .await?;
                 sqlx::query(
-                    "UPDATE users SET failed_logins = 0, locked_until = NULL,
-                        totp_last_step = COALESCE($1, totp_last_step)
-                     WHERE id = $2",
+                    "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1",
                 )
-                .bind(mfa_step)
                 .bind(&user_id)
                 .execute(&mut **tx)
                 .await?;
@@ -715,10 +717,16 @@ pub async fn login(
                     Some(&addr),
                     serde_json::json!({ "session_id": session_id, "mfa": mfa_step.is_some() }),
                 )
-                .await
+                .await?;
+                Ok(true)
             })
         })
         .await?;
+    if !signed_in {
+        // Another request signed in with this same code meanwhile: a replay.
+        fail("mfa.failed").await?;
+        return Err(invalid_credentials());
+    }
     let mut resp = axum::Json(LoginResponse {
         access_token: token,
         token_type: "Bearer".into(),
@@ -1168,7 +1176,7 @@ async fn check_code(
             ApiError::unauthorized("the code is wrong or was already used").retag("invalid_code"),
         );
     };
-    state
+    let fresh = state
         .db
         .write(|tx| {
             let (uid, sid, addr, enabled, keys) = (
@@ -1179,6 +1187,9 @@ async fn check_code(
                 state.totp_keys.clone(),
             );
             Box::pin(async move {
+                if !claim_totp_step(tx, &uid, step).await? {
+                    return Ok(false);
+                }
                 if let Some(sealed) = enabled {
                     sqlx::query(
                         "UPDATE users SET totp_secret = $1, totp_pending_secret = NULL,
@@ -1195,13 +1206,10 @@ async fn check_code(
                     if reseal {
                         upgrade_in_tx(tx, &keys, &uid).await?;
                     }
-                    sqlx::query(
-                        "UPDATE users SET totp_last_step = $1, failed_logins = 0 WHERE id = $2",
-                    )
-                    .bind(step)
-                    .bind(&uid)
-                    .execute(&mut **tx)
-                    .await?;
+                    sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1")
+                        .bind(&uid)
+                        .execute(&mut **tx)
+                        .await?;
                 }
                 sqlx::query("UPDATE sessions SET mfa_at = $1 WHERE id = $2")
                     .bind(now.as_millis())
@@ -1220,11 +1228,43 @@ async fn check_code(
                     Some(&addr),
                     serde_json::json!({ "session_id": sid }),
                 )
-                .await
+                .await?;
+                Ok(true)
             })
         })
         .await?;
+    if !fresh {
+        // Another request used this same code meanwhile: a replay, counted like a wrong code.
+        state
+            .db
+            .write(|tx| {
+                let (uid, addr) = (caller.user_id.clone(), addr.to_string());
+                Box::pin(async move {
+                    record_failure(tx, now, &uid, threshold, lockout, &addr, "mfa.failed").await
+                })
+            })
+            .await?;
+        return Err(
+            ApiError::unauthorized("the code is wrong or was already used").retag("invalid_code"),
+        );
+    }
     Ok(())
+}
+
+/// Records `step` as the account's last used TOTP step unless that step or a later one is
+/// already recorded. The step was checked against a value read before the transaction; this
+/// conditional write inside it (serializable on both backends) is what stops two requests
+/// racing with one code from both passing. `false`: the code was used meanwhile.
+async fn claim_totp_step(tx: &mut Tx, user_id: &str, step: i64) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE users SET totp_last_step = $1
+         WHERE id = $2 AND (totp_last_step IS NULL OR totp_last_step < $1)",
+    )
+    .bind(step)
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// Confirm TOTP enrolment with a code: MFA is on, and this session counts as verified.
