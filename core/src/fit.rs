@@ -119,20 +119,40 @@ fn decode(bytes: &[u8]) -> Result<Decoded, FitError> {
             ));
             break;
         }
-        match p.deserialize_next(buf) {
+        // fitparser is third-party code fed arbitrary bytes: a panic inside it (like the one
+        // above, found by fuzzing) ends the decoding as damage at this offset instead of
+        // unwinding through the import. The processor is not used again after one.
+        let next =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.deserialize_next(buf)));
+        let Ok(next) = next else {
+            damage = Some(format!(
+                "the FIT decoder failed at byte {offset} of {}",
+                bytes.len()
+            ));
+            break;
+        };
+        match next {
             Ok((rest, obj)) => {
                 match obj {
                     FitObject::Crc(..) => {
                         p.reset();
                         data_end = None;
                     }
-                    FitObject::DataMessage(m) => match p.decode_message(m) {
-                        Ok(r) => messages.push(r),
-                        Err(e) => {
-                            damage = Some(format!("undecodable message at byte {offset}: {e}"));
-                            break;
+                    FitObject::DataMessage(m) => {
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            p.decode_message(m)
+                        })) {
+                            Ok(Ok(r)) => messages.push(r),
+                            Err(_) => {
+                                damage = Some(format!("the FIT decoder failed at byte {offset}"));
+                                break;
+                            }
+                            Ok(Err(e)) => {
+                                damage = Some(format!("undecodable message at byte {offset}: {e}"));
+                                break;
+                            }
                         }
-                    },
+                    }
                     FitObject::Header(h) => {
                         data_end = Some(
                             offset
