@@ -220,10 +220,14 @@ async fn device_creates_scenario() -> Res<()> {
 
     let first = device.sync().await?;
     no_errors("device, first round", &first)?;
-    if first.docs_sent < 2 || first.blobs_uploaded < 2 {
+    // The profile document has one id per user (ADR 0012) and identical first changes on every
+    // device: when an earlier scenario's device of this user stored it, this one has nothing of
+    // it to send. The new workout is always sent.
+    if first.docs_sent < 1 || first.blobs_uploaded < 2 {
         return Err(format!(
-            "device, first round: expected the workout and profile documents sent (2) and the \
-             workout's 2 chunks uploaded; saw docs_sent {}, blobs_uploaded {}",
+            "device, first round: expected the workout document sent (and the profile document \
+             unless another device of this user stored it first) and the workout's 2 chunks \
+             uploaded; saw docs_sent {}, blobs_uploaded {}",
             first.docs_sent, first.blobs_uploaded
         ));
     }
