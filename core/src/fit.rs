@@ -530,6 +530,12 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
     // The timeline: every record's readings, RR intervals, timer events and lap ends.
     let mut steps: Vec<(Timestamp, Step)> = Vec::new();
     let mut last_t: Option<Timestamp> = None;
+    // Records dated more than a workout's longest life after the record before them, with no
+    // session starting in between: damaged timestamps (a recovered file's last record read as
+    // 2085), which would otherwise stretch the workout to the 24-hour limit.
+    let session_starts_in_file: Vec<Timestamp> = sessions.iter().filter_map(|s| s.start).collect();
+    let mut far_records = 0usize;
+    let mut first_far: Option<Timestamp> = None;
     let mut readings = Vec::with_capacity(8);
     let mut records = 0usize;
     let mut compressed = CompressedDistance::default();
@@ -542,6 +548,15 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
                 let Some(t) = f.time("timestamp") else {
                     continue;
                 };
+                if let Some(prev) = last_t {
+                    if t.secs_since(prev) > WorkoutConfig::MAX_ELAPSED_S
+                        && !session_starts_in_file.iter().any(|s| *s > prev && *s <= t)
+                    {
+                        far_records += 1;
+                        first_far.get_or_insert(t);
+                        continue;
+                    }
+                }
                 records += 1;
                 last_t = Some(t);
                 readings.clear();
@@ -602,6 +617,13 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
         warnings.push(format!(
             "{d}; recovered {records} records and {} session(s) decoded before the damage",
             sessions.len()
+        ));
+    }
+    if let Some(first) = first_far {
+        warnings.push(format!(
+            "{far_records} record(s) not used: dated more than 24 hours after the record before \
+             them with no session starting in between (the first at {}), a damaged timestamp",
+            first.to_rfc3339()
         ));
     }
     steps.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.rank().cmp(&b.1.rank())));

@@ -78,3 +78,27 @@ proptest! {
         import_must_not_panic(&bytes);
     }
 }
+
+/// The Strava recording is damaged: its last readable record is dated 2085. That record is
+/// reported and left out, so the workout ends with the real records instead of being stretched
+/// to the 24-hour limit.
+#[test]
+fn a_damaged_timestamp_decades_later_is_left_out_and_reported() {
+    // Without the recordings, fit_dir has said so loudly (or failed).
+    let Some(dir) = fitedge_tests::fit_dir() else {
+        return;
+    };
+    let bytes = std::fs::read(dir.join("strava-android-app-201.10-b1218918.fit")).unwrap();
+    let imp = fit::import(&bytes, Profile::default(), "strava").unwrap();
+    assert_eq!(imp.sessions.len(), 1);
+    let m = &imp.sessions[0].summary.metrics;
+    assert!(m.elapsed_s < 3600.0, "elapsed {} s", m.elapsed_s);
+    assert!(m.timer_s < 3600.0, "timer {} s", m.timer_s);
+    assert!(
+        imp.warnings
+            .iter()
+            .any(|w| w.contains("1 record(s) not used") && w.contains("2085-12-21")),
+        "{:?}",
+        imp.warnings
+    );
+}
