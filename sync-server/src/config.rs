@@ -140,6 +140,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub sync_evict_every_secs: u64,
 
+    /// Sync: how often (real seconds) an open sync connection checks that its session is still
+    /// valid; a signed-out, revoked or expired session's connection is closed with an `error`.
+    /// At least 1.
+    #[arg(long, env = "FITEDGE_SYNC_SESSION_CHECK_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_session_check_secs: u64,
+
     /// Blobs (sample chunks): largest upload, in bytes.
     #[arg(long, env = "FITEDGE_BLOB_MAX_BYTES", default_value_t = 16 << 20)]
     pub blob_max_bytes: usize,
@@ -169,6 +176,7 @@ impl fmt::Debug for Config {
             .field("sync_compact_after", &self.sync_compact_after)
             .field("sync_idle_secs", &self.sync_idle_secs)
             .field("sync_evict_every_secs", &self.sync_evict_every_secs)
+            .field("sync_session_check_secs", &self.sync_session_check_secs)
             .field("blob_max_bytes", &self.blob_max_bytes)
             .finish()
     }
@@ -208,6 +216,7 @@ impl Config {
             sync_compact_after: 64,
             sync_idle_secs: 300,
             sync_evict_every_secs: 10,
+            sync_session_check_secs: 30,
             blob_max_bytes: 16 << 20,
         }
     }

@@ -55,6 +55,7 @@ both!(
     strangers_and_missing_ids_get_the_same_doc_unavailable,
     invalid_workout_change_is_refused_and_not_stored,
     a_profile_document_lives_only_at_its_owners_id,
+    a_connection_ends_with_its_session,
     untyped_documents_are_size_limited,
     malformed_frames_close_only_their_connection,
     idle_documents_are_evicted,
@@ -703,6 +704,47 @@ async fn a_profile_document_lives_only_at_its_owners_id(b: Backend) {
     b2.push(&foreign).await;
     b2.pump_until("an error", |c| !c.errors.is_empty()).await;
     assert!(stored(&s, &foreign).await.is_none());
+}
+
+/// The token is checked on the upgrade; the session is checked again every
+/// `sync_session_check_secs`, so signing out (or expiry) ends the link, not only new ones.
+async fn a_connection_ends_with_its_session(b: Backend) {
+    let s = server_with(b, |c| c.sync_session_check_secs = 1).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let mut a = s.client(&ann).await;
+    let id = DocumentId::random();
+    a.change(&id, put("k", "v")).await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let other = s.app.token("ann@example.com").await.unwrap();
+    let mut phone = s.client(&other).await;
+
+    let r = s
+        .app
+        .call(TestRequest::post("/api/v1/auth/logout").token(&ann))
+        .await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.body);
+    a.pump_until("the session check", |c| !c.errors.is_empty())
+        .await;
+    assert!(a.errors[0].contains("session ended"), "{:?}", a.errors);
+    assert!(a.closed || a.conn.is_closed());
+
+    // The user's other session keeps syncing.
+    phone.request(&id).await;
+    phone.change(&id, put("k2", "v2")).await;
+    assert!(phone.errors.is_empty(), "{:?}", phone.errors);
+    let doc = stored(&s, &id).await.unwrap();
+    assert_eq!(str_of(&doc, "k2").as_deref(), Some("v2"));
+
+    // Until it expires (by the server's clock).
+    s.app.clock.advance_secs(8.0 * 86_400.0);
+    phone
+        .pump_until("the expiry check", |c| !c.errors.is_empty())
+        .await;
+    assert!(
+        phone.errors[0].contains("session ended"),
+        "{:?}",
+        phone.errors
+    );
 }
 
 async fn untyped_documents_are_size_limited(b: Backend) {

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use automerge::{sync, Automerge, ReadDoc, SaveOptions};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -84,7 +85,7 @@ pub async fn sync_ws(
     let limit = state.config.sync_max_frame_bytes.max(1024);
     ws.max_message_size(limit.saturating_mul(2))
         .max_frame_size(limit.saturating_mul(2))
-        .on_upgrade(move |socket| run(state, caller.user_id, socket))
+        .on_upgrade(move |socket| run(state, caller.user_id, caller.session_id, socket))
 }
 
 enum Outcome {
@@ -126,9 +127,31 @@ async fn refuse(socket: &mut WebSocket, conn: &mut Connection, why: String) {
     let _ = socket.send(WsMessage::Close(None)).await;
 }
 
-async fn run(state: AppState, user_id: String, mut socket: WebSocket) {
+/// Whether the session a sync connection was opened with is still valid: not ended (signed
+/// out, revoked, ended by the session limit or a password reset), not expired (by the injected
+/// clock), its account not deleted.
+async fn session_alive(state: &AppState, session_id: &str) -> crate::error::Result<bool> {
+    let row = sqlx::query(
+        "SELECT id FROM sessions WHERE id = $1 AND ended_at IS NULL AND expires_at > $2",
+    )
+    .bind(session_id)
+    .bind(state.now().as_millis())
+    .fetch_optional(state.db.pool())
+    .await?;
+    Ok(row.is_some())
+}
+
+async fn run(state: AppState, user_id: String, session_id: String, mut socket: WebSocket) {
     let (conn_id, mut rx) = state.sync.register(&user_id);
     let limit = state.config.sync_max_frame_bytes.max(1024);
+    // The token is checked once, on the upgrade; a link can live for hours, so the session is
+    // checked again on this period (every node does it for its own links, so this also covers
+    // sessions ended through another node).
+    let mut recheck = tokio::time::interval(Duration::from_secs(
+        state.config.sync_session_check_secs.max(1),
+    ));
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.tick().await; // the first tick is immediate: the upgrade has just checked it
     let mut s = Session {
         conn: Connection::responder(
             PeerId(state.sync.peer_id()),
@@ -210,6 +233,16 @@ async fn run(state: AppState, user_id: String, mut socket: WebSocket) {
                     break;
                 }
                 None => break,
+            },
+            _ = recheck.tick() => match session_alive(&s.state, &session_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    refuse(&mut socket, &mut s.conn,
+                        "the session ended (signed out, revoked or expired): sign in again".into()).await;
+                    break;
+                }
+                // A database hiccup does not cut a link; the next period checks again.
+                Err(e) => tracing::warn!(error = %e, "sync: the session check failed"),
             },
         }
     }
