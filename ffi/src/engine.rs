@@ -777,22 +777,11 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicI64;
     use std::sync::{mpsc, OnceLock, Weak};
     use std::time::Duration;
 
     use super::*;
-
-    const T0: i64 = 1_763_700_000_000;
-
-    #[derive(Debug)]
-    struct TestClock(AtomicI64);
-
-    impl EngineClock for TestClock {
-        fn now_ms(&self) -> i64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
+    use crate::test_support::{engine, T0};
 
     /// A listener that calls back into the engine from its callback, as an app's UI code may.
     #[derive(Default)]
@@ -812,10 +801,7 @@ mod tests {
 
     #[test]
     fn device_events_do_not_pile_up_in_a_long_recording() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(TestClock(AtomicI64::new(T0)));
-        let db = dir.path().join("e.db").to_string_lossy().into_owned();
-        let engine = Engine::open_with_clock(db, vec![7; 32], None, clock).unwrap();
+        let (_dir, _clock, engine) = engine();
         engine.start_workout(Some(Sport::Running)).unwrap();
         let mut refused = 0;
         for i in 0..2000_i64 {
@@ -845,10 +831,7 @@ mod tests {
         let (done_tx, done_rx) = mpsc::channel();
         // Run where a deadlock shows as a timeout instead of a test that never ends.
         std::thread::spawn(move || {
-            let dir = tempfile::tempdir().unwrap();
-            let clock = Arc::new(TestClock(AtomicI64::new(T0)));
-            let db = dir.path().join("e.db").to_string_lossy().into_owned();
-            let engine = Engine::open_with_clock(db, vec![7; 32], None, clock.clone()).unwrap();
+            let (_dir, clock, engine) = engine();
             let listener = Arc::new(Reentrant::default());
             listener.engine.set(Arc::downgrade(&engine)).unwrap();
             let _sub = engine.subscribe_live_metrics(listener.clone());

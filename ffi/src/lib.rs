@@ -12,6 +12,8 @@ mod engine;
 mod error;
 mod sensors;
 mod sync;
+#[cfg(test)]
+mod test_support;
 mod types;
 
 pub use engine::{Engine, EngineClock, LiveMetricsListener, Subscription};

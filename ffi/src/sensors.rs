@@ -345,26 +345,7 @@ mod tests {
     use fitedge_devices::Source;
 
     use super::*;
-    use crate::engine::EngineClock;
-
-    const T0: i64 = 1_763_700_000_000;
-
-    #[derive(Debug)]
-    struct TestClock(AtomicI64);
-
-    impl EngineClock for TestClock {
-        fn now_ms(&self) -> i64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-
-    fn engine() -> (tempfile::TempDir, Arc<TestClock>, Arc<Engine>) {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(TestClock(AtomicI64::new(T0)));
-        let db = dir.path().join("e.db").to_string_lossy().into_owned();
-        let e = Engine::open_with_clock(db, vec![7; 32], None, clock.clone()).unwrap();
-        (dir, clock, e)
-    }
+    use crate::test_support::{engine, T0};
 
     #[derive(Default)]
     struct Heard(Mutex<Vec<SensorStatus>>);

@@ -315,30 +315,10 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicI64, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::engine::EngineClock;
-
-    const T0: i64 = 1_763_700_000_000;
-
-    #[derive(Debug)]
-    struct TestClock(AtomicI64);
-
-    impl EngineClock for TestClock {
-        fn now_ms(&self) -> i64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-
-    fn engine() -> (tempfile::TempDir, Arc<TestClock>, Arc<Engine>) {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(TestClock(AtomicI64::new(T0)));
-        let db = dir.path().join("e.db").to_string_lossy().into_owned();
-        let e = Engine::open_with_clock(db, vec![7; 32], None, clock.clone()).unwrap();
-        (dir, clock, e)
-    }
+    use crate::test_support::{engine, T0};
 
     /// A local port nothing listens on.
     fn closed_port_url() -> String {

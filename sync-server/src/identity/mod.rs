@@ -1162,7 +1162,9 @@ async fn check_code(
     let reseal = state.totp_keys.needs_reseal(&secret, key_id.as_deref());
     let last: Option<i64> = col(&row, "totp_last_step")?;
     let (threshold, lockout) = (state.config.lockout_threshold, state.config.lockout_secs);
-    let Some(step) = totp::verify(&secret_bytes, code, now, last) else {
+    // A wrong code, or one already used (found here or, when raced, inside the transaction):
+    // counted towards the lockout and answered the same way.
+    let refuse_code = || async {
         state
             .db
             .write(|tx| {
@@ -1172,9 +1174,12 @@ async fn check_code(
                 })
             })
             .await?;
-        return Err(
+        Err::<(), ApiError>(
             ApiError::unauthorized("the code is wrong or was already used").retag("invalid_code"),
-        );
+        )
+    };
+    let Some(step) = totp::verify(&secret_bytes, code, now, last) else {
+        return refuse_code().await;
     };
     let fresh = state
         .db
@@ -1234,19 +1239,7 @@ async fn check_code(
         })
         .await?;
     if !fresh {
-        // Another request used this same code meanwhile: a replay, counted like a wrong code.
-        state
-            .db
-            .write(|tx| {
-                let (uid, addr) = (caller.user_id.clone(), addr.to_string());
-                Box::pin(async move {
-                    record_failure(tx, now, &uid, threshold, lockout, &addr, "mfa.failed").await
-                })
-            })
-            .await?;
-        return Err(
-            ApiError::unauthorized("the code is wrong or was already used").retag("invalid_code"),
-        );
+        return refuse_code().await;
     }
     Ok(())
 }
