@@ -92,6 +92,21 @@ pub async fn build_state(
 ) -> Result<AppState, Error> {
     let db = Db::connect(&config.database_url).await?;
     db.migrate().await?;
+    let reserved = sync::store::reserve_missing_profile_ids(&db).await?;
+    if reserved.reserved > 0 {
+        tracing::info!(
+            accounts = reserved.reserved,
+            "profile document ids reserved for accounts made before the reservation"
+        );
+    }
+    if !reserved.squatted.is_empty() {
+        tracing::warn!(
+            documents = ?reserved.squatted,
+            "documents sit at a user's profile id as something other than that user's profile \
+             (made before ids were reserved); that user's devices cannot sync their profile \
+             until the operator removes them"
+        );
+    }
     AppState::new(
         db,
         config,

@@ -55,6 +55,7 @@ both!(
     strangers_and_missing_ids_get_the_same_doc_unavailable,
     invalid_workout_change_is_refused_and_not_stored,
     a_profile_document_lives_only_at_its_owners_id,
+    no_other_document_can_take_a_profile_id,
     a_connection_ends_with_its_session,
     untyped_documents_are_size_limited,
     malformed_frames_close_only_their_connection,
@@ -704,6 +705,81 @@ async fn a_profile_document_lives_only_at_its_owners_id(b: Backend) {
     b2.push(&foreign).await;
     b2.pump_until("an error", |c| !c.errors.is_empty()).await;
     assert!(stored(&s, &foreign).await.is_none());
+}
+
+/// A profile id is computable from a user id (ADR 0012), so it is reserved at registration:
+/// nobody (the user included) can create anything but that user's profile there. Accounts
+/// from before the reservation are reserved at start, and documents already squatting are
+/// reported.
+async fn no_other_document_can_take_a_profile_id(b: Backend) {
+    let s = server(b).await;
+    let (ann_id, ann) = s.user("ann@example.com").await;
+    let (bob_id, bob) = s.user("bob@example.com").await;
+    let anns = docs::profile_document_id(&ann_id);
+
+    // Bob, first at Ann's profile id, with an untyped document: refused, nothing stored.
+    let mut b1 = s.client(&bob).await;
+    b1.change(&anns, put("k", "v")).await;
+    b1.pump_until("an error", |c| !c.errors.is_empty()).await;
+    assert!(b1.errors[0].contains("reserved"), "{:?}", b1.errors);
+    assert!(stored(&s, &anns).await.is_none(), "never reached storage");
+
+    // Nor can Bob put a non-profile document at his own profile id.
+    let mut b2 = s.client(&bob).await;
+    let bobs = docs::profile_document_id(&bob_id);
+    b2.change(&bobs, put("k", "v")).await;
+    b2.pump_until("an error", |c| !c.errors.is_empty()).await;
+    assert!(stored(&s, &bobs).await.is_none());
+
+    // Ann's own profile still goes there, owned by her.
+    let mut a = s.client(&ann).await;
+    let (id, mut profile) = docs::new_user_profile(&ann_id).unwrap();
+    a.docs.insert(id, Automerge::load(&profile.save()).unwrap());
+    a.push(&id).await;
+    a.pump().await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let owner = store::owner_of(&s.app.state, &anns.to_string())
+        .await
+        .unwrap();
+    assert_eq!(owner.as_deref(), Some(ann_id.as_str()));
+
+    // An account from before the reservation: nothing reserved, so Bob gets in first (what
+    // every server allowed until now). The start-up pass reserves the id and reports him.
+    let (carol_id, _) = s.user("carol@example.com").await;
+    sqlx::query("DELETE FROM sync_profile_ids WHERE user_id = $1")
+        .bind(&carol_id)
+        .execute(s.app.state.db.pool())
+        .await
+        .unwrap();
+    let carols = docs::profile_document_id(&carol_id);
+    let mut b3 = s.client(&bob).await;
+    b3.change(&carols, put("k", "v")).await;
+    assert!(b3.errors.is_empty(), "{:?}", b3.errors);
+    assert!(stored(&s, &carols).await.is_some());
+    let r = store::reserve_missing_profile_ids(&s.app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(r.reserved, 1);
+    assert_eq!(r.squatted, vec![carols.to_string()]);
+    let again = store::reserve_missing_profile_ids(&s.app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(again.reserved, 0, "a no-op once every account is reserved");
+
+    // Deleting an account releases its reservation along with its data.
+    let del = s
+        .app
+        .call(
+            TestRequest::post("/api/v1/me/delete")
+                .token(&ann)
+                .json(json!({ "password": fitedge_server::testing::PASSWORD })),
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.body);
+    let left: Option<String> = store::profile_id_of(&s.app.state, &anns.to_string())
+        .await
+        .unwrap();
+    assert_eq!(left, None);
 }
 
 /// The token is checked on the upgrade; the session is checked again every

@@ -333,6 +333,7 @@ pub async fn register(
                     .await?;
                     return Ok(Some(owner));
                 }
+                crate::sync::store::reserve_profile_id(tx, &user_id).await?;
                 store_email_token(
                     tx,
                     now,

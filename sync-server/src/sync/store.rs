@@ -80,6 +80,74 @@ pub async fn owner_of(state: &AppState, id: &str) -> Result<Option<String>> {
     )
 }
 
+/// Reserves `user_id`'s profile document id (ADR 0012) inside the registration transaction, so
+/// no other document can be created there.
+pub async fn reserve_profile_id(tx: &mut Tx, user_id: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_profile_ids (doc_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(fitedge_core::sync::docs::profile_document_id(user_id).to_string())
+    .bind(user_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The user whose profile document id `id` is, if it is one.
+pub async fn profile_id_of(state: &AppState, id: &str) -> Result<Option<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM sync_profile_ids WHERE doc_id = $1")
+            .bind(id)
+            .fetch_optional(state.db.pool())
+            .await?,
+    )
+}
+
+/// What [`reserve_missing_profile_ids`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Users whose profile id was reserved now (accounts from before the reservation existed).
+    pub reserved: usize,
+    /// Documents found at a user's profile id that are not that user's profile: made before
+    /// the reservation, by another user or as another kind. Logged for the operator; the
+    /// server does not delete data on its own.
+    pub squatted: Vec<String>,
+}
+
+/// Reserves the profile id of every user who has none yet (run at every start; a no-op once
+/// all are reserved) and reports documents that already sit at a reserved id as anything other
+/// than its user's profile.
+pub async fn reserve_missing_profile_ids(db: &crate::db::Db) -> Result<Reserved> {
+    let missing: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM users WHERE id NOT IN (SELECT user_id FROM sync_profile_ids) ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    let mut out = Reserved::default();
+    for batch in missing.chunks(500) {
+        let batch = batch.to_vec();
+        db.write(|tx| {
+            let batch = batch.clone();
+            Box::pin(async move {
+                for user_id in &batch {
+                    reserve_profile_id(tx, user_id).await?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        out.reserved += batch.len();
+    }
+    out.squatted = sqlx::query_scalar(
+        "SELECT d.id FROM sync_docs d JOIN sync_profile_ids p ON p.doc_id = d.id
+         WHERE d.owner_id <> p.user_id OR d.kind <> $1 ORDER BY d.id",
+    )
+    .bind(fitedge_core::sync::docs::PROFILE_TYPE)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(out)
+}
+
 fn apply_chunks(doc: &mut Automerge, chunks: &[(i64, Vec<u8>)]) -> Result<i64> {
     let mut max = 0;
     for (seq, data) in chunks {
@@ -502,7 +570,7 @@ pub async fn export_user(state: &AppState, user_id: &str) -> Result<serde_json::
 
 /// Removes a user's sync data inside the account-deletion transaction: documents they own (with
 /// chunks, shares, sync states, blob references), shares they received, their sync states, their
-/// blob uploads, and blobs nobody else uploaded.
+/// blob uploads, blobs nobody else uploaded, and their profile id reservation.
 pub async fn delete_user(tx: &mut Tx, user_id: &str) -> Result<()> {
     for sql in [
         "DELETE FROM sync_chunks WHERE doc_id IN (SELECT id FROM sync_docs WHERE owner_id = $1)",
@@ -513,6 +581,7 @@ pub async fn delete_user(tx: &mut Tx, user_id: &str) -> Result<()> {
         "DELETE FROM sync_acl WHERE user_id = $1",
         "DELETE FROM sync_states WHERE user_id = $1",
         "DELETE FROM blob_uploaders WHERE user_id = $1",
+        "DELETE FROM sync_profile_ids WHERE user_id = $1",
     ] {
         sqlx::query(sql).bind(user_id).execute(&mut **tx).await?;
     }

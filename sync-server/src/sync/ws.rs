@@ -549,6 +549,9 @@ impl Session {
             doc.load_incremental(held)
                 .map_err(|e| Error::Corrupt(format!("held changes of {id}: {e}")))?;
         }
+        // A user's profile id is computable by anyone who knows the user id (ADR 0012); it is
+        // reserved at registration so nothing else can be created there first.
+        let reserved = store::profile_id_of(&self.state, &id.to_string()).await?;
         let mut validated = None;
         let r = self
             .conn
@@ -562,6 +565,9 @@ impl Session {
                     return Err("a profile document must live at the id derived from its \
                                 owner (fitedge_core::sync::docs::profile_document_id)"
                         .to_string());
+                }
+                if reserved.is_some() && !matches!(validated, Some(Validated::Profile(_))) {
+                    return Err("this id is reserved for a user's profile document".to_string());
                 }
                 Ok(())
             });
