@@ -77,7 +77,7 @@ if [ "$MODE" = reference ]; then
   ARGS+=(--url "ws://127.0.0.1:$PORT" --server-pid "${SERVER_PIDS[0]}" --label reference)
 else
   build_server
-  SERVER_ARGS=(--dev --hash-cost insecure-fast --rate-limit-address 1000000/1 --rate-limit-account 1000000/1)
+  SERVER_ARGS=(--dev --hash-cost insecure-fast --rate-limit-address 1000000/1 --rate-limit-account 1000000/1 --sync-rate-limit 1000000/1)
   if [ -n "$STORED" ]; then
     SERVER_ARGS+=(--sync-idle-secs 0 --sync-evict-every-secs 1)
     export RUST_LOG="${RUST_LOG:-warn},fitedge_server::sync::evict=debug"

@@ -94,7 +94,7 @@ else
   echo "== building fitedge-server (release; FITEDGE_SERVER_BIN skips this)" >&2
   build_server
   start_server ours "sqlite://$WORK/sync.db" --dev --hash-cost insecure-fast \
-    --rate-limit-address 1000000/1 --rate-limit-account 1000000/1
+    --rate-limit-address 1000000/1 --rate-limit-account 1000000/1 --sync-rate-limit 1000000/1
   WS_URL="ws://127.0.0.1:$PORT/api/v1/sync"
   echo "== fitedge-server --dev on $BASE, sync endpoint $WS_URL" >&2
   PW="correct horse battery!"

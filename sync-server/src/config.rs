@@ -147,6 +147,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub sync_session_check_secs: u64,
 
+    /// Sync: messages one account may send over its sync connections, as N/SECONDS (a bucket
+    /// of N that refills over SECONDS). Past it the server reads that account's next message
+    /// only when the bucket has refilled, so a flood slows down instead of being cut off (a
+    /// cut-off device would reconnect and resend everything).
+    #[arg(long, env = "FITEDGE_SYNC_RATE_LIMIT", default_value = "6000/60")]
+    pub sync_rate_limit: Rate,
+
     /// Blobs (sample chunks): largest upload, in bytes.
     #[arg(long, env = "FITEDGE_BLOB_MAX_BYTES", default_value_t = 16 << 20)]
     pub blob_max_bytes: usize,
@@ -177,6 +184,7 @@ impl fmt::Debug for Config {
             .field("sync_idle_secs", &self.sync_idle_secs)
             .field("sync_evict_every_secs", &self.sync_evict_every_secs)
             .field("sync_session_check_secs", &self.sync_session_check_secs)
+            .field("sync_rate_limit", &self.sync_rate_limit)
             .field("blob_max_bytes", &self.blob_max_bytes)
             .finish()
     }
@@ -217,6 +225,10 @@ impl Config {
             sync_idle_secs: 300,
             sync_evict_every_secs: 10,
             sync_session_check_secs: 30,
+            sync_rate_limit: Rate {
+                requests: 6000,
+                per_secs: 60,
+            },
             blob_max_bytes: 16 << 20,
         }
     }

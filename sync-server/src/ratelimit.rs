@@ -36,6 +36,13 @@ impl RateLimiter {
 
     /// Takes one token for `key`; `Err(seconds)` says how long until one is available.
     pub fn check(&self, key: &str, now: Timestamp) -> Result<(), u64> {
+        self.take(key, now)
+            .map_err(|wait_ms| (wait_ms.div_ceil(1000)).max(1))
+    }
+
+    /// [`RateLimiter::check`] with the wait in milliseconds (at least 1), for callers that wait
+    /// rather than answer 429.
+    pub fn take(&self, key: &str, now: Timestamp) -> Result<(), u64> {
         let capacity = f64::from(self.rate.requests);
         let per_ms = capacity / (f64::from(self.rate.per_secs) * 1000.0);
         let now = now.as_millis();
@@ -58,7 +65,7 @@ impl RateLimiter {
             Ok(())
         } else {
             let wait_ms = (1.0 - b.tokens) / per_ms;
-            Err((wait_ms / 1000.0).ceil().max(1.0) as u64)
+            Err(wait_ms.ceil().max(1.0) as u64)
         }
     }
 
@@ -88,5 +95,20 @@ mod tests {
         assert!(rl.check("b", t).is_ok(), "keys are independent");
         assert!(rl.check("a", Timestamp(19_999)).is_err());
         assert!(rl.check("a", Timestamp(20_010)).is_ok());
+    }
+
+    #[test]
+    fn take_tells_the_wait_in_milliseconds() {
+        let rl = RateLimiter::new(Rate {
+            requests: 10,
+            per_secs: 1,
+        });
+        for _ in 0..10 {
+            assert!(rl.take("a", Timestamp(0)).is_ok());
+        }
+        // One token per 100 ms.
+        assert_eq!(rl.take("a", Timestamp(0)), Err(100));
+        assert_eq!(rl.take("a", Timestamp(40)), Err(60));
+        assert!(rl.take("a", Timestamp(100)).is_ok());
     }
 }

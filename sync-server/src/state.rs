@@ -28,6 +28,8 @@ pub struct Inner {
     pub metrics: Metrics,
     pub address_limiter: RateLimiter,
     pub account_limiter: RateLimiter,
+    /// Sync messages per account (`--sync-rate-limit`).
+    pub sync_limiter: RateLimiter,
     /// Key for HMAC and encryption of stored idempotent responses.
     pub secret: [u8; 32],
     /// Short public id of `secret`, stored with each record so a key change is recognised.
@@ -107,6 +109,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             address_limiter: RateLimiter::new(config.rate_limit_address),
             account_limiter: RateLimiter::new(config.rate_limit_account),
+            sync_limiter: RateLimiter::new(config.sync_rate_limit),
             db,
             clock,
             config,

@@ -127,6 +127,10 @@ pub fn test_config(url: &str) -> Config {
         requests: 1_000_000,
         per_secs: 1,
     };
+    c.sync_rate_limit = Rate {
+        requests: 1_000_000,
+        per_secs: 1,
+    };
     c
 }
 

@@ -56,6 +56,7 @@ both!(
     invalid_workout_change_is_refused_and_not_stored,
     a_profile_document_lives_only_at_its_owners_id,
     no_other_document_can_take_a_profile_id,
+    a_message_flood_is_slowed_per_account,
     a_connection_ends_with_its_session,
     untyped_documents_are_size_limited,
     malformed_frames_close_only_their_connection,
@@ -780,6 +781,61 @@ async fn no_other_document_can_take_a_profile_id(b: Backend) {
         .await
         .unwrap();
     assert_eq!(left, None);
+}
+
+/// `--sync-rate-limit` is a bucket per account: past it the server reads that account's next
+/// message only when the bucket refills (on the injected clock), and other accounts go on.
+async fn a_message_flood_is_slowed_per_account(b: Backend) {
+    let s = server_with(b, |c| {
+        c.sync_rate_limit = fitedge_server::config::Rate {
+            requests: 4,
+            per_secs: 60,
+        }
+    })
+    .await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let (_, bob) = s.user("bob@example.com").await;
+    let mut a = s.client(&ann).await;
+    // The join took a token; each new document's first sync takes at least one more.
+    let mut answered = 0;
+    let mut stalled = None;
+    for _ in 0..6 {
+        let id = DocumentId::random();
+        a.change(&id, put("k", "v")).await;
+        if stored(&s, &id).await.is_some() {
+            answered += 1;
+        } else {
+            stalled = Some(id);
+            break;
+        }
+    }
+    let stalled = stalled.expect("the flood was never slowed");
+    assert!(
+        (1..=3).contains(&answered),
+        "{answered} answered within a bucket of 4"
+    );
+    assert!(
+        a.errors.is_empty() && !a.closed,
+        "slowed, not cut off: {:?}",
+        a.errors
+    );
+
+    // Another account is not held up by Ann's bucket.
+    let mut b1 = s.client(&bob).await;
+    let bobs = DocumentId::random();
+    b1.change(&bobs, put("k", "v")).await;
+    assert!(stored(&s, &bobs).await.is_some());
+
+    // Still held while the clock stands; read once the bucket has refilled.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(stored(&s, &stalled).await.is_none());
+    s.app.clock.advance_secs(60.0);
+    let deadline = Instant::now() + WAIT;
+    while stored(&s, &stalled).await.is_none() {
+        assert!(Instant::now() < deadline, "never read after the refill");
+        a.pump_once(Duration::from_millis(50)).await;
+    }
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
 }
 
 /// The token is checked on the upgrade; the session is checked again every

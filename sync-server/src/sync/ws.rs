@@ -141,6 +141,25 @@ async fn session_alive(state: &AppState, session_id: &str) -> crate::error::Resu
     Ok(row.is_some())
 }
 
+/// Waits until the account may send another sync message (`--sync-rate-limit`, a bucket per
+/// account across its connections, on the injected clock). Not reading is the back-pressure:
+/// the peer's writes stall and its round slows down. Refusing instead would make a device with
+/// many documents reconnect and resend its whole state, again and again.
+async fn throttle(state: &AppState, user_id: &str) {
+    let mut told = false;
+    while let Err(wait_ms) = state.sync_limiter.take(user_id, state.now()) {
+        if !told {
+            tracing::info!(
+                wait_ms,
+                "sync: an account reached its message rate; reading it slower"
+            );
+            told = true;
+        }
+        // In slices, so a clock that jumps ahead (tests, a suspended VM) is noticed soon.
+        tokio::time::sleep(Duration::from_millis(wait_ms.min(250))).await;
+    }
+}
+
 async fn run(state: AppState, user_id: String, session_id: String, mut socket: WebSocket) {
     let (conn_id, mut rx) = state.sync.register(&user_id);
     let limit = state.config.sync_max_frame_bytes.max(1024);
@@ -187,6 +206,7 @@ async fn run(state: AppState, user_id: String, session_id: String, mut socket: W
                             format!("message of {} bytes exceeds the limit of {limit}", b.len())).await;
                         break;
                     }
+                    throttle(&s.state, &s.user_id).await;
                     match s.frame(&b).await {
                         Outcome::Send(ms) => {
                             let mut ok = true;
