@@ -206,6 +206,17 @@ pub struct Engine {
     bluetooth: Bluetooth,
 }
 
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Dropping a tokio runtime waits for its tasks, which tokio forbids (by panicking)
+        // inside async code; a Rust host may well drop its last engine there. The sync runtime
+        // runs nothing between calls, so letting it go in the background loses nothing.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").finish_non_exhaustive()

@@ -463,6 +463,19 @@ mod tests {
     }
 
     #[test]
+    fn an_engine_that_synced_may_be_dropped_inside_async_code() {
+        let (_dir, _clock, e) = engine();
+        // A round (here refused: nothing listens) makes the engine's runtime.
+        assert!(e.sync_now(closed_port_url(), "t".into()).is_err());
+        assert!(e.runtime().get().is_some());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Before: "Cannot drop a runtime in a context where blocking is not allowed".
+        rt.block_on(async move { drop(e) });
+    }
+
+    #[test]
     fn every_sync_error_maps_to_its_public_error() {
         let cases = [
             (SyncError::Network("x".into()), "network"),
