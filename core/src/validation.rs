@@ -42,6 +42,9 @@ pub enum Reason {
     Spo2BelowRange,
     /// A cumulative distance counter went backwards: a sensor reset, counted from its new value.
     CounterReset,
+    /// Dated more than a workout's whole life (24 h) after the last sample the workout used:
+    /// a sensor clock that jumped, not a moment of this workout.
+    TimestampJump,
 }
 
 impl Reason {
@@ -59,6 +62,7 @@ impl Reason {
             Reason::HeartRateAboveRange => "heart_rate_above_range",
             Reason::Spo2BelowRange => "spo2_below_range",
             Reason::CounterReset => "counter_reset",
+            Reason::TimestampJump => "timestamp_jump",
         }
     }
 }

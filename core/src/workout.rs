@@ -212,6 +212,8 @@ pub struct Workout {
     slow_since: Option<i64>,
     last_fix: Option<(i64, f64, f64)>,
     seen_speed_sensor: bool,
+    /// The latest time of a sample the workout used.
+    last_used_t: Option<Timestamp>,
     samples: Vec<Sample>,
     summary: Option<WorkoutSummary>,
 }
@@ -244,6 +246,7 @@ impl Workout {
             slow_since: None,
             last_fix: None,
             seen_speed_sensor: false,
+            last_used_t: None,
             samples: vec![],
             summary: None,
         }
@@ -435,7 +438,12 @@ impl Workout {
 
     /// Takes one sample. Returns how it was judged; a rejected sample is counted, not an error.
     /// Errors only when the workout is not recording, or when the sample lies past the 24-hour
-    /// limit (the workout is then completed at the limit).
+    /// limit (the workout is then completed at the limit). A sample dated more than 24 hours
+    /// after the last one the workout used (or its start) is rejected as a
+    /// [`Reason::TimestampJump`] instead: no moment of one workout lies that far from another,
+    /// so it is a sensor clock that jumped (a recovered file's record read as 2085), and ending
+    /// the workout on it would make a 24-hour workout of a short one. The clock ([`Self::tick`])
+    /// still ends a workout that really reaches the limit.
     pub fn record(&mut self, s: Sample) -> Result<Outcome, WorkoutError> {
         let Some(start) = self.run.as_ref().map(|r| r.start) else {
             return Err(self.refuse(Command::Record));
@@ -446,6 +454,12 @@ impl Workout {
         ) {
             return Err(self.refuse(Command::Record));
         }
+        let ch = s.channel();
+        if s.t.secs_since(self.last_used_t.unwrap_or(start)) > self.config.max_elapsed_s {
+            let verdict = Verdict::Rejected(Reason::TimestampJump);
+            self.report.record(ch, verdict);
+            return Ok(verdict);
+        }
         if s.t.secs_since(start) >= self.config.max_elapsed_s {
             self.finish(
                 start.plus_secs(self.config.max_elapsed_s),
@@ -453,7 +467,6 @@ impl Workout {
             );
             return Err(WorkoutError::TimeLimitReached);
         }
-        let ch = s.channel();
         let verdict = if s.t < start {
             Verdict::Rejected(Reason::OutOfOrder)
         } else {
@@ -463,6 +476,7 @@ impl Workout {
         if !verdict.usable() {
             return Ok(verdict);
         }
+        self.last_used_t = self.last_used_t.max(Some(s.t));
         self.alerts(&s, verdict);
         self.auto_pause(&s);
         if let Some(r) = self.run.as_mut() {

@@ -153,6 +153,33 @@ fn recording_stops_at_24_hours() {
 }
 
 #[test]
+fn a_sample_a_day_after_the_last_is_a_damaged_timestamp_not_the_end() {
+    let day = 24.0 * 3600.0;
+    let mut w = workout(Some(Sport::Walking));
+    w.start(at(0.0)).unwrap();
+    let hr = |s| Sample::new(at(s), Reading::HeartRate { bpm: 100.0 });
+    assert_eq!(w.record(hr(10.0)), Ok(Verdict::Accepted));
+    // Just outside: more than a day after the last sample used (a sensor clock read as 2085).
+    assert_eq!(
+        w.record(hr(10.0 + day + 0.001)),
+        Ok(Verdict::Rejected(Reason::TimestampJump))
+    );
+    assert_eq!(w.state(), WorkoutState::Active, "the workout goes on");
+    assert_eq!(w.record(hr(70.0)), Ok(Verdict::Accepted));
+    let s = w.preview(at(120.0)).unwrap();
+    assert_eq!(s.metrics.elapsed_s, 120.0);
+    let hr_report = &s.validation.channels[&fitedge_core::Channel::HeartRate];
+    assert_eq!(hr_report.rejected[&Reason::TimestampJump], 1);
+    // Just inside: exactly a day after the last sample used is a moment of this timeline, and
+    // past the limit, so the workout ends there.
+    assert_eq!(
+        w.record(hr(70.0 + day)),
+        Err(WorkoutError::TimeLimitReached)
+    );
+    assert_eq!(w.summary().unwrap().completion, CompletionReason::TimeLimit);
+}
+
+#[test]
 fn the_clock_enforces_the_limit_without_samples() {
     let clock = Arc::new(ManualClock::new(at(0.0)));
     let mut r = Recorder::new(
