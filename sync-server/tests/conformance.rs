@@ -112,6 +112,7 @@ conformance!(
     validation_errors_name_every_field,
     email_must_be_verified_before_sign_in,
     verification_token_single_use_and_expires,
+    an_unconfirmed_address_is_held_only_while_its_code_is_valid,
     lockout_on_5th_failure_not_4th_and_cools_down,
     sixth_session_ends_the_oldest,
     sessions_expire_after_7_days,
@@ -245,6 +246,89 @@ async fn email_must_be_verified_before_sign_in(b: Backend) {
     assert_eq!(me.body["email_verified"], true);
     assert_eq!(me.body["role"], "user");
     assert_eq!(me.body["tier"], "free");
+}
+
+/// An account nobody confirmed holds its address only while its verification code is valid
+/// (48 h): otherwise anyone could register someone else's address and lock its owner out for
+/// good, since a password reset needs a verified address. A confirmed account is never replaced.
+async fn an_unconfirmed_address_is_held_only_while_its_code_is_valid(b: Backend) {
+    let a = app(b).await;
+    let squat = a
+        .register(
+            "owner@example.com",
+            "not the owner's password",
+            "1990-01-01",
+        )
+        .await;
+    assert_eq!(squat.status, StatusCode::CREATED, "{}", squat.body);
+    let squat_id = squat.body["user_id"].as_str().unwrap().to_string();
+    let last_mail = |a: &TestApp| a.mail.sent().last().map(|m| (m.to.clone(), m.kind));
+
+    // Just inside: a second before the code expires, the address is still held.
+    a.clock.advance_secs(2.0 * DAY - 1.0);
+    let r = a
+        .register("owner@example.com", PASSWORD, "1990-01-01")
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        last_mail(&a),
+        Some(("owner@example.com".into(), MailKind::RegistrationAttempt))
+    );
+
+    // Just outside: the code has expired, so this registration takes the address.
+    a.clock.advance_secs(1.0);
+    let r = a
+        .register("owner@example.com", PASSWORD, "1990-01-01")
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["status"], "pending_verification");
+    let owner_id = r.body["user_id"].as_str().unwrap().to_string();
+    assert_ne!(owner_id, squat_id);
+    assert_eq!(
+        last_mail(&a),
+        Some(("owner@example.com".into(), MailKind::VerifyEmail))
+    );
+    let t = a
+        .mail
+        .last_token("owner@example.com", MailKind::VerifyEmail)
+        .unwrap();
+    let v = a
+        .call(TestRequest::post("/api/v1/auth/verify-email").json(json!({"token": t})))
+        .await;
+    assert_eq!(v.status, StatusCode::OK, "{}", v.body);
+    assert_eq!(
+        a.login("owner@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    let r = a
+        .login("owner@example.com", "not the owner's password")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = $1")
+        .bind(&squat_id)
+        .fetch_one(a.state.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the unconfirmed account was erased");
+
+    // A confirmed account keeps its address however old it is.
+    a.clock.advance_secs(30.0 * DAY);
+    let r = a
+        .register(
+            "owner@example.com",
+            "not the owner's password",
+            "1990-01-01",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        last_mail(&a),
+        Some(("owner@example.com".into(), MailKind::RegistrationAttempt))
+    );
+    assert_eq!(
+        a.login("owner@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
 }
 
 async fn verification_token_single_use_and_expires(b: Backend) {

@@ -231,7 +231,9 @@ pub struct RegisterResponse {
 }
 
 /// Register an account; a verification token is mailed. An address that already has an account
-/// gets the same answer (and takes as long); its owner is mailed that someone tried.
+/// gets the same answer (and takes as long); its owner is mailed that someone tried. An account
+/// never confirmed within its code's 48 hours does not hold the address: it is erased and the
+/// new registration takes the address.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "identity",
     params(crate::openapi::IdempotencyKey),
     request_body = RegisterRequest,
@@ -302,21 +304,46 @@ pub async fn register(
             Box::pin(async move {
                 // DO NOTHING keeps the transaction usable (a unique violation would abort it on
                 // PostgreSQL), so the existing account can be found and its owner's log written.
-                let inserted: Option<String> = sqlx::query_scalar(
-                    "INSERT INTO users (id, email, password_hash, display_name, birth_date,
-                        created_at, updated_at)
+                let insert = "INSERT INTO users (id, email, password_hash, display_name,
+                        birth_date, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $6)
                      ON CONFLICT (email) DO NOTHING
-                     RETURNING id",
-                )
-                .bind(&user_id)
-                .bind(&email)
-                .bind(&hash)
-                .bind(&name)
-                .bind(&birth)
-                .bind(now.as_millis())
-                .fetch_optional(&mut **tx)
-                .await?;
+                     RETURNING id";
+                let mut inserted: Option<String> = sqlx::query_scalar(insert)
+                    .bind(&user_id)
+                    .bind(&email)
+                    .bind(&hash)
+                    .bind(&name)
+                    .bind(&birth)
+                    .bind(now.as_millis())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                if inserted.is_none() {
+                    // An account nobody confirmed while its verification code was valid does not
+                    // hold the address: otherwise anyone could lock an owner out of it for good
+                    // (a password reset needs a verified address). It never signed in, so it
+                    // has nothing but the registration; it is erased and this one takes over.
+                    let stale: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NULL
+                           AND created_at <= $2",
+                    )
+                    .bind(&email)
+                    .bind(now.as_millis() - VERIFY_TOKEN_TTL_MS)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    if let Some(stale) = stale {
+                        erase_account(tx, now, &stale, "account.unverified_replaced").await?;
+                        inserted = sqlx::query_scalar(insert)
+                            .bind(&user_id)
+                            .bind(&email)
+                            .bind(&hash)
+                            .bind(&name)
+                            .bind(&birth)
+                            .bind(now.as_millis())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                    }
+                }
                 if inserted.is_none() {
                     let owner: String = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
                         .bind(&email)
@@ -1536,6 +1563,36 @@ pub struct DeleteRequest {
     pub password: String,
 }
 
+/// Removes an account and everything identity and sync keep of it, inside `tx`, and tells the
+/// other contexts (`identity.account_deleted`). The audit log keeps `action` without personal
+/// data: that a deletion happened.
+async fn erase_account(tx: &mut Tx, now: Timestamp, uid: &str, action: &str) -> Result<()> {
+    crate::sync::store::delete_user(tx, uid).await?;
+    for sql in [
+        "DELETE FROM idempotency_records WHERE user_id = $1
+           OR scope IN (SELECT token_hash FROM sessions WHERE user_id = $1)",
+        "DELETE FROM outbox_processed WHERE event_id IN
+           (SELECT id FROM outbox WHERE aggregate_id = $1)",
+        "DELETE FROM outbox WHERE aggregate_id = $1",
+        "DELETE FROM audit_events WHERE user_id = $1",
+        "DELETE FROM email_tokens WHERE user_id = $1",
+        "DELETE FROM sessions WHERE user_id = $1",
+        "DELETE FROM users WHERE id = $1",
+    ] {
+        sqlx::query(sql).bind(uid).execute(&mut **tx).await?;
+    }
+    audit(tx, now, None, action, None, serde_json::json!({})).await?;
+    outbox::enqueue(
+        tx,
+        now,
+        "identity.account_deleted",
+        uid,
+        serde_json::json!({ "user_id": uid }),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Delete the caller's account and all of its data (GDPR). Other contexts delete theirs on the
 /// `identity.account_deleted` event.
 #[utoipa::path(post, path = "/api/v1/me/delete", tag = "identity", security(("bearer" = [])),
@@ -1566,42 +1623,7 @@ pub async fn delete_me(
         .db
         .write(|tx| {
             let uid = caller.user_id.clone();
-            Box::pin(async move {
-                crate::sync::store::delete_user(tx, &uid).await?;
-                for sql in [
-                    "DELETE FROM idempotency_records WHERE user_id = $1
-                       OR scope IN (SELECT token_hash FROM sessions WHERE user_id = $1)",
-                    "DELETE FROM outbox_processed WHERE event_id IN
-                       (SELECT id FROM outbox WHERE aggregate_id = $1)",
-                    "DELETE FROM outbox WHERE aggregate_id = $1",
-                    "DELETE FROM audit_events WHERE user_id = $1",
-                    "DELETE FROM email_tokens WHERE user_id = $1",
-                    "DELETE FROM sessions WHERE user_id = $1",
-                    "DELETE FROM users WHERE id = $1",
-                ] {
-                    sqlx::query(sql).bind(&uid).execute(&mut **tx).await?;
-                }
-                // Kept without personal data: that a deletion happened, and the event other
-                // contexts act on.
-                audit(
-                    tx,
-                    now,
-                    None,
-                    "account.deleted",
-                    None,
-                    serde_json::json!({}),
-                )
-                .await?;
-                outbox::enqueue(
-                    tx,
-                    now,
-                    "identity.account_deleted",
-                    &uid,
-                    serde_json::json!({ "user_id": uid }),
-                )
-                .await?;
-                Ok(())
-            })
+            Box::pin(async move { erase_account(tx, now, &uid, "account.deleted").await })
         })
         .await?;
     state.outbox_notify.notify_one();
