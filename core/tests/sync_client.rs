@@ -1058,3 +1058,10 @@ async fn a_database_that_synced_as_one_user_refuses_another() {
                 .is_none()
         }));
 }
+
+// ------------------------------------------------------------------------------------- TLS
+
+/// The same responder behind a TLS listener (`https://`, `wss://`): tests/sync_client/tls.rs.
+#[cfg(feature = "net-tls")]
+#[path = "sync_client/tls.rs"]
+mod tls;

@@ -1,8 +1,9 @@
 //! The device's sync client and outbox sender: the only I/O in this crate, behind the cargo
-//! feature `net` (tokio, tokio-tungstenite, hyper). Everything it decides with is elsewhere and
-//! I/O-free: the protocol state machine ([`crate::sync::protocol`]), the stored documents and
-//! sync states ([`crate::sync::local`]), the outbox state machine ([`crate::sync::outbox`]) and
-//! the backoff schedule ([`crate::sync::backoff`]).
+//! feature `net` (tokio, tokio-tungstenite, hyper; `https://` and `wss://` with the feature
+//! `net-tls`: rustls, see [`SyncConfig::extra_root_pem`]). Everything it decides with is
+//! elsewhere and I/O-free: the protocol state machine ([`crate::sync::protocol`]), the stored
+//! documents and sync states ([`crate::sync::local`]), the outbox state machine
+//! ([`crate::sync::outbox`]) and the backoff schedule ([`crate::sync::backoff`]).
 //!
 //! # One round ([`sync_once`])
 //! 0. Learn who the user is (`GET /api/v1/me`): the profile document's id derives from the
@@ -18,8 +19,9 @@
 //!    workouts. A server without the route (404: a plain automerge-repo server) is skipped.
 //!    Documents the listing marks as shared by another user are remembered as such: they are
 //!    kept and synced, but they are not this user's history.
-//! 4. Open `ws://host/api/v1/sync` with `Authorization: Bearer <token>`, send `join` with this
-//!    device's stable peer id and `storageId`, wait for `peer`.
+//! 4. Open `ws://host/api/v1/sync` (`wss://` for a TLS address) with
+//!    `Authorization: Bearer <token>`, send `join` with this device's stable peer id and
+//!    `storageId`, wait for `peer`.
 //! 5. For every stored document restore the sync state kept for this server and send the first
 //!    message (`request` for a document held only as an id, `sync` otherwise). With the shared
 //!    heads restored, an unchanged document costs one small message each way.
@@ -55,7 +57,7 @@ use crate::db::Store;
 use crate::error::Error;
 use crate::sync::apply::{Applied, Change};
 use crate::sync::backoff::Backoff;
-use crate::sync::net::{Http, ServerAddr};
+use crate::sync::net::{Connector, Http, ServerAddr, Stream};
 use crate::sync::outbox::{Attempt, OutboxStatus};
 use crate::sync::protocol::{Connection, DocumentId, Event, Message, PeerId, PeerMetadata};
 use crate::time::Clock;
@@ -63,13 +65,21 @@ use crate::time::Clock;
 /// Where and as whom to sync. Plain data (FFI-friendly).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncConfig {
-    /// `http://host:port` or `ws://host:port`, optionally with a path prefix.
+    /// `http://host:port` or `ws://host:port`, optionally with a path prefix; with the cargo
+    /// feature `net-tls` also `https://` and `wss://` (port 443 by default), whose certificate
+    /// is verified against the host. Without the feature those are a [`SyncError::Config`].
     pub server_url: String,
     /// The session token, sent as `Authorization: Bearer <token>`.
     pub token: String,
     /// Longest wait for the server (connecting, one HTTP request, or the next frame inside a
     /// round) before the round fails with [`SyncError::Network`].
     pub timeout_ms: u64,
+    /// Trust anchors besides Mozilla's root certificates (which are built in), as PEM: one or
+    /// more `-----BEGIN CERTIFICATE-----` blocks, e.g. the CA of a self-hosted server. `None`
+    /// (the default) trusts the public CAs only. Text that holds no usable certificate is a
+    /// [`SyncError::Config`]. Verification itself can never be turned off. Only used with the
+    /// feature `net-tls`.
+    pub extra_root_pem: Option<String>,
 }
 
 impl SyncConfig {
@@ -78,6 +88,7 @@ impl SyncConfig {
             server_url: server_url.into(),
             token: token.into(),
             timeout_ms: 30_000,
+            extra_root_pem: None,
         }
     }
 }
@@ -114,7 +125,8 @@ pub struct SyncReport {
 /// Why a round (or an outbox flush) stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// No answer, connection refused or dropped, timeout: try again later.
+    /// No answer, connection refused or dropped, timeout, a failed TLS handshake (the message
+    /// says why, e.g. "invalid peer certificate: UnknownIssuer"): try again later.
     #[error("network: {0}")]
     Network(String),
     /// 401 or 403: the token is missing, expired or revoked. Retrying will not help.
@@ -126,7 +138,8 @@ pub enum SyncError {
     /// The server broke the protocol or reported an error.
     #[error("protocol: {0}")]
     Protocol(String),
-    /// The configuration cannot work (bad URL, TLS requested).
+    /// The configuration cannot work (bad URL, `https://` in a build without TLS, an extra root
+    /// certificate that is not one).
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -159,13 +172,16 @@ impl Sleeper for TokioSleeper {
     }
 }
 
-fn addr_of(config: &SyncConfig) -> Result<ServerAddr, SyncError> {
-    ServerAddr::parse(&config.server_url).map_err(SyncError::Config)
+/// The server's address and how to reach it (TLS set up with the configured roots); every
+/// configuration problem shows here, before any connection is made.
+fn connector_of(config: &SyncConfig) -> Result<Connector, SyncError> {
+    let addr = ServerAddr::parse(&config.server_url).map_err(SyncError::Config)?;
+    Connector::new(addr, config.extra_root_pem.as_deref()).map_err(SyncError::Config)
 }
 
-fn http_of(addr: &ServerAddr, config: &SyncConfig) -> Http {
+fn http_of(connector: &Connector, config: &SyncConfig) -> Http {
     Http::new(
-        addr.clone(),
+        connector.clone(),
         config.token.clone(),
         Duration::from_millis(config.timeout_ms),
     )
@@ -181,16 +197,17 @@ pub async fn sync_once(
     config: &SyncConfig,
     clock: &dyn Clock,
 ) -> Result<SyncReport, SyncError> {
-    let addr = addr_of(config)?;
+    let connector = connector_of(config)?;
+    let addr = connector.addr();
     let mut report = SyncReport::default();
-    let mut http = http_of(&addr, config);
+    let mut http = http_of(&connector, config);
     learn_user(store, &mut http, clock, &mut report).await?;
     store.ensure_documents(clock.now())?;
-    upload_blobs(store, &addr, &mut http, &mut report).await?;
+    upload_blobs(store, addr, &mut http, &mut report).await?;
     discover_documents(store, &mut http, clock, &mut report).await?;
     let mut applied = AppliedLog::default();
-    sync_documents(store, &addr, config, clock, &mut report, &mut applied).await?;
-    download_blobs(store, &addr, &mut http, &mut report).await?;
+    sync_documents(store, &connector, config, clock, &mut report, &mut applied).await?;
+    download_blobs(store, addr, &mut http, &mut report).await?;
     for (id, a) in store.apply_documents(clock.now())? {
         applied.note(id, a);
     }
@@ -459,8 +476,8 @@ struct Live {
     saved_state: Option<Vec<u8>>,
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// The WebSocket over the same kind of connection as the HTTP requests (TLS when asked for).
+type Ws = tokio_tungstenite::WebSocketStream<Stream>;
 
 struct Link {
     ws: Ws,
@@ -502,8 +519,9 @@ impl Link {
     }
 }
 
-async fn connect(addr: &ServerAddr, config: &SyncConfig) -> Result<Ws, SyncError> {
-    let mut req = addr
+async fn connect(connector: &Connector, config: &SyncConfig) -> Result<Ws, SyncError> {
+    let mut req = connector
+        .addr()
         .ws_url()
         .into_client_request()
         .map_err(|e| SyncError::Config(e.to_string()))?;
@@ -512,19 +530,24 @@ async fn connect(addr: &ServerAddr, config: &SyncConfig) -> Result<Ws, SyncError
         .map_err(|_| SyncError::Config("the token is not a valid header value".into()))?;
     req.headers_mut().insert("authorization", auth);
     let timeout = Duration::from_millis(config.timeout_ms);
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(req)).await {
-        Err(_) => Err(SyncError::Network(format!(
-            "no WebSocket within {timeout:?}"
-        ))),
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(resp))) => {
-            let status = resp.status().as_u16();
-            Err(unauthorized(status).unwrap_or_else(|| {
-                SyncError::Protocol(format!("the WebSocket upgrade was answered HTTP {status}"))
-            }))
+    // TCP, TLS when the address asks for it (the same connector as the HTTP requests), then the
+    // upgrade; all of it within the timeout.
+    let open = async {
+        let stream = connector.connect().await.map_err(SyncError::Network)?;
+        match tokio_tungstenite::client_async(req, stream).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                Err(unauthorized(status).unwrap_or_else(|| {
+                    SyncError::Protocol(format!("the WebSocket upgrade was answered HTTP {status}"))
+                }))
+            }
+            Err(e) => Err(SyncError::Network(format!("WebSocket: {e}"))),
         }
-        Ok(Err(e)) => Err(SyncError::Network(format!("WebSocket: {e}"))),
-    }
+    };
+    tokio::time::timeout(timeout, open)
+        .await
+        .map_err(|_| SyncError::Network(format!("no WebSocket within {timeout:?}")))?
 }
 
 fn is_done(conn: &Connection, id: &DocumentId, live: &Live) -> bool {
@@ -555,15 +578,15 @@ fn carries_changes(m: &Message) -> bool {
 
 async fn sync_documents(
     store: &Store,
-    addr: &ServerAddr,
+    connector: &Connector,
     config: &SyncConfig,
     clock: &dyn Clock,
     report: &mut SyncReport,
     applied: &mut AppliedLog,
 ) -> Result<(), SyncError> {
-    let server = addr.key();
+    let server = connector.addr().key();
     let (peer_id, storage_id) = store.sync_identity()?;
-    let ws = connect(addr, config).await?;
+    let ws = connect(connector, config).await?;
     let mut link = Link {
         ws,
         timeout: Duration::from_millis(config.timeout_ms),
@@ -762,8 +785,8 @@ pub async fn outbox_flush(
     config: &SyncConfig,
     clock: &dyn Clock,
 ) -> Result<OutboxFlushReport, SyncError> {
-    let addr = addr_of(config)?;
-    let mut http = http_of(&addr, config);
+    let connector = connector_of(config)?;
+    let mut http = http_of(&connector, config);
     let mut out = OutboxFlushReport::default();
     while let Some(cmd) = store.outbox_next_due(clock.now())? {
         let mut headers = vec![("x-idempotency-key", cmd.idempotency_key.as_str())];
