@@ -202,6 +202,8 @@ pub struct Engine {
     next_listener: AtomicU64,
     /// Made on the first sync call (see [`crate::sync`]).
     runtime: crate::sync::SyncRuntime,
+    /// Trust anchors for the sync server besides the public CAs (`set_sync_root_certificates`).
+    sync_roots: Mutex<Option<String>>,
     /// The btleplug transport (feature `ble`; without it, its calls say so).
     bluetooth: Bluetooth,
 }
@@ -346,6 +348,7 @@ impl Engine {
             listeners: Arc::new(Mutex::new(vec![])),
             next_listener: AtomicU64::new(1),
             runtime: crate::sync::SyncRuntime::new(),
+            sync_roots: Mutex::new(None),
             bluetooth: Bluetooth::default(),
         }))
     }
@@ -380,6 +383,10 @@ impl Engine {
 
     pub(crate) fn runtime(&self) -> &crate::sync::SyncRuntime {
         &self.runtime
+    }
+
+    pub(crate) fn sync_roots(&self) -> &Mutex<Option<String>> {
+        &self.sync_roots
     }
 
     pub(crate) fn bluetooth(&self) -> &Bluetooth {

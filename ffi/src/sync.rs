@@ -212,14 +212,18 @@ impl Engine {
         Ok(rt.block_on(f)?)
     }
 
-    fn config(server_url: String, token: String) -> SyncConfig {
-        SyncConfig::new(server_url, token)
+    fn config(&self, server_url: String, token: String) -> SyncConfig {
+        SyncConfig {
+            extra_root_pem: crate::engine::lock(self.sync_roots()).clone(),
+            ..SyncConfig::new(server_url, token)
+        }
     }
 }
 
 #[uniffi::export]
 impl Engine {
-    /// One sync round with the server at `server_url` (`http://host:port`) as the user of
+    /// One sync round with the server at `server_url` (`https://host[:port]`, or `http://` for
+    /// development) as the user of
     /// `token` (the access token from login): chunk blobs up, documents both ways (workouts and
     /// their titles/notes, the profile), blobs down. Everything received is stored before this
     /// returns; an interrupted round keeps what it got and the next one resumes.
@@ -227,15 +231,33 @@ impl Engine {
     /// Blocks until the round ends (up to 30 s without an answer): call it from a background
     /// thread, never the UI thread.
     ///
-    /// Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
-    /// "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
-    /// URL (or `https://`, which this build does not support); `Storage`.
+    /// `https://` is verified against Mozilla's root certificates (built in) and any set with
+    /// `set_sync_root_certificates`; verification cannot be turned off.
+    ///
+    /// Errors: `Network` (unreachable, dropped, timed out, a TLS certificate that does not
+    /// verify, or the server broke the protocol: "sync protocol: ..."): retry later;
+    /// `Unauthorized`: sign in again; `InvalidInput`: a bad URL; `Storage`.
     pub fn sync_now(&self, server_url: String, token: String) -> Result<SyncReport, FitEdgeError> {
-        let config = Self::config(server_url, token);
+        let config = self.config(server_url, token);
         let store = self.store();
         let clock: &dyn Clock = &**self.clock_ref();
         self.block_on(client::sync_once(store, &config, clock))
             .map(Into::into)
+    }
+
+    /// Trusts the sync server's certificates when they chain to one of these roots, besides the
+    /// public CAs: PEM text with one or more `-----BEGIN CERTIFICATE-----` blocks (a self-hosted
+    /// server's private CA). `null` goes back to the public CAs only. Applies to the next
+    /// `sync_now` and `outbox_flush`.
+    ///
+    /// Errors: `InvalidInput` when the text holds no usable certificate (nothing is changed).
+    #[uniffi::method(default(pem = None))]
+    pub fn set_sync_root_certificates(&self, pem: Option<String>) -> Result<(), FitEdgeError> {
+        if let Some(p) = &pem {
+            client::check_extra_root_pem(p)?;
+        }
+        *crate::engine::lock(self.sync_roots()) = pem;
+        Ok(())
     }
 
     /// Queues a server command to send later, in order, with a fresh idempotency key. Works
@@ -282,7 +304,7 @@ impl Engine {
         server_url: String,
         token: String,
     ) -> Result<OutboxFlushReport, FitEdgeError> {
-        let config = Self::config(server_url, token);
+        let config = self.config(server_url, token);
         let store = self.store();
         let clock: &dyn Clock = &**self.clock_ref();
         self.block_on(client::outbox_flush(store, &config, clock))
@@ -378,12 +400,49 @@ mod tests {
     }
 
     #[test]
+    fn https_is_spoken_and_extra_roots_are_checked_when_set() {
+        let (_dir, _clock, e) = engine();
+        // https:// is in this build: a closed port is a network failure, not a refused URL.
+        let https = closed_port_url().replace("http://", "https://");
+        let r = e.sync_now(https.clone(), "token".into());
+        assert!(matches!(r, Err(FitEdgeError::Network(_))), "{r:?}");
+
+        let bad = e.set_sync_root_certificates(Some("not a certificate".into()));
+        assert!(matches!(bad, Err(FitEdgeError::InvalidInput(_))), "{bad:?}");
+        assert_eq!(
+            *crate::engine::lock(e.sync_roots()),
+            None,
+            "nothing changed"
+        );
+
+        let ca = rcgen::CertificateParams::new(vec!["fitedge test CA".into()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        e.set_sync_root_certificates(Some(ca.clone())).unwrap();
+        assert_eq!(
+            e.config("https://h".into(), "t".into()).extra_root_pem,
+            Some(ca),
+            "the next round trusts it"
+        );
+        let r = e.sync_now(https, "token".into());
+        assert!(matches!(r, Err(FitEdgeError::Network(_))), "{r:?}");
+        e.set_sync_root_certificates(None).unwrap();
+        assert_eq!(
+            e.config("https://h".into(), "t".into()).extra_root_pem,
+            None
+        );
+    }
+
+    #[test]
     fn a_bad_url_is_invalid_input() {
         let (_dir, _clock, e) = engine();
         for url in [
             "not a url",
             "ftp://host",
-            "https://fitedge.example",
+            "https://",
+            "wss://u@host",
             "http://:80",
         ] {
             let r = e.sync_now(url.into(), "token".into());

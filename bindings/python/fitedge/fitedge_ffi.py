@@ -574,6 +574,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_sensors() != 29938:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_set_sync_root_certificates() != 8452:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text() != 46914:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_start_workout() != 63183:
@@ -582,7 +584,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics() != 21910:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_fitedge_ffi_checksum_method_engine_sync_now() != 14423:
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_sync_now() != 57869:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_update_profile() != 11269:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -710,6 +712,9 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_scan_sensors.restype = ctyp
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_sensors.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_sensors.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_sync_root_certificates.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_sync_root_certificates.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text.restype = ctypes.c_uint16
@@ -914,6 +919,12 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sensors.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_sensors.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_sync_root_certificates.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_sync_root_certificates.restype = None
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_workout_text.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -5028,6 +5039,16 @@ class EngineProtocol(typing.Protocol):
         `feed_notification`: connection, battery, notification and error counts.
 """
         raise NotImplementedError
+    def set_sync_root_certificates(self, pem: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> None:
+        """
+        Trusts the sync server's certificates when they chain to one of these roots, besides the
+        public CAs: PEM text with one or more `-----BEGIN CERTIFICATE-----` blocks (a self-hosted
+        server's private CA). `null` goes back to the public CAs only. Applies to the next
+        `sync_now` and `outbox_flush`.
+
+        Errors: `InvalidInput` when the text holds no usable certificate (nothing is changed).
+"""
+        raise NotImplementedError
     def set_workout_text(self, workout_id: str,title: typing.Union[object, typing.Optional[str]] = _DEFAULT,notes: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> None:
         """
         Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
@@ -5051,7 +5072,8 @@ class EngineProtocol(typing.Protocol):
         raise NotImplementedError
     def sync_now(self, server_url: str,token: str) -> SyncReport:
         """
-        One sync round with the server at `server_url` (`http://host:port`) as the user of
+        One sync round with the server at `server_url` (`https://host[:port]`, or `http://` for
+        development) as the user of
         `token` (the access token from login): chunk blobs up, documents both ways (workouts and
         their titles/notes, the profile), blobs down. Everything received is stored before this
         returns; an interrupted round keeps what it got and the next one resumes.
@@ -5059,9 +5081,12 @@ class EngineProtocol(typing.Protocol):
         Blocks until the round ends (up to 30 s without an answer): call it from a background
         thread, never the UI thread.
 
-        Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
-        "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
-        URL (or `https://`, which this build does not support); `Storage`.
+        `https://` is verified against Mozilla's root certificates (built in) and any set with
+        `set_sync_root_certificates`; verification cannot be turned off.
+
+        Errors: `Network` (unreachable, dropped, timed out, a TLS certificate that does not
+        verify, or the server broke the protocol: "sync protocol: ..."): retry later;
+        `Unauthorized`: sign in again; `InvalidInput`: a bad URL; `Storage`.
 """
         raise NotImplementedError
     def update_profile(self, profile: AthleteProfile) -> None:
@@ -5639,6 +5664,31 @@ class Engine(EngineProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    def set_sync_root_certificates(self, pem: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> None:
+        """
+        Trusts the sync server's certificates when they chain to one of these roots, besides the
+        public CAs: PEM text with one or more `-----BEGIN CERTIFICATE-----` blocks (a self-hosted
+        server's private CA). `null` goes back to the public CAs only. Applies to the next
+        `sync_now` and `outbox_flush`.
+
+        Errors: `InvalidInput` when the text holds no usable certificate (nothing is changed).
+"""
+        
+        if pem is _DEFAULT:
+            pem = None
+        _UniffiFfiConverterOptionalString.check_lower(pem)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterOptionalString.lower(pem),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFitEdgeError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_sync_root_certificates,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
     def set_workout_text(self, workout_id: str,title: typing.Union[object, typing.Optional[str]] = _DEFAULT,notes: typing.Union[object, typing.Optional[str]] = _DEFAULT) -> None:
         """
         Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
@@ -5731,7 +5781,8 @@ class Engine(EngineProtocol):
         return _uniffi_lift_return(_uniffi_ffi_result)
     def sync_now(self, server_url: str,token: str) -> SyncReport:
         """
-        One sync round with the server at `server_url` (`http://host:port`) as the user of
+        One sync round with the server at `server_url` (`https://host[:port]`, or `http://` for
+        development) as the user of
         `token` (the access token from login): chunk blobs up, documents both ways (workouts and
         their titles/notes, the profile), blobs down. Everything received is stored before this
         returns; an interrupted round keeps what it got and the next one resumes.
@@ -5739,9 +5790,12 @@ class Engine(EngineProtocol):
         Blocks until the round ends (up to 30 s without an answer): call it from a background
         thread, never the UI thread.
 
-        Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
-        "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
-        URL (or `https://`, which this build does not support); `Storage`.
+        `https://` is verified against Mozilla's root certificates (built in) and any set with
+        `set_sync_root_certificates`; verification cannot be turned off.
+
+        Errors: `Network` (unreachable, dropped, timed out, a TLS certificate that does not
+        verify, or the server broke the protocol: "sync protocol: ..."): retry later;
+        `Unauthorized`: sign in again; `InvalidInput`: a bad URL; `Storage`.
 """
         
         _UniffiFfiConverterString.check_lower(server_url)

@@ -182,7 +182,9 @@ class SyncOfflineTest(unittest.TestCase):
         with self.assertRaises(fe.FitEdgeError.Network):
             self.engine.sync_now(closed_port_url(), "token")
         with self.assertRaises(fe.FitEdgeError.InvalidInput):
-            self.engine.sync_now("https://fitedge.example", "token")
+            self.engine.sync_now("ftp://fitedge.example", "token")
+        with self.assertRaises(fe.FitEdgeError.InvalidInput):
+            self.engine.set_sync_root_certificates("not a certificate")
 
     def test_a_flush_to_an_unreachable_server_keeps_the_commands_pending(self):
         self.engine.outbox_enqueue("POST", "/api/v1/a", None)

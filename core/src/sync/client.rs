@@ -93,6 +93,13 @@ impl SyncConfig {
     }
 }
 
+/// Checks trust anchors given as PEM exactly as a round reads
+/// [`SyncConfig::extra_root_pem`], so an app can refuse a bad one when it is set rather than at
+/// the next round. [`SyncError::Config`] says what is wrong.
+pub fn check_extra_root_pem(pem: &str) -> Result<(), SyncError> {
+    crate::sync::net::check_extra_root(pem).map_err(SyncError::Config)
+}
+
 /// What a round did. Plain data (FFI-friendly).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {

@@ -274,6 +274,19 @@ impl Connector {
     }
 }
 
+/// Reads extra trust anchors the way a round would (see `SyncConfig::extra_root_pem`).
+pub(crate) fn check_extra_root(pem: &str) -> Result<(), String> {
+    #[cfg(feature = "net-tls")]
+    {
+        tls_connector(Some(pem)).map(|_| ())
+    }
+    #[cfg(not(feature = "net-tls"))]
+    {
+        let _ = pem;
+        Err("trust anchors need TLS, which this build does not include (feature net-tls)".into())
+    }
+}
+
 /// The client side of TLS: rustls on ring (TLS 1.3 and 1.2), Mozilla's roots plus the extra
 /// ones, ALPN `http/1.1` (the WebSocket upgrade and the blob requests are both HTTP/1.1).
 #[cfg(feature = "net-tls")]

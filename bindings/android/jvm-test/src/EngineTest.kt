@@ -153,7 +153,8 @@ fun syncAgainstAnUnreachableServerIsANetworkError() {
         else -> "other: $e"
     }
     check(kind == "retry later") { kind }
-    expect<FitEdgeException.InvalidInput> { f.engine.syncNow("https://fitedge.example", "token") }
+    expect<FitEdgeException.InvalidInput> { f.engine.syncNow("ftp://fitedge.example", "token") }
+    expect<FitEdgeException.InvalidInput> { f.engine.setSyncRootCertificates("not a certificate") }
     f.close()
 }
 

@@ -847,6 +847,16 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func outboxList() throws  -> [OutboxCommand]
     
     /**
+     * Trusts the sync server's certificates when they chain to one of these roots, besides the
+     * public CAs: PEM text with one or more `-----BEGIN CERTIFICATE-----` blocks (a self-hosted
+     * server's private CA). `null` goes back to the public CAs only. Applies to the next
+     * `sync_now` and `outbox_flush`.
+     *
+     * Errors: `InvalidInput` when the text holds no usable certificate (nothing is changed).
+     */
+    func setSyncRootCertificates(pem: String?) throws 
+    
+    /**
      * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
      * through the workout's synced document as a text diff, so an edit made concurrently on
      * another device merges with this one at the next `sync_now`.
@@ -856,7 +866,8 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func setWorkoutText(workoutId: String, title: String?, notes: String?) throws 
     
     /**
-     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * One sync round with the server at `server_url` (`https://host[:port]`, or `http://` for
+     * development) as the user of
      * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
      * their titles/notes, the profile), blobs down. Everything received is stored before this
      * returns; an interrupted round keeps what it got and the next one resumes.
@@ -864,9 +875,12 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * Blocks until the round ends (up to 30 s without an answer): call it from a background
      * thread, never the UI thread.
      *
-     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
-     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
-     * URL (or `https://`, which this build does not support); `Storage`.
+     * `https://` is verified against Mozilla's root certificates (built in) and any set with
+     * `set_sync_root_certificates`; verification cannot be turned off.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, a TLS certificate that does not
+     * verify, or the server broke the protocol: "sync protocol: ..."): retry later;
+     * `Unauthorized`: sign in again; `InvalidInput`: a bad URL; `Storage`.
      */
     func syncNow(serverUrl: String, token: String) throws  -> SyncReport
     
@@ -1353,6 +1367,23 @@ open func outboxList()throws  -> [OutboxCommand]  {
 }
     
     /**
+     * Trusts the sync server's certificates when they chain to one of these roots, besides the
+     * public CAs: PEM text with one or more `-----BEGIN CERTIFICATE-----` blocks (a self-hosted
+     * server's private CA). `null` goes back to the public CAs only. Applies to the next
+     * `sync_now` and `outbox_flush`.
+     *
+     * Errors: `InvalidInput` when the text holds no usable certificate (nothing is changed).
+     */
+open func setSyncRootCertificates(pem: String? = nil)throws   {try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_set_sync_root_certificates(
+            self.uniffiCloneHandle(),
+        FfiConverterOptionString.lower(pem),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
      * through the workout's synced document as a text diff, so an edit made concurrently on
      * another device merges with this one at the next `sync_now`.
@@ -1371,7 +1402,8 @@ open func setWorkoutText(workoutId: String, title: String? = nil, notes: String?
 }
     
     /**
-     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * One sync round with the server at `server_url` (`https://host[:port]`, or `http://` for
+     * development) as the user of
      * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
      * their titles/notes, the profile), blobs down. Everything received is stored before this
      * returns; an interrupted round keeps what it got and the next one resumes.
@@ -1379,9 +1411,12 @@ open func setWorkoutText(workoutId: String, title: String? = nil, notes: String?
      * Blocks until the round ends (up to 30 s without an answer): call it from a background
      * thread, never the UI thread.
      *
-     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
-     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
-     * URL (or `https://`, which this build does not support); `Storage`.
+     * `https://` is verified against Mozilla's root certificates (built in) and any set with
+     * `set_sync_root_certificates`; verification cannot be turned off.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, a TLS certificate that does not
+     * verify, or the server broke the protocol: "sync protocol: ..."): retry later;
+     * `Unauthorized`: sign in again; `InvalidInput`: a bad URL; `Storage`.
      */
 open func syncNow(serverUrl: String, token: String)throws  -> SyncReport  {
     return try  FfiConverterTypeSyncReport_lift(try rustCallWithError(FfiConverterTypeFitEdgeError_lift) {
@@ -5752,10 +5787,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fitedge_ffi_checksum_method_engine_outbox_list() != 26158) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fitedge_ffi_checksum_method_engine_set_sync_root_certificates() != 8452) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fitedge_ffi_checksum_method_engine_set_workout_text() != 46914) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_fitedge_ffi_checksum_method_engine_sync_now() != 14423) {
+    if (uniffi_fitedge_ffi_checksum_method_engine_sync_now() != 57869) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() != 38998) {

@@ -461,6 +461,11 @@ RustBuffer uniffi_fitedge_ffi_fn_method_engine_outbox_flush(uint64_t ptr, RustBu
 RustBuffer uniffi_fitedge_ffi_fn_method_engine_outbox_list(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SET_SYNC_ROOT_CERTIFICATES
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SET_SYNC_ROOT_CERTIFICATES
+void uniffi_fitedge_ffi_fn_method_engine_set_sync_root_certificates(uint64_t ptr, RustBuffer pem, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SET_WORKOUT_TEXT
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SET_WORKOUT_TEXT
 void uniffi_fitedge_ffi_fn_method_engine_set_workout_text(uint64_t ptr, RustBuffer workout_id, RustBuffer title, RustBuffer notes, RustCallStatus *_Nonnull out_status
@@ -1015,6 +1020,12 @@ uint16_t uniffi_fitedge_ffi_checksum_method_engine_outbox_flush(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_LIST
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_OUTBOX_LIST
 uint16_t uniffi_fitedge_ffi_checksum_method_engine_outbox_list(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SET_SYNC_ROOT_CERTIFICATES
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SET_SYNC_ROOT_CERTIFICATES
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_set_sync_root_certificates(void
     
 );
 #endif

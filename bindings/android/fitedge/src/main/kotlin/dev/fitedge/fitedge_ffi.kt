@@ -805,6 +805,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_outbox_list(
     ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_set_sync_root_certificates(
+    ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_set_workout_text(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_sync_now(
@@ -916,6 +918,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_fitedge_ffi_fn_method_engine_outbox_list(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_set_sync_root_certificates(`ptr`: Long,`pem`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_fitedge_ffi_fn_method_engine_set_workout_text(`ptr`: Long,`workoutId`: RustBuffer.ByValue,`title`: RustBuffer.ByValue,`notes`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_fitedge_ffi_fn_method_engine_sync_now(`ptr`: Long,`serverUrl`: RustBuffer.ByValue,`token`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1172,10 +1176,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_outbox_list() and 0xFFFF) != 26158) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_set_sync_root_certificates() and 0xFFFF) != 8452) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_set_workout_text() and 0xFFFF) != 46914) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 14423) {
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 57869) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() and 0xFFFF) != 38998) {
@@ -1937,6 +1944,16 @@ public interface EngineInterface {
     fun `outboxList`(): List<OutboxCommand>
     
     /**
+     * Trusts the sync server's certificates when they chain to one of these roots, besides the
+     * public CAs: PEM text with one or more `-----BEGIN CERTIFICATE-----` blocks (a self-hosted
+     * server's private CA). `null` goes back to the public CAs only. Applies to the next
+     * `sync_now` and `outbox_flush`.
+     *
+     * Errors: `InvalidInput` when the text holds no usable certificate (nothing is changed).
+     */
+    fun `setSyncRootCertificates`(`pem`: kotlin.String? = null)
+    
+    /**
      * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
      * through the workout's synced document as a text diff, so an edit made concurrently on
      * another device merges with this one at the next `sync_now`.
@@ -1946,7 +1963,8 @@ public interface EngineInterface {
     fun `setWorkoutText`(`workoutId`: kotlin.String, `title`: kotlin.String? = null, `notes`: kotlin.String? = null)
     
     /**
-     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * One sync round with the server at `server_url` (`https://host[:port]`, or `http://` for
+     * development) as the user of
      * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
      * their titles/notes, the profile), blobs down. Everything received is stored before this
      * returns; an interrupted round keeps what it got and the next one resumes.
@@ -1954,9 +1972,12 @@ public interface EngineInterface {
      * Blocks until the round ends (up to 30 s without an answer): call it from a background
      * thread, never the UI thread.
      *
-     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
-     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
-     * URL (or `https://`, which this build does not support); `Storage`.
+     * `https://` is verified against Mozilla's root certificates (built in) and any set with
+     * `set_sync_root_certificates`; verification cannot be turned off.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, a TLS certificate that does not
+     * verify, or the server broke the protocol: "sync protocol: ..."): retry later;
+     * `Unauthorized`: sign in again; `InvalidInput`: a bad URL; `Storage`.
      */
     fun `syncNow`(`serverUrl`: kotlin.String, `token`: kotlin.String): SyncReport
     
@@ -2609,6 +2630,28 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
+     * Trusts the sync server's certificates when they chain to one of these roots, besides the
+     * public CAs: PEM text with one or more `-----BEGIN CERTIFICATE-----` blocks (a self-hosted
+     * server's private CA). `null` goes back to the public CAs only. Applies to the next
+     * `sync_now` and `outbox_flush`.
+     *
+     * Errors: `InvalidInput` when the text holds no usable certificate (nothing is changed).
+     */
+    @Throws(FitEdgeException::class)override fun `setSyncRootCertificates`(`pem`: kotlin.String?)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(FitEdgeException) { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_set_sync_root_certificates(
+        it,
+        
+        FfiConverterOptionalString.lower(`pem`),_status)
+}
+    }
+    
+    
+
+    
+    /**
      * Sets a stored workout's title and/or notes (null leaves a field as it is). The edit goes
      * through the workout's synced document as a text diff, so an edit made concurrently on
      * another device merges with this one at the next `sync_now`.
@@ -2632,7 +2675,8 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
-     * One sync round with the server at `server_url` (`http://host:port`) as the user of
+     * One sync round with the server at `server_url` (`https://host[:port]`, or `http://` for
+     * development) as the user of
      * `token` (the access token from login): chunk blobs up, documents both ways (workouts and
      * their titles/notes, the profile), blobs down. Everything received is stored before this
      * returns; an interrupted round keeps what it got and the next one resumes.
@@ -2640,9 +2684,12 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * Blocks until the round ends (up to 30 s without an answer): call it from a background
      * thread, never the UI thread.
      *
-     * Errors: `Network` (unreachable, dropped, timed out, or the server broke the protocol:
-     * "sync protocol: ..."): retry later; `Unauthorized`: sign in again; `InvalidInput`: a bad
-     * URL (or `https://`, which this build does not support); `Storage`.
+     * `https://` is verified against Mozilla's root certificates (built in) and any set with
+     * `set_sync_root_certificates`; verification cannot be turned off.
+     *
+     * Errors: `Network` (unreachable, dropped, timed out, a TLS certificate that does not
+     * verify, or the server broke the protocol: "sync protocol: ..."): retry later;
+     * `Unauthorized`: sign in again; `InvalidInput`: a bad URL; `Storage`.
      */
     @Throws(FitEdgeException::class)override fun `syncNow`(`serverUrl`: kotlin.String, `token`: kotlin.String): SyncReport {
             return FfiConverterTypeSyncReport.lift(
