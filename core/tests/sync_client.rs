@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use automerge::{AutoCommit, Automerge, ChangeHash, ReadDoc, ROOT};
 use futures::{SinkExt, StreamExt};
@@ -52,6 +53,8 @@ struct ServerState {
     /// Outbox requests seen: (method, path, idempotency key, body).
     commands: Vec<(String, String, String, String)>,
     ws_links: usize,
+    /// After the join, answer nothing but keep the link busy with a ping every 50 ms.
+    trickle: bool,
 }
 
 type Shared = Arc<Mutex<ServerState>>;
@@ -105,10 +108,10 @@ async fn serve_ws(stream: TcpStream, state: Shared) {
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
         return;
     };
-    let drop_after = {
+    let (drop_after, trickle) = {
         let mut st = state.lock().unwrap();
         st.ws_links += 1;
-        st.drop_after_frames
+        (st.drop_after_frames, st.trickle)
     };
     let mut conn = Connection::responder(
         PeerId::from("server"),
@@ -126,6 +129,21 @@ async fn serve_ws(stream: TcpStream, state: Shared) {
         }
         let mut out = vec![];
         match conn.receive(&b).unwrap() {
+            Event::Joined { reply, .. } if trickle => {
+                if ws
+                    .send(WsMessage::Binary(reply.encode().into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if ws.send(WsMessage::Ping(vec![1].into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
             Event::Joined { reply, .. } => out.push(reply),
             Event::Sync {
                 document_id,
@@ -543,6 +561,29 @@ async fn a_reconnect_with_1000_unchanged_documents_sends_little() {
         again.bytes_sent
     );
     assert!(again.bytes_sent * 2 < first.bytes_sent);
+}
+
+/// A server that keeps the link busy without ever finishing the round is caught by the
+/// round's own deadline, not only a silent one by the per-frame timeout.
+#[tokio::test]
+async fn a_round_that_never_finishes_ends_at_its_deadline() {
+    let (url, state) = start_server().await;
+    state.lock().unwrap().trickle = true;
+    let store = device();
+    record_workout(&store, T0, 2);
+    let config = SyncConfig {
+        timeout_ms: 500,
+        round_timeout_ms: 1_500,
+        ..config(&url)
+    };
+    let clock = now();
+    let r = tokio::time::timeout(Duration::from_secs(20), sync_once(&store, &config, &clock))
+        .await
+        .expect("the round hung past its deadline");
+    match r {
+        Err(SyncError::Network(m)) => assert!(m.contains("did not finish within"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

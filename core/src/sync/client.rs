@@ -74,6 +74,11 @@ pub struct SyncConfig {
     /// Longest wait for the server (connecting, one HTTP request, or the next frame inside a
     /// round) before the round fails with [`SyncError::Network`].
     pub timeout_ms: u64,
+    /// Longest a whole round may take. `timeout_ms` catches a silent server; this catches one
+    /// that keeps the link busy (pings, a trickle of frames) without ever finishing. The round
+    /// then fails with [`SyncError::Network`], keeping what it received (every message is saved
+    /// as it arrives), and the next round resumes.
+    pub round_timeout_ms: u64,
     /// Trust anchors besides Mozilla's root certificates (which are built in), as PEM: one or
     /// more `-----BEGIN CERTIFICATE-----` blocks, e.g. the CA of a self-hosted server. `None`
     /// (the default) trusts the public CAs only. Text that holds no usable certificate is a
@@ -88,6 +93,7 @@ impl SyncConfig {
             server_url: server_url.into(),
             token: token.into(),
             timeout_ms: 30_000,
+            round_timeout_ms: 15 * 60_000,
             extra_root_pem: None,
         }
     }
@@ -198,8 +204,25 @@ fn unauthorized(status: u16) -> Option<SyncError> {
     matches!(status, 401 | 403).then_some(SyncError::Unauthorized { status })
 }
 
-/// One sync round: blobs up, documents both ways, blobs down. See the module documentation.
+/// One sync round: blobs up, documents both ways, blobs down, within
+/// [`SyncConfig::round_timeout_ms`]. See the module documentation.
 pub async fn sync_once(
+    store: &Store,
+    config: &SyncConfig,
+    clock: &dyn Clock,
+) -> Result<SyncReport, SyncError> {
+    let limit = Duration::from_millis(config.round_timeout_ms);
+    tokio::time::timeout(limit, round(store, config, clock))
+        .await
+        .map_err(|_| {
+            SyncError::Network(format!(
+                "the round did not finish within {limit:?}; what it received is kept and the \
+                 next round resumes"
+            ))
+        })?
+}
+
+async fn round(
     store: &Store,
     config: &SyncConfig,
     clock: &dyn Clock,
