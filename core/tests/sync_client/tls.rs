@@ -129,7 +129,7 @@ async fn settle(counter: &AtomicUsize, expected: usize) {
         if counter.load(Ordering::SeqCst) >= expected {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(counter.load(Ordering::SeqCst), expected);
 }
