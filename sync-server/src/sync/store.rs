@@ -93,16 +93,6 @@ pub async fn reserve_profile_id(tx: &mut Tx, user_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The user whose profile document id `id` is, if it is one.
-pub async fn profile_id_of(state: &AppState, id: &str) -> Result<Option<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT user_id FROM sync_profile_ids WHERE doc_id = $1")
-            .bind(id)
-            .fetch_optional(state.db.pool())
-            .await?,
-    )
-}
-
 /// What [`reserve_missing_profile_ids`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reserved {
@@ -233,7 +223,8 @@ pub struct Committed {
 
 /// Stores one change in a serializable transaction: the chunk, compaction when due, the blob
 /// references, and (PostgreSQL) a `NOTIFY` delivered at commit. A new document whose id is
-/// already taken gives `Ok(None)`.
+/// already taken, or reserved for another user's profile or for its creator's profile alone,
+/// gives `Ok(None)`.
 pub async fn commit(state: &AppState, c: Commit) -> Result<Option<Committed>> {
     let now = state.now().as_millis();
     let compact_after = i64::from(state.config.sync_compact_after.max(1));
@@ -258,10 +249,15 @@ async fn commit_in(
     let inc_len = i64::try_from(c.incremental.len()).unwrap_or(i64::MAX);
     let row = match &c.create_owner {
         Some(owner) => {
+            // A user's profile id (reserved at registration, ADR 0012) holds only that user's
+            // profile: for anything else the id counts as taken. Checked in the insert itself,
+            // so it is atomic with it and costs no extra round trip to the pool.
             sqlx::query(
                 "INSERT INTO sync_docs (id, owner_id, kind, size_bytes, incremental_count,
                                         created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 1, $5, $5)
+                 SELECT $1, $2, $3, $4, 1, $5, $5
+                 WHERE NOT EXISTS (SELECT 1 FROM sync_profile_ids r WHERE r.doc_id = $1
+                                     AND NOT (r.user_id = $2 AND $3 = $6))
                  ON CONFLICT (id) DO NOTHING
                  RETURNING incremental_count, size_bytes",
             )
@@ -270,6 +266,7 @@ async fn commit_in(
             .bind(&c.kind)
             .bind(inc_len)
             .bind(now)
+            .bind(fitedge_core::sync::docs::PROFILE_TYPE)
             .fetch_optional(&mut **tx)
             .await?
         }

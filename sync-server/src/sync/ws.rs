@@ -569,9 +569,6 @@ impl Session {
             doc.load_incremental(held)
                 .map_err(|e| Error::Corrupt(format!("held changes of {id}: {e}")))?;
         }
-        // A user's profile id is computable by anyone who knows the user id (ADR 0012); it is
-        // reserved at registration so nothing else can be created there first.
-        let reserved = store::profile_id_of(&self.state, &id.to_string()).await?;
         let mut validated = None;
         let r = self
             .conn
@@ -585,9 +582,6 @@ impl Session {
                     return Err("a profile document must live at the id derived from its \
                                 owner (fitedge_core::sync::docs::profile_document_id)"
                         .to_string());
-                }
-                if reserved.is_some() && !matches!(validated, Some(Validated::Profile(_))) {
-                    return Err("this id is reserved for a user's profile document".to_string());
                 }
                 Ok(())
             });
@@ -611,6 +605,8 @@ impl Session {
             kind: kind_name(validated.as_ref()).into(),
             blob_refs: blob_refs(validated.as_ref()),
         };
+        // Taken, or a user's profile id (reserved at registration, ADR 0012: computable by
+        // anyone who knows the user id) that this is not the profile of.
         if store::commit(&self.state, c).await?.is_none() {
             return Ok(Outcome::Send(vec![self.doc_unavailable(&id)?]));
         }
