@@ -9,6 +9,12 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+/// `fitedge serve` is the server too, so it takes the server's allocator: jemalloc gives back
+/// the memory that evicting idle sync documents frees, where glibc's malloc kept it (ADR 0009).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// `println!` for the command's output: a closed pipe (`fitedge list | head`) ends the
 /// command quietly instead of panicking.
 macro_rules! outln {
