@@ -204,11 +204,18 @@ impl Recording {
         // Live samples carry the time they were taken, so a flush can only be due when sample
         // time has moved on, or after a burst: look at the clock then, not on every sample.
         self.since_check += 1;
-        if sample.t.0 - self.last_check_t >= CHECK_EVERY_MS
+        // A rejected sample's time is not trusted: one dated 2085 (a jumped sensor clock) would
+        // put the next look at the clock decades away.
+        let t = if verdict.usable() {
+            sample.t.0
+        } else {
+            self.last_check_t
+        };
+        if t - self.last_check_t >= CHECK_EVERY_MS
             || self.since_check >= CHECK_EVERY_SAMPLES
             || self.buffered >= MAX_BUFFERED
         {
-            self.last_check_t = sample.t.0;
+            self.last_check_t = t;
             self.since_check = 0;
             self.maybe_flush()?;
         }

@@ -538,6 +538,44 @@ fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
 }
 
 #[test]
+fn a_sample_from_a_jumped_clock_does_not_delay_the_next_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jump.db");
+    let clock = Arc::new(ManualClock::new(Timestamp(T0)));
+    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
+    let mut rec = Recording::start(
+        store.clone(),
+        clock.clone(),
+        Some(Sport::Cycling),
+        Profile::default().resolve(),
+        WorkoutConfig::import(),
+    )
+    .unwrap();
+    let hr = |t: Timestamp| Sample::new(t, Reading::HeartRate { bpm: 140.0 });
+    rec.record(hr(clock.now())).unwrap();
+    // A strap whose clock jumped to 2085: rejected, and it must not move the flush schedule.
+    let jumped = Timestamp(T0 + 60 * 365 * 86_400_000);
+    assert!(!rec.record(hr(jumped)).unwrap().usable());
+    for _ in 0..30 {
+        clock.advance_secs(1.0);
+        rec.record(hr(clock.now())).unwrap();
+    }
+    let last_t = clock.now().0;
+    drop(rec);
+    drop(store);
+    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
+    let rec = Recording::recover(store.clone(), clock.clone())
+        .unwrap()
+        .pop()
+        .unwrap();
+    let stored = store
+        .read(|c| crate::store::get_samples(c, store.key(), &rec.id().0, &[]))
+        .unwrap();
+    let newest = stored.iter().map(|s| s.t.0).max().unwrap();
+    assert!(last_t - newest <= 1000, "lost {} ms", last_t - newest);
+}
+
+#[test]
 fn a_v2_database_migrates_to_v4_with_a_document_per_workout() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("v2.db");
