@@ -788,32 +788,45 @@ async fn no_other_document_can_take_a_profile_id(b: Backend) {
 }
 
 /// `--sync-rate-limit` is a bucket per account: past it the server reads that account's next
-/// message only when the bucket refills (on the injected clock), and other accounts go on.
+/// message only when the bucket refills (on the injected clock), other accounts go on, and a
+/// held message does not hold up the rest of the link (here: the session check that closes it).
 async fn a_message_flood_is_slowed_per_account(b: Backend) {
     let s = server_with(b, |c| {
         c.sync_rate_limit = fitedge_server::config::Rate {
             requests: 4,
             per_secs: 60,
-        }
+        };
+        c.sync_session_check_secs = 1;
     })
     .await;
     let (_, ann) = s.user("ann@example.com").await;
     let (_, bob) = s.user("bob@example.com").await;
     let mut a = s.client(&ann).await;
+    // Is `id` stored within `d`? (Generous: a slow commit under load is not a held message.)
+    async fn stored_within(s: &Server, id: &DocumentId, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        while Instant::now() < deadline {
+            if stored(s, id).await.is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
     // The join took a token; each new document's first sync takes at least one more.
     let mut answered = 0;
-    let mut stalled = None;
+    let mut held = None;
     for _ in 0..6 {
         let id = DocumentId::random();
         a.change(&id, put("k", "v")).await;
-        if stored(&s, &id).await.is_some() {
+        if stored_within(&s, &id, Duration::from_secs(2)).await {
             answered += 1;
         } else {
-            stalled = Some(id);
+            held = Some(id);
             break;
         }
     }
-    let stalled = stalled.expect("the flood was never slowed");
+    let held = held.expect("the flood was never slowed");
     assert!(
         (1..=3).contains(&answered),
         "{answered} answered within a bucket of 4"
@@ -828,18 +841,42 @@ async fn a_message_flood_is_slowed_per_account(b: Backend) {
     let mut b1 = s.client(&bob).await;
     let bobs = DocumentId::random();
     b1.change(&bobs, put("k", "v")).await;
-    assert!(stored(&s, &bobs).await.is_some());
+    assert!(stored_within(&s, &bobs, WAIT).await);
 
-    // Still held while the clock stands; read once the bucket has refilled.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(stored(&s, &stalled).await.is_none());
+    // Read once the bucket has refilled, not before.
+    assert!(stored(&s, &held).await.is_none());
     s.app.clock.advance_secs(60.0);
     let deadline = Instant::now() + WAIT;
-    while stored(&s, &stalled).await.is_none() {
+    while stored(&s, &held).await.is_none() {
         assert!(Instant::now() < deadline, "never read after the refill");
         a.pump_once(Duration::from_millis(50)).await;
     }
     assert!(a.errors.is_empty(), "{:?}", a.errors);
+
+    // Empty the bucket again; while a message waits, signing out still ends the link.
+    let mut last = None;
+    for _ in 0..6 {
+        let id = DocumentId::random();
+        a.change(&id, put("k", "v")).await;
+        last = Some(id);
+    }
+    let last = last.unwrap();
+    assert!(
+        stored(&s, &last).await.is_none(),
+        "the bucket of 4 is empty again"
+    );
+    let out = s
+        .app
+        .call(TestRequest::post("/api/v1/auth/logout").token(&ann))
+        .await;
+    assert!(out.status.is_success(), "{} {}", out.status, out.body);
+    a.pump_until("the session check", |c| !c.errors.is_empty())
+        .await;
+    assert!(a.errors[0].contains("session ended"), "{:?}", a.errors);
+    assert!(
+        stored(&s, &last).await.is_none(),
+        "the held message was never applied"
+    );
 }
 
 /// The token is checked on the upgrade; the session is checked again every

@@ -141,22 +141,21 @@ async fn session_alive(state: &AppState, session_id: &str) -> crate::error::Resu
     Ok(row.is_some())
 }
 
-/// Waits until the account may send another sync message (`--sync-rate-limit`, a bucket per
-/// account across its connections, on the injected clock). Not reading is the back-pressure:
-/// the peer's writes stall and its round slows down. Refusing instead would make a device with
-/// many documents reconnect and resend its whole state, again and again.
-async fn throttle(state: &AppState, user_id: &str) {
-    let mut told = false;
-    while let Err(wait_ms) = state.sync_limiter.take(user_id, state.now()) {
-        if !told {
-            tracing::info!(
-                wait_ms,
-                "sync: an account reached its message rate; reading it slower"
-            );
-            told = true;
+/// Answers one binary frame; false when the link is done (refused, or the socket is gone).
+async fn answer(s: &mut Session, socket: &mut WebSocket, b: &[u8]) -> bool {
+    match s.frame(b).await {
+        Outcome::Send(ms) => {
+            let mut ok = true;
+            for m in &ms {
+                ok &= send(socket, m).await;
+            }
+            ok
         }
-        // In slices, so a clock that jumps ahead (tests, a suspended VM) is noticed soon.
-        tokio::time::sleep(Duration::from_millis(wait_ms.min(250))).await;
+        Outcome::Refuse(why) => {
+            refuse(socket, &mut s.conn, why).await;
+            false
+        }
+        Outcome::Quit => false,
     }
 }
 
@@ -187,9 +186,30 @@ async fn run(state: AppState, user_id: String, session_id: String, mut socket: W
         restored: HashSet::new(),
         held: HashMap::new(),
     };
+    // `--sync-rate-limit`, a bucket per account across its connections, on the injected clock.
+    // A frame that finds it empty waits here, and the socket is not read meanwhile: the peer's
+    // writes stall and its round slows down (refusing would make a device with many documents
+    // reconnect and resend its whole state, again and again). Everything else (changes from
+    // other links, a close, the session check) goes on while it waits.
+    let mut waiting: Option<(axum::body::Bytes, u64)> = None;
+    let mut told = false;
     loop {
+        // Re-read in slices, so a clock that jumps ahead (tests, a suspended VM) is noticed soon.
+        let retry_in = Duration::from_millis(waiting.as_ref().map_or(0, |w| w.1.min(250)));
         tokio::select! {
-            frame = socket.recv() => match frame {
+            _ = tokio::time::sleep(retry_in), if waiting.is_some() => {
+                match s.state.sync_limiter.take(&s.user_id, s.state.now()) {
+                    Ok(()) => {
+                        if let Some((b, _)) = waiting.take() {
+                            if !answer(&mut s, &mut socket, &b).await { break; }
+                        }
+                    }
+                    Err(wait_ms) => {
+                        if let Some(w) = waiting.as_mut() { w.1 = wait_ms; }
+                    }
+                }
+            },
+            frame = socket.recv(), if waiting.is_none() => match frame {
                 None | Some(Ok(WsMessage::Close(_))) => break,
                 Some(Err(e)) => {
                     refuse(&mut socket, &mut s.conn, format!("malformed frame: {e}")).await;
@@ -206,20 +226,19 @@ async fn run(state: AppState, user_id: String, session_id: String, mut socket: W
                             format!("message of {} bytes exceeds the limit of {limit}", b.len())).await;
                         break;
                     }
-                    throttle(&s.state, &s.user_id).await;
-                    match s.frame(&b).await {
-                        Outcome::Send(ms) => {
-                            let mut ok = true;
-                            for m in &ms {
-                                ok &= send(&mut socket, m).await;
+                    match s.state.sync_limiter.take(&s.user_id, s.state.now()) {
+                        Ok(()) => {
+                            told = false;
+                            if !answer(&mut s, &mut socket, &b).await { break; }
+                        }
+                        Err(wait_ms) => {
+                            if !told {
+                                tracing::info!(wait_ms,
+                                    "sync: an account reached its message rate; reading it slower");
+                                told = true;
                             }
-                            if !ok { break; }
+                            waiting = Some((b, wait_ms));
                         }
-                        Outcome::Refuse(why) => {
-                            refuse(&mut socket, &mut s.conn, why).await;
-                            break;
-                        }
-                        Outcome::Quit => break,
                     }
                 }
                 Some(Ok(_)) => {} // ping/pong: answered by the library
