@@ -37,7 +37,7 @@ impl RateLimiter {
     /// Takes one token for `key`; `Err(seconds)` says how long until one is available.
     pub fn check(&self, key: &str, now: Timestamp) -> Result<(), u64> {
         self.take(key, now)
-            .map_err(|wait_ms| (wait_ms.div_ceil(1000)).max(1))
+            .map_err(|wait_ms| wait_ms.div_ceil(1000))
     }
 
     /// [`RateLimiter::check`] with the wait in milliseconds (at least 1), for callers that wait

@@ -311,6 +311,26 @@ async fn an_unconfirmed_address_is_held_only_while_its_code_is_valid(b: Backend)
         .unwrap();
     assert_eq!(left, 0, "the unconfirmed account was erased");
 
+    // An unconfirmed account an operator gave a role keeps its address: that was a decision.
+    a.register("granted@example.com", PASSWORD, "1990-01-01")
+        .await;
+    assert!(
+        identity::set_role(&a.state, "granted@example.com", Role::Partner)
+            .await
+            .unwrap()
+    );
+    a.clock.advance_secs(3.0 * DAY);
+    a.register(
+        "granted@example.com",
+        "not the owner's password",
+        "1990-01-01",
+    )
+    .await;
+    assert_eq!(
+        last_mail(&a),
+        Some(("granted@example.com".into(), MailKind::RegistrationAttempt))
+    );
+
     // A confirmed account keeps its address however old it is.
     a.clock.advance_secs(30.0 * DAY);
     let r = a

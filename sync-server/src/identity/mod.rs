@@ -323,9 +323,10 @@ pub async fn register(
                     // hold the address: otherwise anyone could lock an owner out of it for good
                     // (a password reset needs a verified address). It never signed in, so it
                     // has nothing but the registration; it is erased and this one takes over.
+                    // One an operator gave a role or a tier is kept: that grant was a decision.
                     let stale: Option<String> = sqlx::query_scalar(
                         "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NULL
-                           AND created_at <= $2",
+                           AND created_at <= $2 AND role = 'user' AND tier = 'free'",
                     )
                     .bind(&email)
                     .bind(now.as_millis() - VERIFY_TOKEN_TTL_MS)
@@ -1632,6 +1633,7 @@ pub async fn delete_me(
     state
         .account_limiter
         .forget(&format!("user:{}", caller.user_id));
+    state.sync_limiter.forget(&caller.user_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
