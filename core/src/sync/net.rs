@@ -237,8 +237,11 @@ impl Connector {
         }
         #[cfg(not(feature = "net-tls"))]
         {
-            let _ = extra_root_pem;
-            Ok(Connector { addr })
+            // Refused like `check_extra_root` refuses it: a setting this build cannot honour.
+            match extra_root_pem {
+                Some(pem) => check_extra_root(pem).map(|()| Connector { addr }),
+                None => Ok(Connector { addr }),
+            }
         }
     }
 
