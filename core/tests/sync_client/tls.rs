@@ -22,6 +22,11 @@ struct TestCa {
 impl TestCa {
     /// A CA named `name` and, signed by it, a leaf valid for `localhost` and 127.0.0.1.
     fn new(name: &str) -> Self {
+        Self::with_leaf_for(name, &["localhost", "127.0.0.1"])
+    }
+
+    /// A CA named `name` and, signed by it, a leaf valid for `leaf_names` only.
+    fn with_leaf_for(name: &str, leaf_names: &[&str]) -> Self {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair, KeyUsagePurpose,
@@ -36,9 +41,10 @@ impl TestCa {
 
         let leaf_key = KeyPair::generate().unwrap();
         let mut leaf =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+            CertificateParams::new(leaf_names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
+            .push(DnType::CommonName, leaf_names[0]);
         leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
 
@@ -291,6 +297,33 @@ async fn a_server_whose_ca_is_not_trusted_is_refused_and_nothing_is_synced() {
     assert_eq!(
         server.state.lock().unwrap().docs[&doc_id].get_heads(),
         heads(&a, &doc_id)
+    );
+}
+
+/// A trusted CA is not enough: the certificate must name the host asked for (what stops a
+/// machine in the middle that holds any certificate from that CA).
+#[tokio::test]
+async fn a_trusted_certificate_for_another_name_is_refused() {
+    let ca = TestCa::with_leaf_for("FitEdge test CA", &["other.example"]);
+    let server = start_tls_server(&[&ca]).await;
+    let clock = now();
+    let a = device();
+    record_workout(&a, T0, 3);
+    let url = format!("https://localhost:{}", server.port);
+    let err = sync_once(&a, &tls_config(&url, Some(&ca.pem)), &clock)
+        .await
+        .unwrap_err();
+    let m = network_message(err);
+    println!("{url}: {m}");
+    assert!(
+        m.contains("TLS handshake with localhost")
+            && m.contains("not valid for name \"localhost\""),
+        "{m}"
+    );
+    assert_eq!(server.front.handshakes.load(Ordering::SeqCst), 0);
+    assert!(
+        server.state.lock().unwrap().docs.is_empty(),
+        "nothing synced"
     );
 }
 
