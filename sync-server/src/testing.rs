@@ -249,6 +249,16 @@ impl TestApp {
         Ok(r.body["user_id"].as_str().unwrap_or_default().to_string())
     }
 
+    /// Deletes the account of `token`, confirming with [`PASSWORD`].
+    pub async fn delete_account(&self, token: &str) -> TestResponse {
+        self.call(
+            TestRequest::post("/api/v1/me/delete")
+                .token(token)
+                .json(serde_json::json!({ "password": PASSWORD })),
+        )
+        .await
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> TestResponse {
         self.call(
             TestRequest::post("/api/v1/auth/login")

@@ -783,13 +783,7 @@ async fn deleting_an_account_frees_its_seats_and_forgets_its_bookings(b: Backend
         .unwrap()
         .is_empty());
 
-    let r = a
-        .call(
-            TestRequest::post("/api/v1/me/delete")
-                .token(&gone)
-                .json(json!({"password": fitedge_server::testing::PASSWORD})),
-        )
-        .await;
+    let r = a.delete_account(&gone).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     drain_outbox(&a).await;
 

@@ -1179,13 +1179,7 @@ async fn gdpr_export_and_delete(b: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = a
-        .call(
-            TestRequest::post("/api/v1/me/delete")
-                .token(&t)
-                .json(json!({"password": PASSWORD})),
-        )
-        .await;
+    let r = a.delete_account(&t).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(
         a.call(TestRequest::get("/api/v1/me").token(&t))

@@ -769,14 +769,7 @@ async fn no_other_document_can_take_a_profile_id(b: Backend) {
     assert_eq!(again.reserved, 0, "a no-op once every account is reserved");
 
     // Deleting an account releases its reservation along with its data.
-    let del = s
-        .app
-        .call(
-            TestRequest::post("/api/v1/me/delete")
-                .token(&ann)
-                .json(json!({ "password": fitedge_server::testing::PASSWORD })),
-        )
-        .await;
+    let del = s.app.delete_account(&ann).await;
     assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.body);
     let left: Option<String> =
         sqlx::query_scalar("SELECT user_id FROM sync_profile_ids WHERE doc_id = $1")
@@ -1143,14 +1136,7 @@ async fn gdpr_export_and_delete_cover_sync(b: Backend) {
         id.to_string()
     );
 
-    let r = s
-        .app
-        .call(
-            TestRequest::post("/api/v1/me/delete")
-                .token(&ann)
-                .json(json!({ "password": fitedge_server::testing::PASSWORD })),
-        )
-        .await;
+    let r = s.app.delete_account(&ann).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert!(stored(&s, &id).await.is_none());
     assert!(!s.app.state.sync.is_loaded(&id));

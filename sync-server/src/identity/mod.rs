@@ -302,49 +302,39 @@ pub async fn register(
                 addr.clone(),
             );
             Box::pin(async move {
+                // An account nobody confirmed while its verification code was valid does not
+                // hold the address: otherwise anyone could lock an owner out of it for good (a
+                // password reset needs a verified address). It never signed in, so it has
+                // nothing but the registration; it is erased and this one takes over. One an
+                // operator gave a role or a tier is kept: that grant was a decision.
+                let stale: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NULL
+                       AND created_at <= $2 AND role = 'user' AND tier = 'free'",
+                )
+                .bind(&email)
+                .bind(now.as_millis() - VERIFY_TOKEN_TTL_MS)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if let Some(stale) = stale {
+                    erase_account(tx, now, &stale, "account.unverified_replaced").await?;
+                }
                 // DO NOTHING keeps the transaction usable (a unique violation would abort it on
                 // PostgreSQL), so the existing account can be found and its owner's log written.
-                let insert = "INSERT INTO users (id, email, password_hash, display_name,
-                        birth_date, created_at, updated_at)
+                let inserted: Option<String> = sqlx::query_scalar(
+                    "INSERT INTO users (id, email, password_hash, display_name, birth_date,
+                        created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $6)
                      ON CONFLICT (email) DO NOTHING
-                     RETURNING id";
-                let mut inserted: Option<String> = sqlx::query_scalar(insert)
-                    .bind(&user_id)
-                    .bind(&email)
-                    .bind(&hash)
-                    .bind(&name)
-                    .bind(&birth)
-                    .bind(now.as_millis())
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                if inserted.is_none() {
-                    // An account nobody confirmed while its verification code was valid does not
-                    // hold the address: otherwise anyone could lock an owner out of it for good
-                    // (a password reset needs a verified address). It never signed in, so it
-                    // has nothing but the registration; it is erased and this one takes over.
-                    // One an operator gave a role or a tier is kept: that grant was a decision.
-                    let stale: Option<String> = sqlx::query_scalar(
-                        "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NULL
-                           AND created_at <= $2 AND role = 'user' AND tier = 'free'",
-                    )
-                    .bind(&email)
-                    .bind(now.as_millis() - VERIFY_TOKEN_TTL_MS)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    if let Some(stale) = stale {
-                        erase_account(tx, now, &stale, "account.unverified_replaced").await?;
-                        inserted = sqlx::query_scalar(insert)
-                            .bind(&user_id)
-                            .bind(&email)
-                            .bind(&hash)
-                            .bind(&name)
-                            .bind(&birth)
-                            .bind(now.as_millis())
-                            .fetch_optional(&mut **tx)
-                            .await?;
-                    }
-                }
+                     RETURNING id",
+                )
+                .bind(&user_id)
+                .bind(&email)
+                .bind(&hash)
+                .bind(&name)
+                .bind(&birth)
+                .bind(now.as_millis())
+                .fetch_optional(&mut **tx)
+                .await?;
                 if inserted.is_none() {
                     let owner: String = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
                         .bind(&email)
