@@ -309,10 +309,15 @@ impl TestApp {
             .ok_or_else(|| format!("login {email}: {} {}", r.status, r.body))
     }
 
-    /// Enrols and confirms TOTP for the token's account; returns the raw secret.
+    /// Enrols (confirming with [`PASSWORD`]) and confirms TOTP for the token's account; returns
+    /// the raw secret.
     pub async fn enable_totp(&self, token: &str) -> Result<Vec<u8>, String> {
         let e = self
-            .call(TestRequest::post("/api/v1/auth/mfa/totp/enroll").token(token))
+            .call(
+                TestRequest::post("/api/v1/auth/mfa/totp/enroll")
+                    .token(token)
+                    .json(serde_json::json!({ "password": PASSWORD })),
+            )
             .await;
         if e.status != StatusCode::OK {
             return Err(format!("enroll: {} {}", e.status, e.body));

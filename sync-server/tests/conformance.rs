@@ -148,6 +148,12 @@ conformance!(
     totp_enrolment_needs_a_key_that_survives_a_restart,
     dev_mode_totp_survives_a_restart_and_is_resealed_under_a_real_key,
     plain_totp_secrets_from_earlier_versions_verify_and_are_sealed,
+    parallel_wrong_passwords_are_checked_at_most_threshold_times,
+    parallel_wrong_codes_are_checked_at_most_threshold_times,
+    sign_ins_without_a_code_do_not_reset_the_failure_count,
+    totp_enrolment_needs_the_password_and_totp_can_be_disabled,
+    a_password_reset_voids_the_accounts_other_reset_tokens,
+    wrong_passwords_at_account_deletion_count_towards_the_lockout,
 );
 
 async fn password_11_characters_refused_12_accepted(b: Backend) {
@@ -1752,7 +1758,11 @@ async fn totp_secrets_are_sealed_and_bound_to_the_account(b: Backend) {
     a.register_verified("sb@example.com").await.unwrap();
     let t = a.token("sa@example.com").await.unwrap();
     let e = a
-        .call(TestRequest::post("/api/v1/auth/mfa/totp/enroll").token(&t))
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/totp/enroll")
+                .token(&t)
+                .json(json!({ "password": PASSWORD })),
+        )
         .await;
     assert_eq!(e.status, StatusCode::OK, "{}", e.body);
     let raw = fitedge_server::testing::base32_decode(e.body["secret"].as_str().unwrap()).unwrap();
@@ -1809,7 +1819,11 @@ async fn totp_enrolment_needs_a_key_that_survives_a_restart(b: Backend) {
     // No FITEDGE_SECRET_KEY outside dev mode: a per-process key would lose the secret at the
     // next restart, so enrolment is refused and nothing is stored.
     let r = a
-        .call(TestRequest::post("/api/v1/auth/mfa/totp/enroll").token(&t))
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/totp/enroll")
+                .token(&t)
+                .json(json!({ "password": PASSWORD })),
+        )
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert_eq!(r.body["error"], "mfa_unavailable");
@@ -1979,4 +1993,290 @@ async fn plain_totp_secrets_from_earlier_versions_verify_and_are_sealed(b: Backe
         let r = a.call(login_with_code(email, &code(&a))).await;
         assert_eq!(r.status, StatusCode::OK, "{email}: {}", r.body);
     }
+}
+
+/// The statuses of `answers`, and how many were checked (401) and refused unchecked (423);
+/// fails on anything else.
+fn checked_and_refused(answers: &[fitedge_server::testing::TestResponse]) -> (usize, usize) {
+    let statuses: Vec<StatusCode> = answers.iter().map(|r| r.status).collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::LOCKED),
+        "{statuses:?}"
+    );
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    (checked, statuses.len() - checked)
+}
+
+/// A 6-digit code that is none of the codes accepted around now.
+fn wrong_code(a: &TestApp, secret: &[u8]) -> String {
+    let now = a.clock.now_ts();
+    let near: Vec<String> = [-30_000, 0, 30_000]
+        .iter()
+        .map(|d| totp::code_at(secret, fitedge_core::time::Timestamp(now.as_millis() + d)))
+        .collect();
+    ["000000", "111111", "222222", "333333"]
+        .iter()
+        .find(|c| !near.iter().any(|n| n == *c))
+        .unwrap()
+        .to_string()
+}
+
+/// Twenty wrong passwords at once, for an account and for an address without one. Each
+/// attempt takes its place in the count before its password is checked, so exactly 5 (the
+/// threshold) are checked and answered 401; the other 15 are refused unchecked (423), and the
+/// right password is refused afterwards. (Checking first and counting afterwards let every one
+/// of them be checked before the fifth failure locked the account.)
+async fn parallel_wrong_passwords_are_checked_at_most_threshold_times(b: Backend) {
+    let a = app(b).await;
+    let id = a.register_verified("par@example.com").await.unwrap();
+    for email in ["par@example.com", "nobody-par@example.com"] {
+        let attempts = (0..20).map(|_| a.login(email, "wrong password!"));
+        let answers = futures::future::join_all(attempts).await;
+        let (checked, refused) = checked_and_refused(&answers);
+        assert_eq!((checked, refused), (5, 15), "{email}");
+        let r = a.login(email, PASSWORD).await;
+        assert_eq!(r.status, StatusCode::LOCKED, "{email}: {}", r.body);
+        assert_eq!(r.header("retry-after"), Some("900"));
+    }
+    let failed = "SELECT COUNT(*) FROM audit_events WHERE user_id = $1 AND kind = 'login.failed'";
+    assert_eq!(count(&a, failed, &id).await, 5);
+    let locks = "SELECT COUNT(*) FROM audit_events WHERE user_id = $1 AND kind = 'account.locked'";
+    assert_eq!(count(&a, locks, &id).await, 1);
+    // The lock cools down as before, and the count starts from zero.
+    a.clock.advance_secs(900.0);
+    assert_eq!(
+        a.login("par@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+}
+
+/// The same for TOTP codes: twenty wrong codes at once on /mfa/verify, and twenty sign-ins with
+/// the right password and a wrong code: 5 checked, 15 refused unchecked, then even the right
+/// code is refused.
+async fn parallel_wrong_codes_are_checked_at_most_threshold_times(b: Backend) {
+    let a = app_with_key(b).await;
+    a.register_verified("pc@example.com").await.unwrap();
+    let t = a.token("pc@example.com").await.unwrap();
+    let secret = a.enable_totp(&t).await.unwrap();
+    a.clock.advance_secs(60.0);
+    let wrong = wrong_code(&a, &secret);
+    let attempts = (0..20).map(|_| {
+        a.call(
+            TestRequest::post("/api/v1/auth/mfa/verify")
+                .token(&t)
+                .json(json!({ "code": wrong })),
+        )
+    });
+    let answers = futures::future::join_all(attempts).await;
+    assert_eq!(checked_and_refused(&answers), (5, 15));
+    assert!(answers
+        .iter()
+        .filter(|r| r.status == StatusCode::UNAUTHORIZED)
+        .all(|r| r.body["error"] == "invalid_code"));
+    let right = totp::code_at(&secret, a.clock.now_ts());
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/verify")
+                .token(&t)
+                .json(json!({ "code": right })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::LOCKED, "{}", r.body);
+    // Cooled down: the same at sign-in, with the right password and a wrong code.
+    a.clock.advance_secs(900.0);
+    let wrong = wrong_code(&a, &secret);
+    let attempts = (0..20).map(|_| a.call(login_with_code("pc@example.com", &wrong)));
+    let answers = futures::future::join_all(attempts).await;
+    assert_eq!(checked_and_refused(&answers), (5, 15));
+    let right = totp::code_at(&secret, a.clock.now_ts());
+    let r = a.call(login_with_code("pc@example.com", &right)).await;
+    assert_eq!(r.status, StatusCode::LOCKED, "{}", r.body);
+    a.clock.advance_secs(900.0);
+    let right = totp::code_at(&secret, a.clock.now_ts());
+    let r = a.call(login_with_code("pc@example.com", &right)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// A sign-in with the right password but no code (`mfa_required`) gives its counted attempt
+/// back without resetting the count, so someone who knows the password cannot interleave such
+/// requests with wrong codes to guess codes forever.
+async fn sign_ins_without_a_code_do_not_reset_the_failure_count(b: Backend) {
+    let a = app_with_key(b).await;
+    a.register_verified("nc@example.com").await.unwrap();
+    let t = a.token("nc@example.com").await.unwrap();
+    let secret = a.enable_totp(&t).await.unwrap();
+    a.clock.advance_secs(60.0);
+    let wrong = wrong_code(&a, &secret);
+    for i in 1..=4 {
+        let r = a.login("nc@example.com", PASSWORD).await;
+        assert_eq!(r.body["error"], "mfa_required", "{i}: {}", r.body);
+        let r = a.call(login_with_code("nc@example.com", &wrong)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "wrong code {i}");
+    }
+    let r = a.call(login_with_code("nc@example.com", &wrong)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the fifth failure");
+    let right = totp::code_at(&secret, a.clock.now_ts());
+    let r = a.call(login_with_code("nc@example.com", &right)).await;
+    assert_eq!(r.status, StatusCode::LOCKED, "{}", r.body);
+    let r = a.login("nc@example.com", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::LOCKED, "{}", r.body);
+}
+
+/// A bearer token alone cannot turn TOTP on (a thief could otherwise lock the owner out for
+/// good): enrolment needs the password, counted like a sign-in. TOTP can be turned off with
+/// the password and a code.
+async fn totp_enrolment_needs_the_password_and_totp_can_be_disabled(b: Backend) {
+    let a = app_with_key(b).await;
+    let id = a.register_verified("en@example.com").await.unwrap();
+    let t = a.token("en@example.com").await.unwrap();
+    let enroll = |body: serde_json::Value| {
+        a.call(
+            TestRequest::post("/api/v1/auth/mfa/totp/enroll")
+                .token(&t)
+                .json(body),
+        )
+    };
+    let r = enroll(json!({})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    for i in 1..=5 {
+        let r = enroll(json!({ "password": "wrong password!" })).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{i}: {}", r.body);
+        assert_eq!(r.body["error"], "wrong_password");
+    }
+    assert_eq!(totp_columns(&a, "en@example.com").await, (None, None, None));
+    let failed =
+        "SELECT COUNT(*) FROM audit_events WHERE user_id = $1 AND kind = 'mfa.enroll_failed'";
+    assert_eq!(count(&a, failed, &id).await, 5);
+    // Counted like sign-ins: the account is locked, for enrolment and for signing in.
+    let r = enroll(json!({ "password": PASSWORD })).await;
+    assert_eq!(r.status, StatusCode::LOCKED, "{}", r.body);
+    assert_eq!(
+        a.login("en@example.com", PASSWORD).await.status,
+        StatusCode::LOCKED
+    );
+    a.clock.advance_secs(900.0);
+    let secret = a.enable_totp(&t).await.unwrap();
+    // Turning it off needs both the password and a current code.
+    a.clock.advance_secs(30.0);
+    let code = totp::code_at(&secret, a.clock.now_ts());
+    let wrong = wrong_code(&a, &secret);
+    let disable = |password: &str, code: &str| {
+        a.call(
+            TestRequest::post("/api/v1/auth/mfa/totp/disable")
+                .token(&t)
+                .json(json!({ "password": password, "code": code })),
+        )
+    };
+    let r = a
+        .call(
+            TestRequest::post("/api/v1/auth/mfa/totp/disable")
+                .token(&t)
+                .json(json!({ "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    for (password, code) in [(PASSWORD, wrong.as_str()), ("wrong password!", &code)] {
+        let r = disable(password, code).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_eq!(r.body["error"], "wrong_password_or_code");
+    }
+    let failed =
+        "SELECT COUNT(*) FROM audit_events WHERE user_id = $1 AND kind = 'mfa.disable_failed'";
+    assert_eq!(count(&a, failed, &id).await, 2);
+    let r = disable(PASSWORD, &code).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(totp_columns(&a, "en@example.com").await, (None, None, None));
+    let me = a.call(TestRequest::get("/api/v1/me").token(&t)).await;
+    assert_eq!(me.body["mfa_enabled"], false);
+    let disabled = "SELECT COUNT(*) FROM audit_events WHERE user_id = $1 AND kind = 'mfa.disabled'";
+    assert_eq!(count(&a, disabled, &id).await, 1);
+    let r = disable(PASSWORD, &code).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.body["error"], "mfa_not_enabled");
+    // Signing in needs no code any more; enrolling again gives a new secret.
+    let r = a.login("en@example.com", PASSWORD).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["mfa"], false);
+    let again = a.enable_totp(&t).await.unwrap();
+    assert_ne!(again, secret);
+}
+
+/// Setting a new password with one reset token voids the account's other unused reset tokens:
+/// an earlier mail (perhaps read by someone else) cannot set the password again afterwards.
+async fn a_password_reset_voids_the_accounts_other_reset_tokens(b: Backend) {
+    let a = app(b).await;
+    a.register_verified("rt@example.com").await.unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let r = a
+            .call(
+                TestRequest::post("/api/v1/auth/password-reset/request")
+                    .json(json!({"email": "rt@example.com"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        tokens.push(
+            a.mail
+                .last_token("rt@example.com", MailKind::PasswordReset)
+                .unwrap(),
+        );
+        a.clock.advance_secs(1.0);
+    }
+    assert_ne!(tokens[0], tokens[1]);
+    let confirm = |t: &str, p: &str| {
+        a.call(
+            TestRequest::post("/api/v1/auth/password-reset/confirm")
+                .json(json!({"token": t, "new_password": p})),
+        )
+    };
+    let r = confirm(&tokens[1], "the owner's new secret!").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = confirm(&tokens[0], "an intruder's secret!!").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["error"], "invalid_token");
+    assert_eq!(
+        a.login("rt@example.com", "the owner's new secret!")
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+/// Account deletion asks for the password: a wrong one counts towards the lockout like a
+/// sign-in, so a bearer token is no way round it.
+async fn wrong_passwords_at_account_deletion_count_towards_the_lockout(b: Backend) {
+    let a = app(b).await;
+    let id = a.register_verified("dl@example.com").await.unwrap();
+    let t = a.token("dl@example.com").await.unwrap();
+    let delete = |p: &str| {
+        a.call(
+            TestRequest::post("/api/v1/me/delete")
+                .token(&t)
+                .json(json!({ "password": p })),
+        )
+    };
+    for i in 1..=5 {
+        let r = delete("wrong password!").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{i}: {}", r.body);
+        assert_eq!(r.body["error"], "wrong_password");
+    }
+    let r = delete(PASSWORD).await;
+    assert_eq!(r.status, StatusCode::LOCKED, "{}", r.body);
+    assert_eq!(r.body["error"], "account_locked");
+    assert_eq!(r.header("retry-after"), Some("900"));
+    assert_eq!(
+        a.login("dl@example.com", PASSWORD).await.status,
+        StatusCode::LOCKED
+    );
+    let failed =
+        "SELECT COUNT(*) FROM audit_events WHERE user_id = $1 AND kind = 'account.delete_failed'";
+    assert_eq!(count(&a, failed, &id).await, 5);
+    a.clock.advance_secs(900.0);
+    let r = a.delete_account(&t).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 }

@@ -28,7 +28,8 @@ use crate::outbox;
 use crate::state::AppState;
 use sealed::{mfa_unavailable, upgrade_in_tx};
 use store::{
-    audit, load_profile, profile_from_row, record_failure, record_unknown_failure, Profile,
+    audit, forget_old_unknown_failures, give_back_attempt, load_profile, profile_from_row,
+    record_failure, record_success, take_attempt, take_unknown_attempt, Attempt, Profile,
     PROFILE_COLUMNS,
 };
 
@@ -48,6 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(confirm_password_reset))
         .routes(routes!(totp_enroll))
         .routes(routes!(totp_confirm))
+        .routes(routes!(totp_disable))
         .routes(routes!(mfa_verify))
         .routes(routes!(me))
         .routes(routes!(get_user, update_user))
@@ -569,65 +571,53 @@ pub async fn login(
     let (threshold, lockout) = (state.config.lockout_threshold, state.config.lockout_secs);
     // One query whether or not the address has an account, so the two cost the same.
     let row = sqlx::query(
-        "SELECT u.id, u.password_hash, u.email_verified_at, u.locked_until, u.totp_secret,
-                u.totp_key_id, u.totp_last_step, f.locked_until AS unknown_locked_until
+        "SELECT u.id, u.password_hash, u.email_verified_at, u.totp_secret, u.totp_key_id,
+                u.totp_last_step
          FROM (SELECT 1 AS one) k
-         LEFT JOIN users u ON u.email = $1
-         LEFT JOIN login_failures f ON f.email_hmac = $2",
+         LEFT JOIN users u ON u.email = $1",
     )
     .bind(&email)
-    .bind(&email_hmac)
     .fetch_one(state.db.pool())
     .await
     .map_err(Error::from)?;
     let user_id: Option<String> = col(&row, "id")?;
     let Some(user_id) = user_id else {
-        // The same steps as for an account with a wrong password: lock check, a hash check of
-        // the same cost, a counted failure.
-        let until: Option<i64> = col(&row, "unknown_locked_until")?;
-        if let Some(until) = until.filter(|u| *u > now.as_millis()) {
+        // The same steps as for an account with a wrong password: the attempt taken (or refused
+        // by the lock), a hash check of the same cost, a second write.
+        let attempt = state
+            .db
+            .write(|tx| {
+                let h = email_hmac.clone();
+                Box::pin(async move { take_unknown_attempt(tx, now, &h, threshold, lockout).await })
+            })
+            .await?;
+        if let Attempt::Locked(until) = attempt {
             return Err(locked(until, now));
         }
         let dummy = password::dummy_hash(state.config.hash_cost).await?;
         let _ = password::verify(dummy, req.password).await?;
         state
             .db
-            .write(|tx| {
-                let h = email_hmac.clone();
-                Box::pin(
-                    async move { record_unknown_failure(tx, now, &h, threshold, lockout).await },
-                )
-            })
+            .write(|tx| Box::pin(async move { forget_old_unknown_failures(tx, now).await }))
             .await?;
         return Err(invalid_credentials());
     };
-    let locked_until: Option<i64> = col(&row, "locked_until")?;
-    if let Some(until) = locked_until.filter(|u| *u > now.as_millis()) {
-        return Err(locked(until, now));
-    }
+    // Counted before the password is checked: see `take_attempt`.
+    let attempt = match take(&state, &user_id, now).await? {
+        Some(Attempt::Locked(until)) => return Err(locked(until, now)),
+        Some(a) => a,
+        // Deleted since the query above.
+        None => return Err(invalid_credentials()),
+    };
     let stored: String = col(&row, "password_hash")?;
     let good = password::verify(stored, req.password).await?;
-    let fail = |what: &'static str| {
-        let (user_id, addr) = (user_id.clone(), addr.clone());
-        let state = state.clone();
-        async move {
-            state
-                .db
-                .write(|tx| {
-                    let (user_id, addr) = (user_id.clone(), addr.clone());
-                    Box::pin(async move {
-                        record_failure(tx, now, &user_id, threshold, lockout, &addr, what).await
-                    })
-                })
-                .await
-        }
-    };
     if !good {
-        fail("login.failed").await?;
+        refuse(&state, &user_id, attempt, &addr, "login.failed").await?;
         return Err(invalid_credentials());
     }
     let verified: Option<i64> = col(&row, "email_verified_at")?;
     if verified.is_none() {
+        give_back(&state, &user_id).await?;
         return Err(ApiError::forbidden(
             "email_not_verified",
             "verify your email address before signing in",
@@ -640,19 +630,28 @@ pub async fn login(
     let mut reseal = false;
     if let Some(stored) = &totp_secret {
         let Some(code) = &req.totp_code else {
+            give_back(&state, &user_id).await?;
             return Err(ApiError::unauthorized(
                 "this account uses multi-factor authentication: send totp_code",
             )
             .retag("mfa_required"));
         };
-        let secret = state
+        let secret = match state
             .totp_keys
-            .open(&user_id, stored, totp_key_id.as_deref())?;
+            .open(&user_id, stored, totp_key_id.as_deref())
+        {
+            Ok(secret) => secret,
+            Err(e) => {
+                // The server's fault, not a wrong code: not counted.
+                give_back(&state, &user_id).await?;
+                return Err(e.into());
+            }
+        };
         reseal = state.totp_keys.needs_reseal(stored, totp_key_id.as_deref());
         match totp::verify(&secret, code, now, last_step) {
             Some(step) => mfa_step = Some(step),
             None => {
-                fail("mfa.failed").await?;
+                refuse(&state, &user_id, attempt, &addr, "mfa.failed").await?;
                 return Err(invalid_credentials());
             }
         }
@@ -675,6 +674,8 @@ pub async fn login(
             Box::pin(async move {
                 if let Some(step) = mfa_step {
                     if !claim_totp_step(tx, &user_id, step).await? {
+                        // Another request signed in with this same code meanwhile: a replay.
+                        record_failure(tx, now, &user_id, attempt, &addr, "mfa.failed").await?;
                         return Ok(false);
                     }
                 }
@@ -722,12 +723,7 @@ pub async fn login(
                 .bind(mfa_step.map(|_| now.as_millis()))
                 .execute(&mut **tx)
                 .await?;
-                sqlx::query(
-                    "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1",
-                )
-                .bind(&user_id)
-                .execute(&mut **tx)
-                .await?;
+                record_success(tx, &user_id, attempt).await?;
                 audit(
                     tx,
                     now,
@@ -742,8 +738,6 @@ pub async fn login(
         })
         .await?;
     if !signed_in {
-        // Another request signed in with this same code meanwhile: a replay.
-        fail("mfa.failed").await?;
         return Err(invalid_credentials());
     }
     let mut resp = axum::Json(LoginResponse {
@@ -756,6 +750,58 @@ pub async fn login(
     .into_response();
     resp.extensions_mut().insert(ResponseOwner(user_id));
     Ok(resp)
+}
+
+/// Takes one attempt against the account's lockout in its own transaction, before a password
+/// or code is checked ([`take_attempt`]). `None`: the account is gone.
+async fn take(state: &AppState, user_id: &str, now: Timestamp) -> Result<Option<Attempt>> {
+    let (threshold, lockout) = (state.config.lockout_threshold, state.config.lockout_secs);
+    state
+        .db
+        .write(|tx| {
+            let uid = user_id.to_string();
+            Box::pin(async move { take_attempt(tx, now, &uid, threshold, lockout).await })
+        })
+        .await
+}
+
+/// [`take`] for a signed-in caller: a locked account is 423.
+async fn take_for(state: &AppState, caller: &Caller) -> Result<Attempt, ApiError> {
+    let now = state.now();
+    match take(state, &caller.user_id, now).await? {
+        Some(Attempt::Locked(until)) => Err(locked(until, now)),
+        Some(a) => Ok(a),
+        None => Err(ApiError::unauthorized("the account no longer exists")),
+    }
+}
+
+/// The second write after a wrong password or code: its audit events ([`record_failure`]).
+async fn refuse(
+    state: &AppState,
+    user_id: &str,
+    attempt: Attempt,
+    addr: &str,
+    what: &'static str,
+) -> Result<()> {
+    let now = state.now();
+    state
+        .db
+        .write(|tx| {
+            let (uid, addr) = (user_id.to_string(), addr.to_string());
+            Box::pin(async move { record_failure(tx, now, &uid, attempt, &addr, what).await })
+        })
+        .await
+}
+
+/// The second write after an attempt that ended neither way ([`give_back_attempt`]).
+async fn give_back(state: &AppState, user_id: &str) -> Result<()> {
+    state
+        .db
+        .write(|tx| {
+            let uid = user_id.to_string();
+            Box::pin(async move { give_back_attempt(tx, &uid).await })
+        })
+        .await
 }
 
 async fn end_session_row(
@@ -988,7 +1034,8 @@ pub struct ResetConfirm {
     pub new_password: String,
 }
 
-/// Set a new password with a reset token; ends every session of the account and lifts a lockout.
+/// Set a new password with a reset token; ends every session of the account, lifts a lockout and
+/// voids the account's other reset tokens.
 #[utoipa::path(post, path = "/api/v1/auth/password-reset/confirm", tag = "identity",
     params(crate::openapi::IdempotencyKey),
     request_body = ResetConfirm,
@@ -1014,6 +1061,17 @@ pub async fn confirm_password_reset(
             let (token, hash, addr) = (req.token.clone(), hash.clone(), addr.clone());
             Box::pin(async move {
                 let uid = use_email_token(tx, now, &token, "password_reset").await?;
+                // Every other reset token of the account goes with this one: a token mailed
+                // earlier (perhaps to someone who read that mail) must not set the password
+                // again after the owner chose a new one.
+                sqlx::query(
+                    "UPDATE email_tokens SET used_at = $1
+                     WHERE user_id = $2 AND purpose = 'password_reset' AND used_at IS NULL",
+                )
+                .bind(now.as_millis())
+                .bind(&uid)
+                .execute(&mut **tx)
+                .await?;
                 sqlx::query(
                     "UPDATE users SET password_hash = $1, failed_logins = 0, locked_until = NULL,
                         updated_at = $2 WHERE id = $3",
@@ -1056,18 +1114,49 @@ pub struct TotpEnrollment {
     pub otpauth_uri: String,
 }
 
-/// Start TOTP enrolment: returns a new secret; confirm it with a code to turn MFA on. The secret
-/// is stored sealed (ADR 0013); a server without `FITEDGE_SECRET_KEY` (outside `--dev`) has no
-/// key that survives a restart and refuses.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TotpEnrollRequest {
+    /// The current password, to confirm (a bearer token alone cannot turn MFA on).
+    pub password: String,
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::forbidden("wrong_password", "the password is wrong")
+}
+
+/// The password hash of a signed-in caller's account.
+async fn password_hash_of(state: &AppState, caller: &Caller) -> Result<String, ApiError> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+            .bind(&caller.user_id)
+            .fetch_optional(state.db.pool())
+            .await
+            .map_err(Error::from)?;
+    stored.ok_or_else(|| ApiError::unauthorized("the account no longer exists"))
+}
+
+/// Start TOTP enrolment: needs the current password (a stolen bearer token alone could
+/// otherwise turn MFA on with the thief's authenticator and lock the owner out); returns a new
+/// secret; confirm it with a code to turn MFA on. The password check counts towards the
+/// lockout like a sign-in: a wrong one is 403 `wrong_password`, and a locked account 423. The
+/// secret is stored sealed (ADR 0013); a server without `FITEDGE_SECRET_KEY` (outside `--dev`)
+/// has no key that survives a restart and refuses.
 #[utoipa::path(post, path = "/api/v1/auth/mfa/totp/enroll", tag = "identity", security(("bearer" = [])),
     params(crate::openapi::IdempotencyKey),
-    responses((status = 200, body = TotpEnrollment), (status = 401, body = ApiError),
+    request_body = TotpEnrollRequest,
+    responses((status = 200, body = TotpEnrollment), (status = 400, body = ApiError),
+        (status = 401, body = ApiError),
+        (status = 403, body = ApiError, description = "wrong_password (counted towards the lockout)"),
         (status = 409, body = ApiError, description = "MFA already enabled, or idempotency key in flight"),
-        (status = 422, body = ApiError), (status = 429, body = ApiError),
+        (status = 422, body = ApiError),
+        (status = 423, body = ApiError, description = "account_locked (Retry-After): too many failed password or code checks"),
+        (status = 429, body = ApiError),
         (status = 503, body = ApiError, description = "mfa_unavailable: the server has no FITEDGE_SECRET_KEY")))]
 pub async fn totp_enroll(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     caller: Caller,
+    ValidJson(req): ValidJson<TotpEnrollRequest>,
 ) -> Result<axum::Json<TotpEnrollment>, ApiError> {
     if caller.mfa_enrolled {
         return Err(ApiError::conflict(
@@ -1075,22 +1164,38 @@ pub async fn totp_enroll(
             "TOTP is already enabled",
         ));
     }
+    // Everything that can fail without the password being checked fails before it is counted.
     let secret = crypto::random_bytes(totp::SECRET_LEN)?;
     let Some(sealed) = state.totp_keys.seal(&caller.user_id, &secret)? else {
         return Err(no_key_to_enrol());
     };
+    let stored = password_hash_of(&state, &caller).await?;
+    let attempt = take_for(&state, &caller).await?;
+    if !password::verify(stored, req.password).await? {
+        refuse(&state, &caller.user_id, attempt, &addr, "mfa.enroll_failed").await?;
+        return Err(wrong_password());
+    }
     // The row's key id covers both TOTP columns: only a row without an enabled secret (which
     // could be under another key) takes a new pending one.
-    let email: Option<String> = sqlx::query_scalar(
-        "UPDATE users SET totp_pending_secret = $1, totp_key_id = $2
-         WHERE id = $3 AND totp_secret IS NULL RETURNING email",
-    )
-    .bind(&sealed.value)
-    .bind(&sealed.key_id)
-    .bind(&caller.user_id)
-    .fetch_optional(state.db.pool())
-    .await
-    .map_err(Error::from)?;
+    let email: Option<String> = state
+        .db
+        .write(|tx| {
+            let (uid, sealed) = (caller.user_id.clone(), sealed.clone());
+            Box::pin(async move {
+                record_success(tx, &uid, attempt).await?;
+                let email: Option<String> = sqlx::query_scalar(
+                    "UPDATE users SET totp_pending_secret = $1, totp_key_id = $2
+                     WHERE id = $3 AND totp_secret IS NULL RETURNING email",
+                )
+                .bind(&sealed.value)
+                .bind(&sealed.key_id)
+                .bind(&uid)
+                .fetch_optional(&mut **tx)
+                .await?;
+                Ok(email)
+            })
+        })
+        .await?;
     let Some(email) = email else {
         return Err(ApiError::conflict(
             "mfa_already_enabled",
@@ -1101,6 +1206,124 @@ pub async fn totp_enroll(
         secret: totp::base32(&secret),
         otpauth_uri: totp::otpauth_uri(&secret, &email),
     }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TotpDisableRequest {
+    /// The current password.
+    pub password: String,
+    /// A current 6-digit TOTP code.
+    #[schema(pattern = "^[0-9]{6}$")]
+    pub code: String,
+}
+
+/// Turn TOTP off: needs the current password and a current code (both checked, one attempt
+/// counted towards the lockout like a sign-in). Either wrong: 403 `wrong_password_or_code` (not
+/// told apart); a locked account: 423. On success the secret is forgotten (enrol again to turn
+/// MFA back on); the calling session stays as it is.
+#[utoipa::path(post, path = "/api/v1/auth/mfa/totp/disable", tag = "identity", security(("bearer" = [])),
+    params(crate::openapi::IdempotencyKey),
+    request_body = TotpDisableRequest,
+    responses((status = 204, description = "TOTP is off"), (status = 400, body = ApiError),
+        (status = 401, body = ApiError),
+        (status = 403, body = ApiError, description = "wrong_password_or_code (counted towards the lockout)"),
+        (status = 409, body = ApiError, description = "mfa_not_enabled, or idempotency key in flight"),
+        (status = 422, body = ApiError),
+        (status = 423, body = ApiError, description = "account_locked (Retry-After): too many failed password or code checks"),
+        (status = 429, body = ApiError),
+        (status = 503, body = ApiError, description = "mfa_unavailable: no key to open the TOTP secret with")))]
+pub async fn totp_disable(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    caller: Caller,
+    ValidJson(req): ValidJson<TotpDisableRequest>,
+) -> Result<StatusCode, ApiError> {
+    let mut f = FieldErrors::new();
+    push(&mut f, "code", totp_code_problems(&req.code));
+    check(f)?;
+    let row = sqlx::query(
+        "SELECT password_hash, totp_secret, totp_key_id, totp_last_step FROM users WHERE id = $1",
+    )
+    .bind(&caller.user_id)
+    .fetch_optional(state.db.pool())
+    .await
+    .map_err(Error::from)?
+    .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+    let secret: Option<String> = col(&row, "totp_secret")?;
+    let Some(secret) = secret else {
+        return Err(ApiError::conflict(
+            "mfa_not_enabled",
+            "TOTP is not enabled for this account",
+        ));
+    };
+    let key_id: Option<String> = col(&row, "totp_key_id")?;
+    let secret_bytes = state
+        .totp_keys
+        .open(&caller.user_id, &secret, key_id.as_deref())?;
+    let last: Option<i64> = col(&row, "totp_last_step")?;
+    let stored: String = col(&row, "password_hash")?;
+    let attempt = take_for(&state, &caller).await?;
+    let now = state.now();
+    let step = totp::verify(&secret_bytes, &req.code, now, last);
+    // The hash is checked whatever the code: the time taken does not tell which was wrong.
+    let good = password::verify(stored, req.password).await?;
+    let wrong = || {
+        ApiError::forbidden(
+            "wrong_password_or_code",
+            "the password or the code is wrong (or the code was already used)",
+        )
+    };
+    let (Some(step), true) = (step, good) else {
+        refuse(
+            &state,
+            &caller.user_id,
+            attempt,
+            &addr,
+            "mfa.disable_failed",
+        )
+        .await?;
+        return Err(wrong());
+    };
+    let disabled = state
+        .db
+        .write(|tx| {
+            let (uid, sid, addr) = (
+                caller.user_id.clone(),
+                caller.session_id.clone(),
+                addr.clone(),
+            );
+            Box::pin(async move {
+                if !claim_totp_step(tx, &uid, step).await? {
+                    record_failure(tx, now, &uid, attempt, &addr, "mfa.disable_failed").await?;
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE users SET totp_secret = NULL, totp_pending_secret = NULL,
+                        totp_last_step = NULL, totp_key_id = NULL, updated_at = $1
+                     WHERE id = $2",
+                )
+                .bind(now.as_millis())
+                .bind(&uid)
+                .execute(&mut **tx)
+                .await?;
+                record_success(tx, &uid, attempt).await?;
+                audit(
+                    tx,
+                    now,
+                    Some(&uid),
+                    "mfa.disabled",
+                    Some(&addr),
+                    serde_json::json!({ "session_id": sid }),
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await?;
+    if !disabled {
+        return Err(wrong());
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn no_key_to_enrol() -> ApiError {
@@ -1135,17 +1358,13 @@ async fn check_code(
     push(&mut f, "code", totp_code_problems(code));
     check(f)?;
     let row = sqlx::query(
-        "SELECT totp_secret, totp_pending_secret, totp_key_id, totp_last_step, locked_until
+        "SELECT totp_secret, totp_pending_secret, totp_key_id, totp_last_step
          FROM users WHERE id = $1",
     )
     .bind(&caller.user_id)
     .fetch_one(state.db.pool())
     .await
     .map_err(Error::from)?;
-    let locked_until: Option<i64> = col(&row, "locked_until")?;
-    if let Some(until) = locked_until.filter(|u| *u > now.as_millis()) {
-        return Err(locked(until, now));
-    }
     let column = if pending {
         "totp_pending_secret"
     } else {
@@ -1180,25 +1399,15 @@ async fn check_code(
     };
     let reseal = state.totp_keys.needs_reseal(&secret, key_id.as_deref());
     let last: Option<i64> = col(&row, "totp_last_step")?;
-    let (threshold, lockout) = (state.config.lockout_threshold, state.config.lockout_secs);
+    // Counted before the code is checked (423 when locked): see `take_attempt`.
+    let attempt = take_for(state, caller).await?;
     // A wrong code, or one already used (found here or, when raced, inside the transaction):
     // counted towards the lockout and answered the same way.
-    let refuse_code = || async {
-        state
-            .db
-            .write(|tx| {
-                let (uid, addr) = (caller.user_id.clone(), addr.to_string());
-                Box::pin(async move {
-                    record_failure(tx, now, &uid, threshold, lockout, &addr, "mfa.failed").await
-                })
-            })
-            .await?;
-        Err::<(), ApiError>(
-            ApiError::unauthorized("the code is wrong or was already used").retag("invalid_code"),
-        )
-    };
+    let wrong_code =
+        || ApiError::unauthorized("the code is wrong or was already used").retag("invalid_code");
     let Some(step) = totp::verify(&secret_bytes, code, now, last) else {
-        return refuse_code().await;
+        refuse(state, &caller.user_id, attempt, addr, "mfa.failed").await?;
+        return Err(wrong_code());
     };
     let fresh = state
         .db
@@ -1212,12 +1421,13 @@ async fn check_code(
             );
             Box::pin(async move {
                 if !claim_totp_step(tx, &uid, step).await? {
+                    record_failure(tx, now, &uid, attempt, &addr, "mfa.failed").await?;
                     return Ok(false);
                 }
                 if let Some(sealed) = enabled {
                     sqlx::query(
                         "UPDATE users SET totp_secret = $1, totp_pending_secret = NULL,
-                            totp_key_id = $2, totp_last_step = $3, failed_logins = 0
+                            totp_key_id = $2, totp_last_step = $3
                          WHERE id = $4",
                     )
                     .bind(&sealed.value)
@@ -1226,15 +1436,10 @@ async fn check_code(
                     .bind(&uid)
                     .execute(&mut **tx)
                     .await?;
-                } else {
-                    if reseal {
-                        upgrade_in_tx(tx, &keys, &uid).await?;
-                    }
-                    sqlx::query("UPDATE users SET failed_logins = 0 WHERE id = $1")
-                        .bind(&uid)
-                        .execute(&mut **tx)
-                        .await?;
+                } else if reseal {
+                    upgrade_in_tx(tx, &keys, &uid).await?;
                 }
+                record_success(tx, &uid, attempt).await?;
                 sqlx::query("UPDATE sessions SET mfa_at = $1 WHERE id = $2")
                     .bind(now.as_millis())
                     .bind(&sid)
@@ -1258,7 +1463,7 @@ async fn check_code(
         })
         .await?;
     if !fresh {
-        return refuse_code().await;
+        return Err(wrong_code());
     }
     Ok(())
 }
@@ -1590,23 +1795,29 @@ async fn erase_account(tx: &mut Tx, now: Timestamp, uid: &str, action: &str) -> 
     params(crate::openapi::IdempotencyKey),
     request_body = DeleteRequest,
     responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError),
-        (status = 403, body = ApiError, description = "wrong password"),
-        (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
+        (status = 403, body = ApiError, description = "wrong_password (counted towards the lockout)"),
+        (status = 409, body = ApiError), (status = 422, body = ApiError),
+        (status = 423, body = ApiError, description = "account_locked (Retry-After): too many failed password or code checks"),
+        (status = 429, body = ApiError)))]
 pub async fn delete_me(
     State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
     caller: Caller,
     ValidJson(req): ValidJson<DeleteRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let stored: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(&caller.user_id)
-        .fetch_one(state.db.pool())
-        .await
-        .map_err(Error::from)?;
+    let stored = password_hash_of(&state, &caller).await?;
+    // Counted like a sign-in: a bearer token must not be a way round the lockout.
+    let attempt = take_for(&state, &caller).await?;
     if !password::verify(stored, req.password).await? {
-        return Err(ApiError::forbidden(
-            "wrong_password",
-            "the password is wrong",
-        ));
+        refuse(
+            &state,
+            &caller.user_id,
+            attempt,
+            &addr,
+            "account.delete_failed",
+        )
+        .await?;
+        return Err(wrong_password());
     }
     let now = state.now();
     let owned_docs = crate::sync::store::owned_ids(&state, &caller.user_id).await?;
