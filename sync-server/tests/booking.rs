@@ -43,6 +43,8 @@ conformance!(
     deleting_an_account_frees_its_seats_and_forgets_its_bookings,
     a_transaction_running_past_30_seconds_is_rolled_back,
     a_booking_cancelled_while_waiting_for_the_lock_leaks_nothing,
+    a_payment_landing_after_confirm_and_cancel_keeps_the_policy_refund,
+    a_second_late_payment_does_not_refund_again,
 );
 
 /// Found by schemathesis: a query string that does not parse must give the JSON error of
@@ -143,6 +145,24 @@ async fn notifications(a: &TestApp, token: &str) -> Vec<Value> {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     r.body.as_array().unwrap().clone()
+}
+
+/// How many BookingCancelled events the booking produced.
+async fn cancelled_events(a: &TestApp, booking: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE kind = $1 AND aggregate_id = $2")
+        .bind(booking::repo::BOOKING_CANCELLED)
+        .bind(booking)
+        .fetch_one(a.state.db.pool())
+        .await
+        .unwrap()
+}
+
+async fn booking_row(a: &TestApp, token: &str, booking: &str) -> Value {
+    let r = a
+        .call(TestRequest::get(&format!("/api/v1/bookings/{booking}")).token(token))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body
 }
 
 async fn drain_outbox(a: &TestApp) {
@@ -1165,4 +1185,120 @@ async fn postgres_fast_hold_takes_the_plain_case_and_declines_the_rest() {
         .unwrap()
         .is_some());
     assert_eq!(bound().await, Some(later + ttl), "the new hold's expiry");
+}
+
+/// Two payments of one held booking race (the client retried with a new idempotency key). The
+/// first confirms the booking; the user cancels two days before the event (50 % tier); only then
+/// does the second payment's charge come back from the provider. The provider charges a booking
+/// once, so that charge is the one that confirmed the booking and the cancellation already
+/// decided its refund: it must stay 50 %, with one BookingCancelled, refunded once.
+async fn a_payment_landing_after_confirm_and_cancel_keeps_the_policy_refund(b: Backend) {
+    let a = app(b).await;
+    let (_, org) = user(&a, "org", "partner", "free").await;
+    let (_, u) = user(&a, "u", "user", "free").await;
+    let e = create(&a, &org, event_body(3, 2.0 * DAY, -HOUR)).await;
+    let (s, r) = book(&a, &u, e["id"].as_str().unwrap()).await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let bid = r["booking"]["id"].as_str().unwrap().to_string();
+    let gate = payment::simulated().pause_next_charge(&bid);
+    let late = pay(&a, &u, &bid, "sim_success");
+    let meanwhile = async {
+        gate.arrived().await;
+        let (s, r) = pay(&a, &u, &bid, "sim_success").await;
+        assert_eq!(s, StatusCode::OK, "the other payment confirms: {r}");
+        assert_eq!(r["status"], "confirmed");
+        let (s, r) = cancel(&a, &u, &bid).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(r["refund_cents"], 1000, "50 % two days before the start");
+        gate.release();
+    };
+    let ((s, r), ()) = tokio::join!(late, meanwhile);
+    let row = booking_row(&a, &u, &bid).await;
+    assert_eq!(row["status"], "cancelled", "{row}");
+    assert_eq!(
+        row["refund_cents"], 1000,
+        "the late answer of the same charge leaves the policy refund alone: {row}"
+    );
+    assert_eq!(row["refund_status"], "pending", "{row}");
+    assert_eq!(cancelled_events(&a, &bid).await, 1, "one BookingCancelled");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["error"], "booking_not_held", "{r}");
+    assert_eq!(r["details"]["status"], "cancelled", "{r}");
+    drain_outbox(&a).await;
+    assert_eq!(
+        payment::simulated().charged(&bid),
+        Some(2000),
+        "charged once"
+    );
+    assert_eq!(payment::simulated().refunded(&bid), Some(1000));
+    let row = booking_row(&a, &u, &bid).await;
+    assert_eq!(
+        (row["refund_cents"].clone(), row["refund_status"].clone()),
+        (json!(1000), json!("refunded")),
+        "{row}"
+    );
+    let kinds: Vec<Value> = notifications(&a, &u)
+        .await
+        .iter()
+        .map(|n| n["kind"].clone())
+        .filter(|k| k == "booking.booking_cancelled")
+        .collect();
+    assert_eq!(kinds.len(), 1, "told about one refund");
+}
+
+/// Two payments of one held booking both reach the provider; the hold runs out before either
+/// charge comes back. The first to come back finds the hold expired: the charge is refunded in
+/// full, and the refund is paid. The second is the same charge (one per booking): it must not
+/// ask for the refund again (a second BookingCancelled, the paid refund marked pending again).
+async fn a_second_late_payment_does_not_refund_again(b: Backend) {
+    use futures::future::Either;
+    let a = app(b).await;
+    let (_, org) = user(&a, "org", "partner", "free").await;
+    let (_, u) = user(&a, "u", "user", "free").await;
+    let e = create(&a, &org, event_body(3, 10.0 * DAY, -HOUR)).await;
+    let (_, r) = book(&a, &u, e["id"].as_str().unwrap()).await;
+    let bid = r["booking"]["id"].as_str().unwrap().to_string();
+    let g1 = payment::simulated().pause_next_charge(&bid);
+    let g2 = payment::simulated().pause_next_charge(&bid);
+    let p1 = Box::pin(pay(&a, &u, &bid, "sim_success"));
+    let p2 = Box::pin(pay(&a, &u, &bid, "sim_success"));
+    let (mut p1, mut p2) = (p1, p2);
+    let both_in = async {
+        g1.arrived().await;
+        g2.arrived().await;
+    };
+    tokio::select! {
+        _ = both_in => {}
+        r = &mut p1 => panic!("a payment finished before both were charged: {r:?}"),
+        r = &mut p2 => panic!("a payment finished before both were charged: {r:?}"),
+    }
+    a.clock.advance_secs(31.0 * 60.0);
+    g1.release();
+    let ((s, r), rest) = match futures::future::select(p1, p2).await {
+        Either::Left((first, rest)) | Either::Right((first, rest)) => (first, rest),
+    };
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["error"], "hold_expired");
+    drain_outbox(&a).await;
+    let row = booking_row(&a, &u, &bid).await;
+    assert_eq!(row["status"], "expired", "{row}");
+    assert_eq!(
+        (row["refund_cents"].clone(), row["refund_status"].clone()),
+        (json!(2000), json!("refunded")),
+        "{row}"
+    );
+    g2.release();
+    let (s, r) = rest.await;
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["error"], "hold_expired");
+    let row = booking_row(&a, &u, &bid).await;
+    assert_eq!(
+        (row["refund_cents"].clone(), row["refund_status"].clone()),
+        (json!(2000), json!("refunded")),
+        "the refund already paid stays paid: {row}"
+    );
+    assert_eq!(cancelled_events(&a, &bid).await, 1, "one BookingCancelled");
+    drain_outbox(&a).await;
+    assert_eq!(payment::simulated().charged(&bid), Some(2000));
+    assert_eq!(payment::simulated().refunded(&bid), Some(2000));
 }

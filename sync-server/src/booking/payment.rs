@@ -4,11 +4,12 @@
 //! returns the first charge (nobody is charged twice when a client retries after a timeout), and
 //! refunding the same booking twice refunds once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::future::BoxFuture;
+use tokio::sync::Notify;
 
 /// What to charge.
 #[derive(Debug, Clone)]
@@ -50,6 +51,27 @@ pub trait PaymentProvider: Send + Sync + fmt::Debug {
 pub struct SimulatedProvider {
     charges: Mutex<HashMap<String, i64>>,
     refunds: Mutex<HashMap<String, i64>>,
+    gates: Mutex<HashMap<String, VecDeque<Arc<ChargeGate>>>>,
+}
+
+/// A charge stopped inside the provider until a test lets it go (see
+/// [`SimulatedProvider::pause_next_charge`]): the way a test puts other requests between the two
+/// transactions of a payment, as a slow provider would.
+#[derive(Debug, Default)]
+pub struct ChargeGate {
+    arrived: Notify,
+    release: Notify,
+}
+
+impl ChargeGate {
+    /// Returns once the paused charge has reached the provider.
+    pub async fn arrived(&self) {
+        self.arrived.notified().await
+    }
+    /// Lets the paused charge go on.
+    pub fn release(&self) {
+        self.release.notify_one()
+    }
 }
 
 impl SimulatedProvider {
@@ -61,11 +83,35 @@ impl SimulatedProvider {
     pub fn refunded(&self, booking_id: &str) -> Option<i64> {
         self.refunds.lock().ok()?.get(booking_id).copied()
     }
+    /// The next charge of `booking_id` (whatever its method) not already paused waits inside
+    /// the provider, before anything is charged, until the returned gate is released. Called
+    /// twice, it pauses the next two charges, each at its own gate (in the order they arrive).
+    pub fn pause_next_charge(&self, booking_id: &str) -> Arc<ChargeGate> {
+        let gate = Arc::new(ChargeGate::default());
+        if let Ok(mut m) = self.gates.lock() {
+            m.entry(booking_id.to_string())
+                .or_default()
+                .push_back(gate.clone());
+        }
+        gate
+    }
 }
 
 impl PaymentProvider for SimulatedProvider {
     fn charge<'a>(&'a self, c: &'a Charge) -> BoxFuture<'a, ChargeOutcome> {
         Box::pin(async move {
+            let gate = self.gates.lock().ok().and_then(|mut m| {
+                let queue = m.get_mut(&c.booking_id)?;
+                let gate = queue.pop_front();
+                if queue.is_empty() {
+                    m.remove(&c.booking_id);
+                }
+                gate
+            });
+            if let Some(gate) = gate {
+                gate.arrived.notify_one();
+                gate.release.notified().await;
+            }
             match c.method.as_str() {
                 "sim_success" => {
                     if let Ok(mut m) = self.charges.lock() {

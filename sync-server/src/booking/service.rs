@@ -574,7 +574,25 @@ pub async fn pay(
                         .ok_or_else(|| Error::Corrupt("booking vanished".into()))?;
                     return Ok(Ok(b));
                 }
-                // Charged, but the hold ran out (or was cancelled) meanwhile: give it all back.
+                // Charged, but the booking is no longer a live hold. The provider charges a
+                // booking once (its id is the idempotency key, payment.rs), so this charge is the
+                // booking's only one. If the booking was confirmed at some point, or already
+                // carries a payment (a late payment refunded before this one), that charge was
+                // already accounted for by whatever ended the booking (the refund policy, an
+                // event cancellation, the earlier late payment's full refund): leave it alone.
+                if b.confirmed_at.is_some() || b.payment_ref.is_some() || b.refund_cents > 0 {
+                    if b.payment_ref.as_deref().is_some_and(|r| r != payment_ref) {
+                        tracing::error!(booking = %id, stored = ?b.payment_ref, late = %payment_ref,
+                            "the payment provider returned a second, different charge for one booking; it is not refunded automatically");
+                    }
+                    return Ok(Err(if b.confirmed_at.is_some() {
+                        not_held(&b)
+                    } else {
+                        hold_expired()
+                    }));
+                }
+                // Nothing was paid for it yet (it expired or was cancelled while held): this
+                // charge confirmed nothing, give it all back.
                 sqlx::query("UPDATE bookings SET payment_ref = $2 WHERE id = $1")
                     .bind(&id)
                     .bind(&payment_ref)
