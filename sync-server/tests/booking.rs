@@ -45,6 +45,7 @@ conformance!(
     a_booking_cancelled_while_waiting_for_the_lock_leaks_nothing,
     a_payment_landing_after_confirm_and_cancel_keeps_the_policy_refund,
     a_second_late_payment_does_not_refund_again,
+    moving_an_event_to_a_full_day_is_refused,
 );
 
 /// Found by schemathesis: a query string that does not parse must give the JSON error of
@@ -1301,4 +1302,71 @@ async fn a_second_late_payment_does_not_refund_again(b: Backend) {
     drain_outbox(&a).await;
     assert_eq!(payment::simulated().charged(&bid), Some(2000));
     assert_eq!(payment::simulated().refunded(&bid), Some(2000));
+}
+
+/// RULES: at most 2 events per user per day, also when an organizer moves an event to another
+/// day. A user holds seats at two events on the 20th and at X on the 21st; X cannot move to the
+/// 20th (that user would have 3), the refusal says how many participants are in the way and
+/// changes nothing. Once that user cancels one, the move goes through and counts on the new day.
+async fn moving_an_event_to_a_full_day_is_refused(b: Backend) {
+    let a = app(b).await;
+    let (_, org) = user(&a, "org", "partner", "free").await;
+    let (_, u) = user(&a, "u", "user", "free").await;
+    let (_, v) = user(&a, "v", "user", "free").await;
+    let day5 = 5.0 * DAY - 12.0 * HOUR; // 2025-06-20T00:00Z
+    let mut ids = vec![];
+    for start in [day5 + 6.0 * HOUR, day5 + 12.0 * HOUR, day5 + 33.0 * HOUR] {
+        ids.push(
+            create(&a, &org, event_body(5, start, -HOUR)).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (ev_a, ev_b, ev_x) = (&ids[0], &ids[1], &ids[2]);
+    let (_, held_b) = book(&a, &u, ev_b).await;
+    for (t, e) in [(&u, ev_a), (&u, ev_x), (&v, ev_a), (&v, ev_x)] {
+        assert_eq!(book(&a, t, e).await.0, StatusCode::CREATED);
+    }
+    let path = format!("/api/v1/events/{ev_x}");
+    let move_x = |version: i64| {
+        TestRequest::patch(&path).token(&org).json(json!({
+            "version": version,
+            "starts_at": at(day5 + 18.0 * HOUR), "ends_at": at(day5 + 20.0 * HOUR)
+        }))
+    };
+    let r = a.call(move_x(1)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.body["error"], "move_exceeds_daily_limit", "{}", r.body);
+    assert_eq!(r.body["details"]["participants_over_limit"], 1, "u, not v");
+    assert_eq!(r.body["details"]["day"], "2025-06-20");
+    assert_eq!(r.body["details"]["limit"], 2);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 participant"),
+        "{}",
+        r.body
+    );
+    let d = detail(&a, ev_x).await;
+    assert_eq!(d["version"], 1, "nothing changed: {d}");
+    assert_eq!(d["starts_at"], at(day5 + 33.0 * HOUR));
+    // Moving it within its own day, or to a day with room, is no concern of the limit.
+    let r = a
+        .call(TestRequest::patch(&path).token(&org).json(json!({
+            "version": 1,
+            "starts_at": at(day5 + 34.0 * HOUR), "ends_at": at(day5 + 36.0 * HOUR)
+        })))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let (s, r) = cancel(&a, &u, held_b["booking"]["id"].as_str().unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let r = a.call(move_x(2)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["starts_at"], at(day5 + 18.0 * HOUR));
+    // X now counts on the 20th: u has A and X there, so B is refused.
+    let (s, r) = book(&a, &u, ev_b).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["error"], "daily_limit_reached");
 }

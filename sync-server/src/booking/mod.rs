@@ -643,7 +643,7 @@ pub async fn get_event(
     responses((status = 200, body = EventView),
         (status = 400, body = ApiError), (status = 403, body = ApiError),
         (status = 404, body = ApiError),
-        (status = 409, body = ApiError, description = "version_conflict, capacity_below_taken, event_cancelled")))]
+        (status = 409, body = ApiError, description = "version_conflict, capacity_below_taken, event_cancelled, move_exceeds_daily_limit (a new starts_at on another UTC day would give participants more than 2 events that day; details: day, limit, participants_over_limit)")))]
 pub async fn update_event(
     State(state): State<AppState>,
     caller: Caller,

@@ -269,6 +269,32 @@ pub async fn active_on_day(
     .await?)
 }
 
+/// How many users with a seat of `event_id` already hold `limit` or more seats of other events
+/// on `day`: those the event's move to `day` would put over the daily limit. A hold that ran out
+/// at `now` (not yet swept) counts for nobody.
+pub async fn participants_at_limit_on(
+    tx: &mut Tx,
+    event_id: &str,
+    day: &str,
+    now: i64,
+    limit: i64,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM bookings b WHERE b.event_id = $1
+           AND (b.status = 'confirmed' OR (b.status = 'held' AND b.hold_expires_at > $3))
+           AND (SELECT COUNT(*) FROM bookings o WHERE o.user_id = b.user_id AND o.event_day = $2
+                  AND o.event_id <> $1
+                  AND (o.status = 'confirmed' OR (o.status = 'held' AND o.hold_expires_at > $3))
+               ) >= $4",
+    )
+    .bind(event_id)
+    .bind(day)
+    .bind(now)
+    .bind(limit)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// The guarded increment: true when a seat was free and is now taken.
 pub async fn take_seat(tx: &mut Tx, event_id: &str, now: i64, hold_ttl_ms: i64) -> Result<bool> {
     // The hold made on this seat expires at now + ttl: lower the event's bound (migration 0101).

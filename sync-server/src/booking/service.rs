@@ -167,6 +167,33 @@ pub async fn update_event(
                     .with_details(json!({"seats_taken": ev.seats_taken}))
                     .into());
                 }
+                // RULES: at most `daily_limit` events per user per day. Moving the event to another
+                // day moves every seat of it there; refused if that would put anyone over.
+                let new_day = repo::day_of(f.starts_at);
+                if new_day != repo::day_of(ev.starts_at) {
+                    let over =
+                        repo::participants_at_limit_on(tx, &id, &new_day, now, s.daily_limit)
+                            .await?;
+                    if over > 0 {
+                        let who = if over == 1 {
+                            "participant"
+                        } else {
+                            "participants"
+                        };
+                        return Err(ApiError::conflict(
+                            "move_exceeds_daily_limit",
+                            format!(
+                                "moving the event to {new_day} would give {over} {who} more than \
+                                 {} events that day (each already holds that many seats there); \
+                                 the event was not changed",
+                                s.daily_limit
+                            ),
+                        )
+                        .with_details(json!({"day": new_day, "limit": s.daily_limit,
+                                             "participants_over_limit": over}))
+                        .into());
+                    }
+                }
                 sqlx::query(
                     "UPDATE booking_events SET title = $2, sport = $3, venue_name = $4, lat_e6 = $5,
                        lon_e6 = $6, starts_at = $7, ends_at = $8, capacity = $9, price_cents = $10,
