@@ -67,6 +67,7 @@ both!(
     completed_workout_summary_is_checked_against_its_chunks,
     a_change_that_arrives_before_its_dependency_is_kept,
     a_dependency_hidden_by_a_bloom_false_positive_is_asked_for,
+    a_blob_reference_needs_the_blob_or_a_readable_reference,
 );
 
 // ------------------------------------------------------------------------------------ harness
@@ -1101,6 +1102,186 @@ async fn blobs_hash_size_and_ownership(b: Backend) {
     ] {
         assert!(r.body["paths"][p].is_object(), "{p} in openapi");
     }
+}
+
+/// A workout (started an hour before T0) whose chunks name `hashes`.
+fn workout_with_chunks(hashes: &[&str]) -> Automerge {
+    let start = Timestamp(T0.as_millis() - 3_600_000);
+    let mut ac = docs::new_workout(None, uuid::Uuid::new_v4(), Sport::Running, start).unwrap();
+    for (i, h) in hashes.iter().enumerate() {
+        let from = start.as_millis() + 60_000 * i as i64;
+        docs::push_chunk(
+            &mut ac,
+            &docs::ChunkRef {
+                sha256: (*h).to_string(),
+                channel: fitedge_core::sample::Channel::Distance,
+                start_time: Timestamp(from),
+                end_time: Timestamp(from + 60_000),
+                count: 60,
+            },
+        )
+        .unwrap();
+    }
+    Automerge::load(&ac.save()).unwrap()
+}
+
+/// Adds a chunk naming `h` to the workout `doc`.
+fn add_chunk(doc: &mut Automerge, h: &str) {
+    let mut ac = automerge::AutoCommit::load(&doc.save()).unwrap();
+    let start = Timestamp(T0.as_millis() - 1_800_000);
+    docs::push_chunk(
+        &mut ac,
+        &docs::ChunkRef {
+            sha256: h.to_string(),
+            channel: fitedge_core::sample::Channel::Distance,
+            start_time: start,
+            end_time: Timestamp(start.as_millis() + 60_000),
+            count: 60,
+        },
+    )
+    .unwrap();
+    *doc = Automerge::load(&ac.save()).unwrap();
+}
+
+/// Syncs `doc` as document `id` on a new link; the errors the server answered.
+async fn push_doc(s: &Server, token: &str, id: &DocumentId, doc: Automerge) -> Vec<String> {
+    let mut c = s.client(token).await;
+    c.docs.insert(*id, doc);
+    c.push(id).await;
+    c.pump().await;
+    c.errors
+}
+
+// A hash is not a capability: naming a blob in one's own workout must not make it readable.
+async fn a_blob_reference_needs_the_blob_or_a_readable_reference(b: Backend) {
+    let s = server(b).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let (bob_id, bob) = s.user("bob@example.com").await;
+    let data = b"ann's heart rate".to_vec();
+    let h = sha(&data);
+    assert_eq!(
+        put_blob(&s, &ann, &h, data.clone()).await.0,
+        StatusCode::CREATED
+    );
+    let other = b"ann's speed".to_vec();
+    let h2 = sha(&other);
+    assert_eq!(
+        put_blob(&s, &ann, &h2, other.clone()).await.0,
+        StatusCode::CREATED
+    );
+    // Ann's workout names two uploaded chunks and one her device has not uploaded yet.
+    let pending = b"ann's later chunk".to_vec();
+    let hp = sha(&pending);
+    let ann_doc = DocumentId::random();
+    let errors = push_doc(&s, &ann, &ann_doc, workout_with_chunks(&[&h, &h2, &hp])).await;
+    assert!(errors.is_empty(), "{errors:?}");
+
+    // While Bob may read it, he may download its chunks and name one in a workout of his own.
+    assert_eq!(
+        share(&s, &ann, &ann_doc, &bob_id, "read").await,
+        StatusCode::OK
+    );
+    assert_eq!(get_blob(&s, &bob, &h).await, (StatusCode::OK, data.clone()));
+    let copied = DocumentId::random();
+    let errors = push_doc(&s, &bob, &copied, workout_with_chunks(&[&h2])).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(stored(&s, &copied).await.is_some());
+
+    // Revoked. Bob still knows every hash.
+    let r = s
+        .app
+        .call(
+            TestRequest::delete(&format!("/api/v1/sync/docs/{ann_doc}/shares/{bob_id}"))
+                .token(&ann),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(get_blob(&s, &bob, &h).await.0, StatusCode::NOT_FOUND);
+    let refs_of = |s: &Server, id: DocumentId| {
+        let pool = s.app.state.db.pool().clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM sync_doc_blobs WHERE doc_id = $1")
+                    .bind(id.to_string())
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n
+        }
+    };
+
+    // A new workout of Bob's naming Ann's stored chunk: refused, nothing stored.
+    let stolen = DocumentId::random();
+    let errors = push_doc(&s, &bob, &stolen, workout_with_chunks(&[&h])).await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(&stolen.to_string()) && e.contains(&h)),
+        "refused naming the document and the blob: {errors:?}"
+    );
+    assert!(stored(&s, &stolen).await.is_none(), "not created");
+    assert_eq!(refs_of(&s, stolen).await, 0);
+
+    // The same as a change to a workout Bob already has: refused, the stored one unchanged.
+    let bobs = DocumentId::random();
+    let mut doc = workout_with_chunks(&[]);
+    let errors = push_doc(&s, &bob, &bobs, doc.clone()).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    add_chunk(&mut doc, &h);
+    let errors = push_doc(&s, &bob, &bobs, doc.clone()).await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(&bobs.to_string()) && e.contains(&h)),
+        "{errors:?}"
+    );
+    let kept = stored(&s, &bobs).await.unwrap();
+    assert_ne!(
+        kept.get_heads(),
+        doc.get_heads(),
+        "the change was not stored"
+    );
+    assert_eq!(refs_of(&s, bobs).await, 0);
+
+    // Naming the chunk Ann has not uploaded yet is refused too (she named it first), so her
+    // upload does not reach Bob either.
+    let early = DocumentId::random();
+    let errors = push_doc(&s, &bob, &early, workout_with_chunks(&[&hp])).await;
+    assert!(errors.iter().any(|e| e.contains(&hp)), "{errors:?}");
+    assert_eq!(
+        put_blob(&s, &ann, &hp, pending.clone()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(get_blob(&s, &bob, &hp).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get_blob(&s, &ann, &hp).await, (StatusCode::OK, pending));
+
+    // Bob keeps what he could read when he named it (he could have downloaded it then), and
+    // his own uploads and chunks nobody has named yet (a device syncs a workout before its
+    // chunks) are his to name.
+    assert_eq!(get_blob(&s, &bob, &h2).await, (StatusCode::OK, other));
+    assert_eq!(get_blob(&s, &bob, &h).await.0, StatusCode::NOT_FOUND);
+    let own = b"bob's own chunk".to_vec();
+    let ho = sha(&own);
+    assert_eq!(put_blob(&s, &bob, &ho, own).await.0, StatusCode::CREATED);
+    let unseen = sha(b"bob's chunk, uploaded later");
+    let kept_doc = {
+        let mut d = kept;
+        add_chunk(&mut d, &ho);
+        add_chunk(&mut d, &unseen);
+        d
+    };
+    let errors = push_doc(&s, &bob, &bobs, kept_doc).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(refs_of(&s, bobs).await, 2);
+    // Ann names her own uploads wherever she likes.
+    let errors = push_doc(
+        &s,
+        &ann,
+        &DocumentId::random(),
+        workout_with_chunks(&[&h, &hp]),
+    )
+    .await;
+    assert!(errors.is_empty(), "{errors:?}");
 }
 
 async fn gdpr_export_and_delete_cover_sync(b: Backend) {

@@ -201,6 +201,8 @@ pub async fn refresh(
 #[derive(Debug, Clone)]
 pub struct Commit {
     pub id: DocumentId,
+    /// The user whose link sent the change (checked for the blobs it names).
+    pub committer: String,
     /// `Some(user)`: the document is new and `user` owns it (refused if the id is taken).
     pub create_owner: Option<String>,
     /// `doc.save_after(old heads)`.
@@ -221,11 +223,26 @@ pub struct Committed {
     pub compacted: bool,
 }
 
+/// Why [`commit`] stored nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotCommitted {
+    /// A new document whose id is taken (or reserved for a profile it is not), or an existing
+    /// one that is gone.
+    Unavailable,
+    /// The change names a blob (`chunks[].sha256`) the document did not name before, and the
+    /// committer neither uploaded it nor may read a document that names it (see
+    /// `may_name_blob`): a hash alone must not open a blob.
+    BlobRefused(String),
+}
+
 /// Stores one change in a serializable transaction: the chunk, compaction when due, the blob
-/// references, and (PostgreSQL) a `NOTIFY` delivered at commit. A new document whose id is
-/// already taken, or reserved for another user's profile or for its creator's profile alone,
-/// gives `Ok(None)`.
-pub async fn commit(state: &AppState, c: Commit) -> Result<Option<Committed>> {
+/// references, and (PostgreSQL) a `NOTIFY` delivered at commit. Refused, with nothing written:
+/// a new document whose id is already taken, or reserved for another user's profile or for its
+/// creator's profile alone; a change naming a blob its committer may not name.
+pub async fn commit(
+    state: &AppState,
+    c: Commit,
+) -> Result<std::result::Result<Committed, NotCommitted>> {
     let now = state.now().as_millis();
     let compact_after = i64::from(state.config.sync_compact_after.max(1));
     let backend = state.db.backend();
@@ -238,14 +255,69 @@ pub async fn commit(state: &AppState, c: Commit) -> Result<Option<Committed>> {
         .await
 }
 
+/// Whether `user_id` may name blob `sha256` in document `doc_id`, which does not name it yet:
+/// they uploaded it, or they may read another document that names it (and so may read the blob
+/// already), or nobody has it or names it yet (a device syncs a workout before uploading its
+/// chunks; whoever names a hash first claims it, and anyone else must upload the bytes). One
+/// query in the subset both backends share; run inside the commit's transaction.
+async fn may_name_blob(tx: &mut Tx, doc_id: &str, sha256: &str, user_id: &str) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT 1 AS ok WHERE
+           EXISTS (SELECT 1 FROM blob_uploaders u WHERE u.sha256 = $1 AND u.user_id = $2)
+           OR EXISTS (SELECT 1 FROM sync_doc_blobs r JOIN sync_docs d ON d.id = r.doc_id
+                      WHERE r.sha256 = $1 AND r.doc_id <> $3 AND (d.owner_id = $2 OR EXISTS
+                        (SELECT 1 FROM sync_acl a WHERE a.doc_id = d.id AND a.user_id = $2)))
+           OR (NOT EXISTS (SELECT 1 FROM blobs b WHERE b.sha256 = $1)
+               AND NOT EXISTS (SELECT 1 FROM sync_doc_blobs r
+                               WHERE r.sha256 = $1 AND r.doc_id <> $3))",
+    )
+    .bind(sha256)
+    .bind(user_id)
+    .bind(doc_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// The first blob of `c.blob_refs` the document did not name before and the committer may not
+/// name; checked before anything is written.
+async fn refused_blob(tx: &mut Tx, c: &Commit, id: &str) -> Result<Option<String>> {
+    let Some(refs) = &c.blob_refs else {
+        return Ok(None);
+    };
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    // A document being created names nothing yet (if the id is taken, the insert refuses it).
+    let named: std::collections::HashSet<String> = if c.create_owner.is_some() {
+        std::collections::HashSet::new()
+    } else {
+        sqlx::query_scalar("SELECT sha256 FROM sync_doc_blobs WHERE doc_id = $1")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    for h in refs.iter().filter(|h| !named.contains(*h)) {
+        if !may_name_blob(tx, id, h, &c.committer).await? {
+            return Ok(Some(h.clone()));
+        }
+    }
+    Ok(None)
+}
+
 async fn commit_in(
     tx: &mut Tx,
     c: &Commit,
     now: i64,
     compact_after: i64,
     backend: Backend,
-) -> Result<Option<Committed>> {
+) -> Result<std::result::Result<Committed, NotCommitted>> {
     let id = c.id.to_string();
+    if let Some(h) = refused_blob(tx, c, &id).await? {
+        return Ok(Err(NotCommitted::BlobRefused(h)));
+    }
     let inc_len = i64::try_from(c.incremental.len()).unwrap_or(i64::MAX);
     let row = match &c.create_owner {
         Some(owner) => {
@@ -284,7 +356,9 @@ async fn commit_in(
             .await?
         }
     };
-    let Some(row) = row else { return Ok(None) };
+    let Some(row) = row else {
+        return Ok(Err(NotCommitted::Unavailable));
+    };
     let incrementals: i64 = col(&row, "incremental_count")?;
     let mut size: i64 = col(&row, "size_bytes")?;
     let next: i64 =
@@ -363,7 +437,7 @@ async fn commit_in(
             .execute(&mut **tx)
             .await?;
     }
-    Ok(Some(Committed {
+    Ok(Ok(Committed {
         first_seq: next,
         seq,
         size_bytes: size,

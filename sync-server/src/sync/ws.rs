@@ -20,7 +20,7 @@ use fitedge_core::sync::protocol::{
 };
 
 use super::hub::{DocEntry, DocState, Outbound};
-use super::store::{self, Access, Commit};
+use super::store::{self, Access, Commit, NotCommitted};
 use crate::auth::Caller;
 use crate::error::{ApiError, Error};
 use crate::state::AppState;
@@ -418,11 +418,11 @@ impl Session {
                 .store_changes(&id, &mut st, &mut next, keep_next, validated.as_ref())
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Ok(Outcome::Refuse(format!(
-                        "document {id}: it no longer exists"
-                    )))
+                Ok(Ok(())) => {}
+                Ok(Err(not)) => {
+                    // Nothing was kept: neither may the state claim it.
+                    self.reset_state(&id, state_before.as_deref());
+                    return Ok(not_committed(&id, &not));
                 }
                 Err(e) => {
                     // The state must not claim changes the server did not keep: it is saved
@@ -469,13 +469,11 @@ impl Session {
         ) {
             return Ok(Err(rejected(id, &why)));
         }
-        if !self
+        if let Err(not) = self
             .store_changes(id, st, &mut next, true, validated.as_ref())
             .await?
         {
-            return Ok(Err(Outcome::Refuse(format!(
-                "document {id}: it no longer exists"
-            ))));
+            return Ok(Err(not_committed(id, &not)));
         }
         Ok(Ok(next))
     }
@@ -484,7 +482,8 @@ impl Session {
     /// brings the loaded document up to them. Only applied changes enter the shared document:
     /// the ones still waiting stay with the link that sent them. Unless `keep_next` (it holds
     /// such changes, or the caller still needs it), `next` itself becomes the loaded document
-    /// and is left empty. `false`: the document is gone.
+    /// and is left empty. `Err`: nothing was stored (the document is gone, or the change names
+    /// a blob this user may not name) and the loaded document is untouched.
     async fn store_changes(
         &self,
         id: &DocumentId,
@@ -492,18 +491,20 @@ impl Session {
         next: &mut Automerge,
         keep_next: bool,
         validated: Option<&Validated>,
-    ) -> crate::error::Result<bool> {
+    ) -> crate::error::Result<Result<(), NotCommitted>> {
         let before_heads = st.doc.get_heads();
         let incremental = next.save_after(&before_heads);
         let c = Commit {
             id: *id,
+            committer: self.user_id.clone(),
             create_owner: None,
             incremental: incremental.clone(),
             kind: kind_name(validated).into(),
             blob_refs: blob_refs(validated),
         };
-        let Some(done) = store::commit(&self.state, c).await? else {
-            return Ok(false);
+        let done = match store::commit(&self.state, c).await? {
+            Ok(done) => done,
+            Err(not) => return Ok(Err(not)),
         };
         if keep_next {
             st.doc
@@ -521,7 +522,7 @@ impl Session {
         if let Some(Validated::Workout(w)) = validated {
             super::summary::after_commit(&self.state, id, w);
         }
-        Ok(true)
+        Ok(Ok(()))
     }
 
     /// Keeps the changes still waiting (`waiting_changes(next)`) with this link
@@ -615,6 +616,7 @@ impl Session {
         }
         let c = Commit {
             id,
+            committer: self.user_id.clone(),
             create_owner: Some(self.user_id.clone()),
             // Applied changes only: held ones are this link's until they apply and are checked.
             incremental: doc.save_with_options(SaveOptions {
@@ -624,10 +626,14 @@ impl Session {
             kind: kind_name(validated.as_ref()).into(),
             blob_refs: blob_refs(validated.as_ref()),
         };
-        // Taken, or a user's profile id (reserved at registration, ADR 0012: computable by
-        // anyone who knows the user id) that this is not the profile of.
-        if store::commit(&self.state, c).await?.is_none() {
-            return Ok(Outcome::Send(vec![self.doc_unavailable(&id)?]));
+        match store::commit(&self.state, c).await? {
+            Ok(_) => {}
+            // Taken, or a user's profile id (reserved at registration, ADR 0012: computable by
+            // anyone who knows the user id) that this is not the profile of.
+            Err(NotCommitted::Unavailable) => {
+                return Ok(Outcome::Send(vec![self.doc_unavailable(&id)?]))
+            }
+            Err(not) => return Ok(not_committed(&id, &not)),
         }
         tracing::info!(document_id = %id, kind = kind_name(validated.as_ref()), "sync: document created");
         let Some(entry) = self.state.sync.open(&self.state, &id, self.conn_id).await? else {
@@ -765,6 +771,20 @@ fn refusal(id: &DocumentId, r: Result<(), ProtocolError>) -> Option<Outcome> {
         Ok(()) => None,
         Err(ProtocolError::Rejected(why)) => Some(rejected(id, &why)),
         Err(e) => Some(Outcome::Refuse(format!("document {id}: {e}"))),
+    }
+}
+
+/// A change [`store::commit`] refused, for a document the link already syncs.
+fn not_committed(id: &DocumentId, not: &NotCommitted) -> Outcome {
+    match not {
+        NotCommitted::Unavailable => Outcome::Refuse(format!("document {id}: it no longer exists")),
+        NotCommitted::BlobRefused(h) => rejected(
+            id,
+            &format!(
+                "chunks name blob {h}, which you have not uploaded and no document you may read \
+                 names: upload it first (PUT /api/v1/blobs/{h})"
+            ),
+        ),
     }
 }
 
