@@ -1677,11 +1677,8 @@ async fn a_dependency_hidden_by_a_bloom_false_positive_is_asked_for(b: Backend) 
 
 // ------------------------------------------------------------------------ two nodes, PostgreSQL
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_share_changes_through_notify_p99_under_1s() {
-    let s = server(Backend::Postgres).await;
-    let (_, ann) = s.user("ann@example.com").await;
-    // A second node on the same database.
+/// A second node on the same database (its own hub and listener); its address.
+async fn second_node(s: &Server) -> SocketAddr {
     let db = Db::connect(&s.app.db.url).await.unwrap();
     let state_b = AppState::new(
         db,
@@ -1692,7 +1689,14 @@ async fn two_nodes_share_changes_through_notify_p99_under_1s() {
     )
     .unwrap();
     assert_ne!(state_b.sync.node_id(), s.app.state.sync.node_id());
-    let addr_b = serve(state_b.clone()).await;
+    serve(state_b).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_changes_through_notify_p99_under_1s() {
+    let s = server(Backend::Postgres).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let addr_b = second_node(&s).await;
 
     let mut on_a = s.client(&ann).await;
     let mut on_b = Client::connect(addr_b, &ann, None).await;
@@ -1732,4 +1736,75 @@ async fn two_nodes_share_changes_through_notify_p99_under_1s() {
         c.get_str(&id, "n").as_deref() == Some("from b")
     })
     .await;
+}
+
+// A share revoked through one node must stop reaching the reader's links on every node: the
+// changes a NOTIFY brings to the other node, and the presence its local peers send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_share_stops_reaching_the_reader_on_every_node() {
+    let s = server(Backend::Postgres).await;
+    let (_, ann) = s.user("ann@example.com").await;
+    let (bob_id, bob) = s.user("bob@example.com").await;
+    let addr_b = second_node(&s).await;
+    let id = DocumentId::random();
+    let mut ann_a = s.client(&ann).await;
+    ann_a.change(&id, put("n", "start")).await;
+    assert_eq!(share(&s, &ann, &id, &bob_id, "read").await, StatusCode::OK);
+    // Bob and another device of Ann's sync the document on node B.
+    let mut bob_b = Client::connect(addr_b, &bob, None).await;
+    bob_b.request(&id).await;
+    assert_eq!(bob_b.get_str(&id, "n").as_deref(), Some("start"));
+    let mut ann_b = Client::connect(addr_b, &ann, None).await;
+    ann_b.request(&id).await;
+    assert_eq!(ann_b.get_str(&id, "n").as_deref(), Some("start"));
+    // Let node B's listener settle (it subscribes when serve_on starts).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Shared: a change made on node A and presence sent on node B reach Bob on node B.
+    ann_a.change(&id, put("n", "shared")).await;
+    bob_b
+        .pump_until("the change from node A", |c| {
+            c.get_str(&id, "n").as_deref() == Some("shared")
+        })
+        .await;
+    ann_b
+        .pump_until("the change from node A", |c| {
+            c.get_str(&id, "n").as_deref() == Some("shared")
+        })
+        .await;
+    ann_b.broadcast(&id, b"ann is here").await;
+    bob_b
+        .pump_until("presence", |c| !c.ephemeral.is_empty())
+        .await;
+    bob_b.ephemeral.clear();
+
+    // Revoked through node A; then Ann changes the document there.
+    let r = s
+        .app
+        .call(TestRequest::delete(&format!("/api/v1/sync/docs/{id}/shares/{bob_id}")).token(&ann))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    ann_a.change(&id, put("n", "after the revocation")).await;
+    // Node B hears of the change (notices arrive in commit order: the revocation first)...
+    ann_b
+        .pump_until("the change made after the revocation", |c| {
+            c.get_str(&id, "n").as_deref() == Some("after the revocation")
+        })
+        .await;
+    ann_b.broadcast(&id, b"ann is still here").await;
+    // ...and passes neither the change nor the presence to Bob.
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < deadline && !bob_b.closed {
+        bob_b.pump_once(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        bob_b.get_str(&id, "n").as_deref(),
+        Some("shared"),
+        "a revoked reader got a change through the other node"
+    );
+    assert!(
+        bob_b.ephemeral.is_empty(),
+        "a revoked reader got presence on the other node: {:?}",
+        bob_b.ephemeral
+    );
 }

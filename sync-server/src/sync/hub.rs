@@ -221,7 +221,8 @@ impl Hub {
         }
     }
 
-    /// Stops `user_id`'s connections from syncing `id` (a revoked share).
+    /// Stops `user_id`'s connections on this node from syncing `id` (a revoked share; on
+    /// PostgreSQL every node is told through `NOTIFY`, see `store::delete_share`).
     pub fn revoke(&self, id: &DocumentId, user_id: &str) {
         let conns = lock(&self.conns);
         for c in conns.values().filter(|c| c.user_id == user_id) {
@@ -284,7 +285,43 @@ impl Hub {
         Ok(())
     }
 
-    /// Reloads every loaded document (after the listener lost its connection).
+    /// After the listener lost its connection (notices sent meanwhile are lost): reloads every
+    /// loaded document and rechecks every subscription ([`Hub::recheck_access`]).
+    pub async fn resync_all(&self, state: &AppState) {
+        self.reload_all(state).await;
+        self.recheck_access(state).await;
+    }
+
+    /// Stops the links whose user may no longer see a document they are subscribed to (a
+    /// revocation whose notice this node missed). One access query per (document, user) that
+    /// is not the owner; run only after the listener reconnects, never per message.
+    pub async fn recheck_access(&self, state: &AppState) {
+        let entries: Vec<Arc<DocEntry>> = lock(&self.docs).values().cloned().collect();
+        for e in entries {
+            let subs: Vec<u64> = lock(&e.subscribers).iter().copied().collect();
+            if subs.is_empty() {
+                continue;
+            }
+            let users: HashSet<String> = {
+                let conns = lock(&self.conns);
+                subs.iter()
+                    .filter_map(|s| conns.get(s).map(|c| c.user_id.clone()))
+                    .collect()
+            };
+            let owner = e.state.lock().await.owner_id.clone();
+            for user in users.into_iter().filter(|u| *u != owner) {
+                match store::access(state, &e.id, &user).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => self.revoke(&e.id, &user),
+                    Err(err) => {
+                        tracing::warn!(document_id = %e.id, error = %err, "sync: access not rechecked");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reloads every loaded document.
     pub async fn reload_all(&self, state: &AppState) {
         let ids: Vec<DocumentId> = lock(&self.docs).keys().copied().collect();
         for id in ids {

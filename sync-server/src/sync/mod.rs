@@ -189,9 +189,10 @@ pub async fn delete_share(
     let doc = parse_doc_id(&document_id)?;
     let id = doc.to_string();
     store::require_owner(&state, &id, &caller.user_id).await?;
-    if !store::delete_share(&state, &id, &user_id).await? {
+    if !store::delete_share(&state, &doc, &user_id).await? {
         return Err(ApiError::not_found());
     }
+    // This node at once; the others (PostgreSQL) when the revocation's notice reaches them.
     state.sync.revoke(&doc, &user_id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -233,7 +234,10 @@ async fn run_evictor(state: AppState, mut stop: watch::Receiver<bool>) {
 }
 
 /// `LISTEN fitedge_sync` on a connection of its own (the pool is `Any`); each notification
-/// names a document another node (or this one) committed: reload it if it is loaded here.
+/// names a document another node (or this one) committed, reloaded if it is loaded here, or a
+/// share revoked, whose user's links here stop syncing the document ([`store::Notice`]).
+/// Notices sent while the listener was away are lost, so after (re)connecting every loaded
+/// document is reloaded and every subscription rechecked ([`Hub::resync_all`]).
 async fn run_listener(state: AppState, mut stop: watch::Receiver<bool>) {
     loop {
         let mut listener =
@@ -255,19 +259,21 @@ async fn run_listener(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         }
         // Anything missed while not listening.
-        state.sync.reload_all(&state).await;
+        state.sync.resync_all(&state).await;
         loop {
             tokio::select! {
                 n = listener.try_recv() => match n {
-                    Ok(Some(n)) => {
-                        if let Ok(id) = n.payload().parse::<DocumentId>() {
+                    Ok(Some(n)) => match store::Notice::parse(n.payload()) {
+                        Some(store::Notice::Changed(id)) => {
                             if let Err(e) = state.sync.reload(&state, &id).await {
                                 tracing::warn!(document_id = %id, error = %e, "sync: reload failed");
                             }
                         }
-                    }
+                        Some(store::Notice::Revoked(id, user_id)) => state.sync.revoke(&id, &user_id),
+                        None => {}
+                    },
                     // The connection was lost; the listener reconnects on the next call.
-                    Ok(None) => state.sync.reload_all(&state).await,
+                    Ok(None) => state.sync.resync_all(&state).await,
                     Err(e) => {
                         tracing::error!(error = %e, "sync: listener failed; reconnecting");
                         break;

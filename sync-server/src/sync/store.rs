@@ -9,8 +9,55 @@ use crate::db::{col, Backend, Tx};
 use crate::error::{ApiError, Error, Result};
 use crate::state::AppState;
 
-/// The PostgreSQL channel nodes tell each other about committed changes on.
+/// The PostgreSQL channel nodes tell each other about committed changes and revoked shares on.
 pub const NOTIFY_CHANNEL: &str = "fitedge_sync";
+
+/// How a revocation notice starts: `revoke <document id> <user id>` (a change notice is the bare
+/// document id, which never contains a space; older nodes ignore what does not parse as one).
+const REVOKE_PREFIX: &str = "revoke ";
+
+/// A notice on [`NOTIFY_CHANNEL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A change to the document was committed: reload it.
+    Changed(DocumentId),
+    /// The user's share of the document was revoked: their links stop syncing it.
+    Revoked(DocumentId, String),
+}
+
+impl Notice {
+    /// Reads a notice's payload; `None` for anything else.
+    pub fn parse(payload: &str) -> Option<Notice> {
+        match payload.strip_prefix(REVOKE_PREFIX) {
+            Some(rest) => {
+                let (doc, user) = rest.split_once(' ')?;
+                Some(Notice::Revoked(doc.parse().ok()?, user.to_string()))
+            }
+            None => payload.parse().ok().map(Notice::Changed),
+        }
+    }
+
+    fn payload(&self) -> String {
+        match self {
+            Notice::Changed(id) => id.to_string(),
+            Notice::Revoked(id, user) => format!("{REVOKE_PREFIX}{id} {user}"),
+        }
+    }
+}
+
+/// Sends `notice` on PostgreSQL, delivered when `tx` commits and never for a rolled-back one;
+/// nothing on SQLite (one node).
+async fn notify(tx: &mut Tx, backend: Backend, notice: &Notice) -> Result<()> {
+    if backend == Backend::Postgres {
+        // pg_notify returns void, which the Any driver cannot decode: select a constant instead.
+        sqlx::query("SELECT 1 AS sent FROM (SELECT pg_notify($1, $2)) AS n")
+            .bind(NOTIFY_CHANNEL)
+            .bind(notice.payload())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
 
 /// What a user may do with a document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -428,15 +475,7 @@ async fn commit_in(
             .await?;
         }
     }
-    if backend == Backend::Postgres {
-        // Delivered when the transaction commits, never for a rolled-back one. pg_notify returns
-        // void, which the Any driver cannot decode: select a constant instead.
-        sqlx::query("SELECT 1 AS sent FROM (SELECT pg_notify($1, $2)) AS n")
-            .bind(NOTIFY_CHANNEL)
-            .bind(&id)
-            .execute(&mut **tx)
-            .await?;
-    }
+    notify(tx, backend, &Notice::Changed(c.id)).await?;
     Ok(Ok(Committed {
         first_seq: next,
         seq,
@@ -516,14 +555,30 @@ pub async fn put_share(state: &AppState, id: &str, user_id: &str, access: Access
     Ok(())
 }
 
-/// Revokes a share; whether there was one.
-pub async fn delete_share(state: &AppState, id: &str, user_id: &str) -> Result<bool> {
-    let r = sqlx::query("DELETE FROM sync_acl WHERE doc_id = $1 AND user_id = $2")
-        .bind(id)
-        .bind(user_id)
-        .execute(state.db.pool())
-        .await?;
-    Ok(r.rows_affected() > 0)
+/// Revokes a share; whether there was one. On PostgreSQL the revocation is announced on
+/// [`NOTIFY_CHANNEL`] at commit, so every node stops the user's links syncing the document
+/// ([`super::Hub::revoke`]); the caller tells this node's hub itself (SQLite has no notices).
+pub async fn delete_share(state: &AppState, id: &DocumentId, user_id: &str) -> Result<bool> {
+    let backend = state.db.backend();
+    let (id, user_id) = (*id, user_id.to_string());
+    state
+        .db
+        .write(move |tx: &mut Tx| {
+            let user_id = user_id.clone();
+            Box::pin(async move {
+                let r = sqlx::query("DELETE FROM sync_acl WHERE doc_id = $1 AND user_id = $2")
+                    .bind(id.to_string())
+                    .bind(&user_id)
+                    .execute(&mut **tx)
+                    .await?;
+                let revoked = r.rows_affected() > 0;
+                if revoked {
+                    notify(tx, backend, &Notice::Revoked(id, user_id)).await?;
+                }
+                Ok(revoked)
+            })
+        })
+        .await
 }
 
 /// One share of a document.
