@@ -1446,6 +1446,26 @@ async fn errors_are_json_and_unknown_routes_404(b: Backend) {
             "{p} missing from the OpenAPI document"
         );
     }
+    // The TOTP routes that check the password describe their bodies and answers (schemathesis
+    // generates requests from them).
+    for (p, schema) in [
+        ("/api/v1/auth/mfa/totp/enroll", "TotpEnrollRequest"),
+        ("/api/v1/auth/mfa/totp/disable", "TotpDisableRequest"),
+    ] {
+        let op = &paths[p]["post"];
+        assert_eq!(
+            op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{p}"
+        );
+        assert!(
+            doc.body["components"]["schemas"][schema]["properties"]["password"].is_object(),
+            "{schema}"
+        );
+        for status in ["403", "423"] {
+            assert!(op["responses"][status].is_object(), "{p} {status}");
+        }
+    }
 }
 
 async fn dev_mode_returns_tokens_only_in_dev(b: Backend) {
