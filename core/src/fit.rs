@@ -385,8 +385,13 @@ impl HrMessages {
         let mut out = vec![];
         let full = f.array("event_timestamp");
         if let (Some(ts), [full]) = (f.time("timestamp"), full.as_slice()) {
-            let t_ms = ts.0 as f64 + f.num("fractional_timestamp").unwrap_or(0.0) * 1000.0;
-            let ticks = (full * Self::TICKS_PER_S).round() as i64;
+            let Some((ticks, t_ms)) = Self::anchor(ts, *full, f.num("fractional_timestamp")) else {
+                // An implausible anchor (a crafted or damaged field): the beats that follow
+                // cannot be placed in time, so they are not used until the next good anchor.
+                self.anchor = None;
+                self.last_ticks = None;
+                return out;
+            };
             self.anchor = Some((ticks, t_ms));
             self.last_ticks = Some(ticks);
             if let Some(bpm) = bpms.first() {
@@ -402,12 +407,31 @@ impl HrMessages {
             .iter()
             .zip(unpack_12bit(&f.array("event_timestamp_12")))
         {
-            last += (v - (last & 0xFFF)) & 0xFFF;
+            // `v` is 12 bits and `last` starts within a uint32 (the anchor is checked), so this
+            // cannot overflow in any real file; a crafted one ends the run of beats instead.
+            let Some(next) = last.checked_add((v - (last & 0xFFF)) & 0xFFF) else {
+                break;
+            };
+            last = next;
             let t = anchor_ms + (last - anchor_ticks) as f64 * 1000.0 / Self::TICKS_PER_S;
             out.push((Timestamp(t.round() as i64), *bpm));
         }
         self.last_ticks = Some(last);
         out
+    }
+
+    /// The FIT profile's `event_timestamp` is a uint32 of 1/1024 s; anything outside that range
+    /// (or a `fractional_timestamp`, a uint16 of 1/32768 s, outside [0, 2)) comes from a field
+    /// declared with another type in a crafted or damaged file and anchors nothing.
+    const MAX_EVENT_S: f64 = 4_294_967_295.0 / Self::TICKS_PER_S;
+
+    fn anchor(ts: Timestamp, full_s: f64, fraction_s: Option<f64>) -> Option<(i64, f64)> {
+        let fraction = fraction_s.unwrap_or(0.0);
+        if !(0.0..=Self::MAX_EVENT_S).contains(&full_s) || !(0.0..2.0).contains(&fraction) {
+            return None;
+        }
+        let ticks = (full_s * Self::TICKS_PER_S).round() as i64;
+        Some((ticks, ts.0 as f64 + fraction * 1000.0))
     }
 }
 
@@ -443,11 +467,14 @@ struct CompressedDistance {
 impl CompressedDistance {
     fn next(&mut self, raw: &[f64]) -> Option<(f64, f64)> {
         let [b0, b1, b2] = raw else { return None };
-        let v = (*b0 as u32) | ((*b1 as u32) << 8) | ((*b2 as u32) << 16);
+        // Each value is one byte; a crafted file may declare the field with a wider type, so
+        // only the low byte of each counts (the counter then stays within its 12 bits).
+        let byte = |x: f64| x as u32 & 0xFF;
+        let v = byte(*b0) | (byte(*b1) << 8) | (byte(*b2) << 16);
         let speed = f64::from(v & 0xFFF) / 100.0;
-        let counter = v >> 12;
+        let counter = (v >> 12) & 0xFFF;
         if let Some(prev) = self.last_counter {
-            self.total_m += f64::from((counter + 4096 - prev) % 4096) / 16.0;
+            self.total_m += f64::from(counter.wrapping_sub(prev) & 0xFFF) / 16.0;
         }
         self.last_counter = Some(counter);
         Some((speed, self.total_m))
@@ -928,6 +955,84 @@ mod tests {
         // 4000 -> 96 wraps: (96 + 4096 - 4000) / 16 = 12 m
         assert_eq!(c.next(&raw(300, 96)), Some((3.0, 12.0)));
         assert_eq!(c.next(&[1.0, 2.0]), None);
+    }
+
+    /// Before the fix: "attempt to subtract with overflow" (debug builds). A crafted file can
+    /// declare the 3-byte field with a wider type, so a "byte" can exceed 255.
+    #[test]
+    fn compressed_distance_from_wide_crafted_values_does_not_overflow() {
+        let mut c = CompressedDistance::default();
+        // Only the low byte of each value counts: 65535 reads as 255.
+        assert_eq!(c.next(&[0.0, 0.0, 65535.0]), Some((0.0, 0.0)));
+        // From counter 0xFF0 (255 << 4) to 0: (0 - 0xFF0) & 0xFFF = 16 / 16 = 1 m.
+        assert_eq!(c.next(&[0.0, 0.0, 0.0]), Some((0.0, 1.0)));
+        assert!(c.next(&[f64::MAX, -1.0, 1e300]).is_some());
+        assert!(c.next(&[0.0, 0.0, 0.0]).is_some());
+    }
+
+    fn hr_fields<'a>(values: &'a [(&'static str, Value)]) -> Fields<'a> {
+        Fields(values.iter().map(|(k, v)| (*k, v)).collect())
+    }
+
+    fn fit_time(s: i64) -> Value {
+        use chrono::TimeZone;
+        Value::Timestamp(chrono::Local.timestamp_opt(s, 0).unwrap())
+    }
+
+    /// Before the fix: "attempt to add with overflow" (debug builds) on the beats after an
+    /// anchor of 1e30 s, an event_timestamp declared as a float64 in a crafted file.
+    #[test]
+    fn an_implausible_event_timestamp_anchors_nothing() {
+        let mut hr = HrMessages::default();
+        let beats_at = |byte: u8| {
+            [
+                ("filtered_bpm", Value::Array(vec![Value::UInt8(120); 2])),
+                (
+                    "event_timestamp_12",
+                    Value::Array(vec![Value::Byte(byte); 3]),
+                ),
+            ]
+        };
+        // Event times 0 and 0: from an anchor of i64::MAX ticks (0xFFF in its low 12 bits)
+        // the first is one tick later, past i64::MAX.
+        let beats = beats_at(0);
+        for bad in [1e30, f64::MAX, -5.0, f64::from(u32::MAX)] {
+            let anchor = [
+                ("timestamp", fit_time(1_600_000_000)),
+                ("event_timestamp", Value::Float64(bad)),
+                ("filtered_bpm", Value::UInt8(120)),
+            ];
+            assert_eq!(hr.next(&hr_fields(&anchor)), vec![], "{bad}");
+            assert_eq!(hr.next(&hr_fields(&beats)), vec![], "{bad}");
+        }
+        // A fractional timestamp outside its type's range [0, 2) s anchors nothing either.
+        let anchor = [
+            ("timestamp", fit_time(1_600_000_000)),
+            ("event_timestamp", Value::Float64(10.0)),
+            ("fractional_timestamp", Value::Float64(1e300)),
+            ("filtered_bpm", Value::UInt8(120)),
+        ];
+        assert_eq!(hr.next(&hr_fields(&anchor)), vec![]);
+        assert_eq!(hr.next(&hr_fields(&beats)), vec![]);
+        // A plausible anchor still places the beats after it: 0xFFF ticks is 4095/1024 s.
+        let anchor = [
+            ("timestamp", fit_time(1_600_000_000)),
+            ("event_timestamp", Value::Float64(4.0)),
+            ("filtered_bpm", Value::UInt8(120)),
+        ];
+        assert_eq!(
+            hr.next(&hr_fields(&anchor)),
+            vec![(Timestamp(1_600_000_000_000), 120.0)]
+        );
+        // 4096 ticks, then 0xFFF in the low 12 bits: 4095 ticks (3999.02 ms) later.
+        let placed = hr.next(&hr_fields(&beats_at(0xFF)));
+        assert_eq!(
+            placed,
+            vec![
+                (Timestamp(1_600_000_003_999), 120.0),
+                (Timestamp(1_600_000_003_999), 120.0)
+            ]
+        );
     }
 
     fn session(start_s: i64, closed_s: Option<i64>, laps: Option<(usize, usize)>) -> SessionInfo {
