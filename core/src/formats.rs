@@ -13,12 +13,12 @@
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
-use crate::fit::{DeviceTotals, FitError, ImportedSession};
+use crate::fit::{DeviceTotals, FitError, ImportedSession, Span};
 use crate::profile::Profile;
 use crate::sample::{AltitudeSource, Channel, Reading, Sample};
 use crate::sport::Sport;
 use crate::time::Timestamp;
-use crate::workout::{Workout, WorkoutConfig, WorkoutId, WorkoutSummary};
+use crate::workout::{Workout, WorkoutConfig, WorkoutError, WorkoutId, WorkoutSummary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -323,12 +323,25 @@ fn parse_tcx(xml: &str) -> Result<Parsed, FitError> {
 }
 
 /// Imports a GPX or TCX document. `key` names the file for a stable workout id.
+///
+/// The same as [`import_with_warnings`] without the warnings.
 pub fn import(
     format: Format,
     bytes: &[u8],
     overrides: Profile,
     key: &str,
 ) -> Result<ImportedSession, FitError> {
+    import_with_warnings(format, bytes, overrides, key).map(|(s, _)| s)
+}
+
+/// Imports a GPX or TCX document, with what a person should know about it (samples past the
+/// workout's 24-hour limit, which are not used). `key` names the file for a stable workout id.
+pub fn import_with_warnings(
+    format: Format,
+    bytes: &[u8],
+    overrides: Profile,
+    key: &str,
+) -> Result<(ImportedSession, Vec<String>), FitError> {
     let xml = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
     let mut parsed = match format {
         Format::Gpx => parse_gpx(xml)?,
@@ -354,18 +367,36 @@ pub fn import(
     w.start(first).map_err(|e| bad(e.to_string()))?;
     let mut laps = parsed.laps.iter().peekable();
     let mut samples = Vec::with_capacity(parsed.samples.len());
+    // A sample at or past the 24-hour limit completes the workout at the limit (RULES.md):
+    // that sample and every later one are not used, and are counted in a warning.
+    let mut after_limit = Span::default();
     for s in &parsed.samples {
+        if after_limit.n > 0 {
+            after_limit.add(s.t);
+            continue;
+        }
         while let Some(l) = laps.next_if(|l| **l <= s.t) {
             let _ = w.lap(*l);
         }
-        let _ = w.record(*s);
+        // Other errors cannot happen while the workout runs; a sample's verdict (rejected,
+        // flagged) is in the workout's validation report.
+        if let Err(WorkoutError::TimeLimitReached) = w.record(*s) {
+            after_limit.add(s.t);
+        }
         samples.append(&mut w.take_samples());
+    }
+    let mut warnings = vec![];
+    if after_limit.n > 0 {
+        warnings.push(format!(
+            "the 24-hour limit of a workout was reached; the samples after it were not used: {}",
+            after_limit.describe()
+        ));
     }
     let (summary, not_recorded) = w
         .complete_or_preview(last)
         .ok_or_else(|| bad("empty workout"))?;
     samples.append(&mut w.take_samples());
-    Ok(ImportedSession {
+    let session = ImportedSession {
         index: 0,
         summary,
         not_recorded,
@@ -373,7 +404,8 @@ pub fn import(
         samples,
         events: w.take_events(),
         profile: overrides,
-    })
+    };
+    Ok((session, warnings))
 }
 
 // --- export ------------------------------------------------------------------------------------
@@ -609,6 +641,75 @@ mod tests {
             .samples
             .iter()
             .any(|s| s.reading == Reading::HeartRate { bpm: 130.0 }));
+    }
+
+    /// 2024-05-01T00:00:00Z plus `min` minutes.
+    fn minute(min: i64) -> String {
+        Timestamp(1_714_521_600_000 + min * 60_000).to_rfc3339()
+    }
+
+    /// One heart-rate point a minute for 25 hours (minutes 0 ..= 1500).
+    fn gpx_25_hours() -> String {
+        let mut x = String::from(
+            r#"<gpx version="1.1" creator="test" xmlns="http://www.topografix.com/GPX/1/1" xmlns:gpxtpx="http://www.garmin.com/xmlschemas/TrackPointExtension/v1"><trk><type>hiking</type><trkseg>"#,
+        );
+        for m in 0..=1500 {
+            x.push_str(&format!(
+                r#"<trkpt lat="45.0" lon="7.0"><time>{}</time><extensions><gpxtpx:TrackPointExtension><gpxtpx:hr>100</gpxtpx:hr></gpxtpx:TrackPointExtension></extensions></trkpt>"#,
+                minute(m)
+            ));
+        }
+        x.push_str("</trkseg></trk></gpx>");
+        x
+    }
+
+    fn tcx_25_hours() -> String {
+        let mut x = format!(
+            r#"<TrainingCenterDatabase xmlns="http://www.garmin.com/xmlschemas/TrainingCenterDatabase/v2"><Activities><Activity Sport="Running"><Id>{0}</Id><Lap StartTime="{0}"><Track>"#,
+            minute(0)
+        );
+        for m in 0..=1500 {
+            x.push_str(&format!(
+                "<Trackpoint><Time>{}</Time><HeartRateBpm><Value>100</Value></HeartRateBpm></Trackpoint>",
+                minute(m)
+            ));
+        }
+        x.push_str("</Track></Lap></Activity></Activities></TrainingCenterDatabase>");
+        x
+    }
+
+    /// Before the fix the samples the workout refused at the limit, and all after them, were
+    /// dropped without a word (the import had no warnings).
+    #[test]
+    fn samples_past_the_24_hour_limit_are_counted_in_a_warning() {
+        // Minutes 1440 ..= 1500 are at or past the limit: 61 points, two samples each in the
+        // GPX (position, heart rate), one in the TCX (heart rate).
+        for (format, doc, per_point) in [
+            (Format::Gpx, gpx_25_hours(), 2),
+            (Format::Tcx, tcx_25_hours(), 1),
+        ] {
+            let (session, warnings) =
+                import_with_warnings(format, doc.as_bytes(), Profile::default(), "k").unwrap();
+            assert_eq!(
+                warnings,
+                vec![format!(
+                    "the 24-hour limit of a workout was reached; the samples after it were not \
+                     used: {} sample(s) (from {} to {})",
+                    61 * per_point,
+                    minute(1440),
+                    minute(1500)
+                )],
+                "{format:?}"
+            );
+            assert_eq!(session.samples.len(), 1440 * per_point, "{format:?}");
+            // Once `Workout::complete_or_preview` returns the summary of a workout completed
+            // at the limit (being fixed in workout.rs on another branch), also assert that the
+            // workout is recorded (`not_recorded` is None) with an elapsed time of 24 h.
+        }
+        // A file within the limit has no warning.
+        let (_, warnings) =
+            import_with_warnings(Format::Gpx, GPX.as_bytes(), Profile::default(), "k").unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
