@@ -19,12 +19,35 @@ totals are shown beside them under \"device\". Sessions shorter than one minute 
 and shown but not stored (a workout under a minute is not recorded). Importing the same file
 again stores nothing new.
 
-Exit codes: 0 ok; 1 a file could not be read; 2 bad usage; 3 a damaged file was only partly
-recovered; 4 database error.";
+Exit codes: 0 ok; 1 a file could not be read; 2 bad usage; 3 part of a file was not used (a
+damaged file only partly recovered, or samples outside its sessions or past the 24-hour limit;
+each loss is reported as a warning); 4 database error. When several files end differently, the
+most serious wins: 4, then 1, then 3 (an unreadable file is never hidden behind a partly used
+one). A file that cannot be stored is reported (\"error\": \"could not store: ...\" in JSON)
+and the remaining files are still imported; the command then exits 4.";
 
 const EXIT_UNREADABLE: u8 = 1;
 const EXIT_PARTIAL: u8 = 3;
 const EXIT_DATABASE: u8 = 4;
+
+/// How serious an exit code is: database error, then unreadable file, then partly used file.
+fn severity(code: u8) -> u8 {
+    match code {
+        EXIT_DATABASE => 3,
+        EXIT_UNREADABLE => 2,
+        EXIT_PARTIAL => 1,
+        _ => 0,
+    }
+}
+
+/// The exit code of a run from the codes of its files: the most serious one.
+fn worst(a: u8, b: u8) -> u8 {
+    if severity(b) > severity(a) {
+        b
+    } else {
+        a
+    }
+}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
@@ -55,6 +78,7 @@ fn device_json(d: &DeviceTotals) -> Value {
         "avg_hr": d.avg_hr,
         "max_hr": d.max_hr,
         "avg_power_w": d.avg_power_w,
+        "max_power_w": d.max_power_w,
         "normalized_power_w": d.normalized_power_w,
         "tss": d.tss,
     })
@@ -214,14 +238,13 @@ pub fn run(db: &Path, args: &ImportArgs) -> u8 {
                     .and_then(|e| e.to_str())
                     .map(str::to_ascii_lowercase);
                 let result = match ext.as_deref().and_then(|e| e.parse::<Format>().ok()) {
-                    Some(format) => {
-                        formats::import(format, &bytes, overrides, &hash).map(|s| FitImport {
+                    Some(format) => formats::import_with_warnings(format, &bytes, overrides, &hash)
+                        .map(|(s, warnings)| FitImport {
                             sessions: vec![s],
-                            warnings: vec![],
+                            warnings,
                             file_profile: Profile::default(),
                             device: None,
-                        })
-                    }
+                        }),
                     None => fit::import(&bytes, overrides, &hash),
                 };
                 result.map(|imp| (imp, hash)).map_err(|e| e.to_string())
@@ -230,7 +253,7 @@ pub fn run(db: &Path, args: &ImportArgs) -> u8 {
         let (imp, hash) = match result {
             Ok(x) => x,
             Err(e) => {
-                exit = exit.max(EXIT_UNREADABLE);
+                exit = worst(exit, EXIT_UNREADABLE);
                 if args.json {
                     out.push(json!({"file": name, "error": e}));
                 } else {
@@ -240,13 +263,22 @@ pub fn run(db: &Path, args: &ImportArgs) -> u8 {
             }
         };
         if !imp.warnings.is_empty() {
-            exit = exit.max(EXIT_PARTIAL);
+            exit = worst(exit, EXIT_PARTIAL);
         }
+        // The file's sessions are stored in one transaction: a failure stores none of them.
+        // The other files are still tried (each says whether it was stored), so a script sees
+        // exactly what is in the database; the command exits with the database code.
         let saved = match store.save_import(&name, &hash, &imp.sessions, clock.now()) {
             Ok(s) => s,
             Err(e) => {
-                bar.suspend(|| eprintln!("fitedge: {name}: could not store: {e}"));
-                return EXIT_DATABASE;
+                exit = worst(exit, EXIT_DATABASE);
+                let e = format!("could not store: {e}");
+                if args.json {
+                    out.push(json!({"file": name, "error": e}));
+                } else {
+                    bar.suspend(|| eprintln!("fitedge: {name}: {e}"));
+                }
+                continue;
             }
         };
         if args.json {

@@ -4,8 +4,12 @@
 //! - 0: everything worked;
 //! - 1: at least one file could not be read (the others were still imported);
 //! - 2: bad usage (unknown flag, missing argument);
-//! - 3: at least one file was damaged and only partly recovered (the loss is reported);
-//! - 4: the local database could not be opened or written.
+//! - 3: part of at least one file was not used: a damaged file only partly recovered, or
+//!   samples outside its sessions or past the 24-hour limit (each loss is reported);
+//! - 4: the local database could not be opened or written (for `import`: the files that could
+//!   not be stored are reported, the others are still imported).
+//!
+//! When several apply, the most serious wins: 4, then 1, then 3.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
