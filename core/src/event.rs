@@ -22,6 +22,9 @@ pub enum CompletionReason {
 #[serde(rename_all = "snake_case")]
 pub enum CancelReason {
     UserCancelled,
+    /// Recording stopped at the 24-hour limit with less than a minute on the timer, which the
+    /// rules do not record.
+    TooShort,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -68,6 +68,8 @@ pub struct Recording {
     since_check: u32,
     journal_seq: i64,
     events: Vec<DomainEvent>,
+    /// The workout was stored or the recording deleted: nothing more to write.
+    settled: bool,
 }
 
 impl std::fmt::Debug for Recording {
@@ -126,6 +128,7 @@ impl Recording {
             since_check: 0,
             journal_seq: 0,
             events: vec![],
+            settled: false,
         }
     }
 
@@ -171,32 +174,45 @@ impl Recording {
 
     pub fn pause(&mut self) -> Result<()> {
         let now = self.clock.now();
-        self.workout.pause(now)?;
+        let r = self.workout.pause(now);
+        self.settle(r)?;
         self.journal(Journal::Pause, now)
     }
 
     pub fn resume(&mut self) -> Result<()> {
         let now = self.clock.now();
-        self.workout.resume(now)?;
+        let r = self.workout.resume(now);
+        self.settle(r)?;
         self.journal(Journal::Resume, now)
     }
 
     pub fn lap(&mut self) -> Result<()> {
         let now = self.clock.now();
-        self.workout.lap(now)?;
+        let r = self.workout.lap(now);
+        self.settle(r)?;
         self.journal(Journal::Lap, now)
+    }
+
+    /// Passes a command's or sample's outcome through; when the workout stopped on its own
+    /// (the 24-hour limit, which any late command or sample can find passed), the recording
+    /// becomes a stored workout first, or is deleted when the workout was too short to record.
+    fn settle<T>(&mut self, r: std::result::Result<T, WorkoutError>) -> Result<T> {
+        if r.is_err() && !self.settled {
+            match self.workout.state() {
+                WorkoutState::Completed => {
+                    self.finish_completed()?;
+                }
+                WorkoutState::Cancelled => self.delete_recording()?,
+                _ => {}
+            }
+        }
+        Ok(r?)
     }
 
     /// Takes one sample, and flushes when a second has passed since the last flush.
     pub fn record(&mut self, sample: Sample) -> Result<Verdict> {
-        let verdict = match self.workout.record(sample) {
-            Ok(v) => v,
-            Err(WorkoutError::TimeLimitReached) => {
-                self.finish_completed()?;
-                return Err(WorkoutError::TimeLimitReached.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let r = self.workout.record(sample);
+        let verdict = self.settle(r)?;
         for s in self.workout.take_samples() {
             self.buffers[s.channel().index()].push(s);
             self.buffered += 1;
@@ -230,14 +246,8 @@ impl Recording {
     ) -> Result<Vec<Verdict>> {
         let mut out = Vec::new();
         for sample in samples {
-            let verdict = match self.workout.record(sample) {
-                Ok(v) => v,
-                Err(WorkoutError::TimeLimitReached) => {
-                    self.finish_completed()?;
-                    return Err(WorkoutError::TimeLimitReached.into());
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let r = self.workout.record(sample);
+            let verdict = self.settle(r)?;
             for s in self.workout.take_samples() {
                 self.buffers[s.channel().index()].push(s);
                 self.buffered += 1;
@@ -266,7 +276,11 @@ impl Recording {
             self.flush()?;
         }
         if self.workout.tick(now) {
-            self.finish_completed()?;
+            self.settle(Err::<(), _>(WorkoutError::TimeLimitReached))
+                .or_else(|e| match e {
+                    Error::Workout(WorkoutError::TimeLimitReached) => Ok(()),
+                    e => Err(e),
+                })?;
         }
         Ok(())
     }
@@ -316,7 +330,17 @@ impl Recording {
     /// Completes the workout and turns the recording into a stored workout.
     pub fn complete(&mut self) -> Result<WorkoutSummary> {
         let now = self.clock.now();
-        self.workout.complete(now)?;
+        // Past the 24-hour limit the workout completes at the limit, or is cancelled there
+        // when too short (an error, and the recording is deleted).
+        let r = self.workout.complete(now).map(|_| ());
+        self.settle(r)?;
+        if self.settled {
+            return self
+                .workout
+                .summary()
+                .cloned()
+                .ok_or_else(|| Error::Corrupt("completed workout without a summary".into()));
+        }
         self.finish_completed()
     }
 
@@ -342,6 +366,7 @@ impl Recording {
             Ok(events)
         })?;
         self.events.extend(events);
+        self.settled = true;
         Ok(summary)
     }
 
@@ -349,6 +374,10 @@ impl Recording {
     pub fn cancel(&mut self) -> Result<()> {
         let now = self.clock.now();
         self.workout.cancel(now)?;
+        self.delete_recording()
+    }
+
+    fn delete_recording(&mut self) -> Result<()> {
         let id = self.workout.id().0.clone();
         self.store.write(|tx| {
             tx.execute("DELETE FROM sample_chunks WHERE workout_id = ?1", [&id])?;
@@ -359,6 +388,7 @@ impl Recording {
             b.clear();
         }
         self.buffered = 0;
+        self.settled = true;
         Ok(())
     }
 
@@ -442,7 +472,10 @@ impl Recording {
             }
             // The recording may have outlived the 24-hour limit while the app was dead.
             if r.workout.tick(now) {
-                r.finish_completed()?;
+                match r.settle(Err::<(), _>(WorkoutError::TimeLimitReached)) {
+                    Err(Error::Workout(WorkoutError::TimeLimitReached)) => {}
+                    other => other?,
+                }
             }
             out.push(r);
         }

@@ -575,6 +575,64 @@ fn a_sample_from_a_jumped_clock_does_not_delay_the_next_flush() {
     assert!(last_t - newest <= 1000, "lost {} ms", last_t - newest);
 }
 
+/// A recording stopped by the 24-hour limit: stored when its timer holds a minute, deleted
+/// (nothing stored, nothing left to recover) when it holds less; a lap after the limit is
+/// refused and still stores what was recorded.
+#[test]
+fn a_recording_at_the_limit_is_stored_or_discarded_by_its_timer() {
+    let day = 24.0 * 3600.0;
+    for (timer_s, stored, late_lap) in [
+        (59.0, false, false),
+        (61.0, true, false),
+        (61.0, true, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(Timestamp(T0)));
+        let store = Arc::new(Store::open(&dir.path().join("limit.db"), Some(key())).unwrap());
+        let mut rec = Recording::start(
+            store.clone(),
+            clock.clone(),
+            Some(Sport::Walking),
+            Profile::default().resolve(),
+            WorkoutConfig::import(),
+        )
+        .unwrap();
+        rec.record(Sample::new(clock.now(), Reading::HeartRate { bpm: 90.0 }))
+            .unwrap();
+        clock.advance_secs(timer_s);
+        rec.pause().unwrap();
+        clock.advance_secs(day);
+        if late_lap {
+            assert!(matches!(
+                rec.lap(),
+                Err(Error::Workout(
+                    crate::workout::WorkoutError::TimeLimitReached
+                ))
+            ));
+        } else {
+            rec.maybe_flush().unwrap();
+        }
+        let case = format!("timer {timer_s} s, late lap {late_lap}");
+        let workouts: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM workouts", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(workouts, i64::from(stored), "{case}");
+        assert!(
+            Recording::recover(store.clone(), clock.clone())
+                .unwrap()
+                .is_empty(),
+            "{case}"
+        );
+        let chunks: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM sample_chunks", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(chunks > 0, stored, "{case}");
+        // Stopped: later calls change nothing and do not store it twice.
+        rec.maybe_flush().unwrap();
+        assert!(rec.complete().is_err(), "{case}");
+    }
+}
+
 #[test]
 fn a_v2_database_migrates_to_v4_with_a_document_per_workout() {
     let dir = tempfile::tempdir().unwrap();

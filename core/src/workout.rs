@@ -335,6 +335,7 @@ impl Workout {
             _ => return Err(self.refuse(Command::Pause)),
         }
         self.check_time(Command::Pause, at)?;
+        self.stop_if_past_limit(at)?;
         self.do_pause(at, false);
         Ok(())
     }
@@ -355,6 +356,7 @@ impl Workout {
             return Err(self.refuse(Command::Resume));
         }
         self.check_time(Command::Resume, at)?;
+        self.stop_if_past_limit(at)?;
         self.do_resume(at, false);
         Ok(())
     }
@@ -379,6 +381,7 @@ impl Workout {
             return Err(self.refuse(Command::Lap));
         }
         self.check_time(Command::Lap, at)?;
+        self.stop_if_past_limit(at)?;
         self.close_lap(at);
         self.last_change = Some(at);
         self.events.push(DomainEvent::LapCompleted {
@@ -460,13 +463,7 @@ impl Workout {
             self.report.record(ch, verdict);
             return Ok(verdict);
         }
-        if s.t.secs_since(start) >= self.config.max_elapsed_s {
-            self.finish(
-                start.plus_secs(self.config.max_elapsed_s),
-                CompletionReason::TimeLimit,
-            );
-            return Err(WorkoutError::TimeLimitReached);
-        }
+        self.stop_if_past_limit(s.t)?;
         let verdict = if s.t < start {
             Verdict::Rejected(Reason::OutOfOrder)
         } else {
@@ -560,23 +557,48 @@ impl Workout {
         Some(r.metrics.live(end.0, &r.timer))
     }
 
-    /// Enforces the 24-hour limit when no samples arrive. Returns true if it stopped recording.
+    /// Enforces the 24-hour limit when no samples arrive. Returns true if it stopped recording
+    /// (completed at the limit, or cancelled there as [`CancelReason::TooShort`]).
     pub fn tick(&mut self, now: Timestamp) -> bool {
-        let Some(start) = self.start_time() else {
-            return false;
-        };
-        if matches!(
+        self.stop_if_past_limit(now).is_err()
+    }
+
+    fn recording(&self) -> bool {
+        matches!(
             self.state,
             WorkoutState::Active | WorkoutState::Paused { .. }
-        ) && now.secs_since(start) >= self.config.max_elapsed_s
-        {
-            self.finish(
-                start.plus_secs(self.config.max_elapsed_s),
-                CompletionReason::TimeLimit,
-            );
-            return true;
+        )
+    }
+
+    /// The instant recording stops: 24 hours after the start.
+    fn limit(&self) -> Option<Timestamp> {
+        Some(self.start_time()?.plus_secs(self.config.max_elapsed_s))
+    }
+
+    fn timer_s_at(&self, at: Timestamp) -> f64 {
+        self.run
+            .as_ref()
+            .map_or(0.0, |r| r.timer.timer_ms(at.0) as f64 / 1000.0)
+    }
+
+    /// Every command and sample passes here first: at or past the 24-hour limit recording
+    /// stops at the limit, whatever arrives (a late tick, a lap, a sample). The workout is
+    /// completed there, unless its timer holds less than the minimum: a workout under a minute
+    /// is not recorded however it ends (a 10-second workout left paused for a day), so it is
+    /// cancelled as too short. `Err(TimeLimitReached)` when it stopped.
+    fn stop_if_past_limit(&mut self, at: Timestamp) -> Result<(), WorkoutError> {
+        let Some(limit) = self.limit() else {
+            return Ok(());
+        };
+        if !self.recording() || at < limit {
+            return Ok(());
         }
-        false
+        if self.timer_s_at(limit) < self.config.min_timer_s {
+            self.discard(limit, CancelReason::TooShort);
+        } else {
+            self.finish(limit, CompletionReason::TimeLimit);
+        }
+        Err(WorkoutError::TimeLimitReached)
     }
 
     pub fn complete(&mut self, at: Timestamp) -> Result<&WorkoutSummary, WorkoutError> {
@@ -587,16 +609,16 @@ impl Workout {
             return Err(self.refuse(Command::Complete));
         }
         self.check_time(Command::Complete, at)?;
-        let start = self.start_time().unwrap_or(at);
-        let at = if at.secs_since(start) > self.config.max_elapsed_s {
-            start.plus_secs(self.config.max_elapsed_s)
-        } else {
-            at
-        };
-        let timer_s = self
-            .run
-            .as_ref()
-            .map_or(0.0, |r| r.timer.timer_ms(at.0) as f64 / 1000.0);
+        if self.stop_if_past_limit(at).is_err() {
+            // Completing after the limit completes at the limit, with that reason.
+            return match &self.summary {
+                Some(s) if self.state == WorkoutState::Completed => Ok(s),
+                _ => Err(WorkoutError::TooShort {
+                    timer_s: self.limit().map_or(0.0, |l| self.timer_s_at(l)),
+                }),
+            };
+        }
+        let timer_s = self.timer_s_at(at);
         if timer_s < self.config.min_timer_s {
             return Err(WorkoutError::TooShort { timer_s });
         }
@@ -636,6 +658,18 @@ impl Workout {
         &mut self,
         at: Timestamp,
     ) -> Option<(WorkoutSummary, Option<WorkoutError>)> {
+        // Stopped at the 24-hour limit while the samples were replayed: what was recorded up
+        // to the limit stands, completed or (under a minute) not recorded.
+        let at = self.limit().map_or(at, |l| at.min(l));
+        match self.state {
+            WorkoutState::Completed => return Some((self.summary.clone()?, None)),
+            WorkoutState::Cancelled => {
+                let preview = self.preview(at)?;
+                let timer_s = preview.metrics.timer_s;
+                return Some((preview, Some(WorkoutError::TooShort { timer_s })));
+            }
+            _ => {}
+        }
         match self.complete(at) {
             Ok(s) => Some((s.clone(), None)),
             Err(e) => {
@@ -685,15 +719,19 @@ impl Workout {
             return Err(self.refuse(Command::Cancel));
         }
         self.check_time(Command::Cancel, at)?;
+        self.discard(at, CancelReason::UserCancelled);
+        Ok(())
+    }
+
+    fn discard(&mut self, at: Timestamp, reason: CancelReason) {
         self.state = WorkoutState::Cancelled;
         self.last_change = Some(at);
         self.samples.clear();
         self.events.push(DomainEvent::WorkoutCancelled {
             workout_id: self.id.clone(),
             at,
-            reason: CancelReason::UserCancelled,
+            reason,
         });
-        Ok(())
     }
 
     /// The timer log (for tests and for recomputation from stored samples).

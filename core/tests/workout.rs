@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use fitedge_core::event::{CompletionReason, DomainEvent};
+use fitedge_core::event::{CancelReason, CompletionReason, DomainEvent};
 use fitedge_core::metrics::{self, TimerLog};
 use fitedge_core::validation::{Reason, Verdict};
 use fitedge_core::workout::{Command, WorkoutConfig};
@@ -198,6 +198,116 @@ fn the_clock_enforces_the_limit_without_samples() {
         r.pause(),
         Err(WorkoutError::InvalidTransition { .. })
     ));
+}
+
+/// RULES: under 1 minute is not recorded, however recording ends. A 10-second workout left
+/// paused for a day stops at the limit as too short, not completed.
+#[test]
+fn a_workout_stopped_by_the_limit_under_a_minute_is_not_recorded() {
+    let day = 24.0 * 3600.0;
+    for (timer_s, stored) in [(59.999, false), (60.0, true)] {
+        let mut w = workout(Some(Sport::Walking));
+        w.start(at(0.0)).unwrap();
+        w.pause(at(timer_s)).unwrap();
+        names(&mut w);
+        assert!(w.tick(at(day)), "timer {timer_s}");
+        if stored {
+            assert_eq!(w.state(), WorkoutState::Completed);
+            assert_eq!(w.summary().unwrap().completion, CompletionReason::TimeLimit);
+        } else {
+            assert_eq!(w.state(), WorkoutState::Cancelled);
+            assert!(w.summary().is_none());
+            assert!(w.take_events().iter().any(|e| matches!(
+                e,
+                DomainEvent::WorkoutCancelled {
+                    reason: CancelReason::TooShort,
+                    ..
+                }
+            )));
+        }
+    }
+}
+
+/// A command that arrives after the limit (no tick in between) finds recording stopped at the
+/// limit: a lap there would run backwards, a pause or resume would change a finished timer.
+#[test]
+fn commands_after_the_limit_find_it_stopped() {
+    let day = 24.0 * 3600.0;
+    type Cmd = fn(&mut Workout, Timestamp) -> Result<(), WorkoutError>;
+    let cmds: [(&str, Cmd); 3] = [
+        ("lap", |w, t| w.lap(t)),
+        ("pause", |w, t| w.pause(t)),
+        ("resume", |w, t| {
+            w.pause(at(120.0))?;
+            w.resume(t)
+        }),
+    ];
+    for (name, cmd) in cmds {
+        // Just inside: a moment before the limit is still recording.
+        let mut w = workout(Some(Sport::Running));
+        w.start(at(0.0)).unwrap();
+        assert_eq!(cmd(&mut w, at(day - 0.001)), Ok(()), "{name}");
+        // At the limit and past it: refused, the workout completed at the limit.
+        let mut w = workout(Some(Sport::Running));
+        w.start(at(0.0)).unwrap();
+        assert_eq!(
+            cmd(&mut w, at(day + 60.0)),
+            Err(WorkoutError::TimeLimitReached),
+            "{name}"
+        );
+        let s = w.summary().unwrap();
+        assert_eq!(s.completion, CompletionReason::TimeLimit, "{name}");
+        assert_eq!(s.end_time, at(day), "{name}");
+        assert!(
+            s.laps.iter().all(|l| l.timer_s >= 0.0),
+            "{name}: {:?}",
+            s.laps
+        );
+    }
+    // Completing after the limit completes at the limit, with the limit as the reason.
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    let s = w.complete(at(day + 120.0)).unwrap();
+    assert_eq!(s.completion, CompletionReason::TimeLimit);
+    assert_eq!(s.end_time, at(day));
+}
+
+/// An import longer than 24 hours: the replay stops at the limit; what was recorded up to it
+/// is the workout (before, the completed workout was refused a second completion and the
+/// import stored nothing).
+#[test]
+fn an_import_past_the_limit_keeps_the_first_24_hours() {
+    let day = 24.0 * 3600.0;
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    let mut t = 0.0;
+    while t <= 25.0 * 3600.0 {
+        let r = w.record(Sample::new(at(t), Reading::HeartRate { bpm: 120.0 }));
+        if t < day {
+            assert!(r.is_ok());
+        }
+        t += 60.0;
+    }
+    let (s, err) = w.complete_or_preview(at(25.0 * 3600.0)).unwrap();
+    assert_eq!(err, None);
+    assert_eq!(s.completion, CompletionReason::TimeLimit);
+    assert_eq!(s.metrics.elapsed_s, day);
+    assert_eq!(w.state(), WorkoutState::Completed);
+
+    // The same under a minute of timer: not recorded, with the figures up to the limit.
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    w.pause(at(30.0)).unwrap();
+    let _ = w.record(Sample::new(
+        at(day + 10.0),
+        Reading::HeartRate { bpm: 120.0 },
+    ));
+    let (s, err) = w.complete_or_preview(at(day + 20.0)).unwrap();
+    assert!(
+        matches!(err, Some(WorkoutError::TooShort { .. })),
+        "{err:?}"
+    );
+    assert_eq!(s.metrics.elapsed_s, day);
 }
 
 #[test]
