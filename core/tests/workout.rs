@@ -371,6 +371,70 @@ fn health_alerts_fire_on_entering_the_critical_range() {
     assert_eq!(s.metrics.max_hr_bpm, Some(185.0));
 }
 
+/// Heart rate arrives in a chunk up to 110 s, then speed from 100 s says the athlete stopped:
+/// the auto-pause must not be placed behind heart-rate seconds already counted as running, or
+/// the live figures differ from a recomputation over the final timer.
+#[test]
+fn auto_pause_is_not_placed_behind_samples_already_counted() {
+    let cfg = WorkoutConfig::for_sport(Some(Sport::Running));
+    let ap = cfg.auto_pause;
+    let mut w = Workout::new(
+        WorkoutId::random(),
+        Some(Sport::Running),
+        Profile::default().resolve(),
+        cfg,
+    );
+    w.start(at(0.0)).unwrap();
+    let mut all = vec![];
+    let mut feed = |w: &mut Workout, s: Sample| {
+        all.push(s);
+        let _ = w.record(s);
+    };
+    for s in 0..100 {
+        feed(
+            &mut w,
+            Sample::new(at(f64::from(s)), Reading::Speed { mps: 3.0 }),
+        );
+        feed(
+            &mut w,
+            Sample::new(at(f64::from(s)), Reading::HeartRate { bpm: 150.0 }),
+        );
+    }
+    for s in 100..=110 {
+        feed(
+            &mut w,
+            Sample::new(
+                at(f64::from(s)),
+                Reading::HeartRate {
+                    bpm: 100.0 + f64::from(s),
+                },
+            ),
+        );
+    }
+    for s in 100..=110 {
+        feed(
+            &mut w,
+            Sample::new(at(f64::from(s)), Reading::Speed { mps: 0.0 }),
+        );
+    }
+    assert_eq!(w.state(), WorkoutState::Paused { auto: true });
+    assert!(ap.after_s < 10.0);
+    let end = at(130.0);
+    let live = w.complete(end).unwrap().clone();
+    let (batch, report) = metrics::compute(
+        Some(Sport::Running),
+        Profile::default().resolve(),
+        &all,
+        w.timer().unwrap(),
+        end.0,
+    );
+    assert_eq!(live.validation, report);
+    assert_eq!(
+        serde_json::to_value(&live.metrics).unwrap(),
+        serde_json::to_value(&batch).unwrap()
+    );
+}
+
 #[test]
 fn auto_pause_stops_and_restarts_the_timer() {
     let cfg = WorkoutConfig::for_sport(Some(Sport::Running));
@@ -422,6 +486,32 @@ fn auto_pause_stops_and_restarts_the_timer() {
     w.pause(at(1.0)).unwrap();
     w.record(v(2.0, 5.0)).unwrap();
     assert_eq!(w.state(), WorkoutState::Paused { auto: false });
+}
+
+/// Two fixes a second stamped at second resolution (2 Hz logging): the second fix of each
+/// pair used to count no distance, halving the track.
+#[test]
+fn fixes_sharing_a_second_count_their_distance() {
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    // North at 3 m/s: 1.5 m per half second, both halves stamped with the whole second.
+    let deg_per_m = 1.0 / 111_200.0;
+    for i in 0..240 {
+        let t = at(f64::from(i / 2));
+        let lat = 45.0 + f64::from(i) * 1.5 * deg_per_m;
+        w.record(Sample::new(
+            t,
+            Reading::Position {
+                lat,
+                lon: 7.0,
+                accuracy_m: None,
+            },
+        ))
+        .unwrap();
+    }
+    let s = w.complete(at(120.0)).unwrap();
+    let d = s.metrics.distance_m.unwrap();
+    assert!((d - 239.0 * 1.5).abs() < 5.0, "distance {d}");
 }
 
 #[test]

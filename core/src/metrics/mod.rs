@@ -622,8 +622,12 @@ fn gps_event(
     match e {
         TrackEvent::Step { from, to, metres } => {
             let span = to.t - from.t;
+            // Two fixes stamped with the same second (2 Hz logging at second resolution) cover
+            // ground too: counted when the timer runs, as for a distance sensor.
             let frac = if span > 0 {
                 secs(timer.active_ms(from.t, to.t)) / secs(span)
+            } else if timer.is_active(to.t) {
+                1.0
             } else {
                 0.0
             };

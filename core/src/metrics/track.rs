@@ -62,9 +62,15 @@ pub struct Track {
     /// Integral of v^3 dt over timer time (m^3/s^2), for aerodynamic drag work.
     pub v3_integral: f64,
     pub max_speed_mps: f64,
+    /// (timer seconds, cumulative distance) over the last few seconds: the maximum speed is
+    /// taken over at least [`MAX_SPEED_WINDOW_S`], however often points come.
+    speed_window: VecDeque<(f64, f64)>,
     pub current_speed_mps: f64,
     pub points_seen: u64,
 }
+
+/// A single 1 s step of GPS is too noisy for a maximum; a maximum needs this much support.
+const MAX_SPEED_WINDOW_S: f64 = 3.0;
 
 impl Track {
     pub fn new(moving_threshold: f64) -> Self {
@@ -89,6 +95,7 @@ impl Track {
             run_m: 0.0,
             v3_integral: 0.0,
             max_speed_mps: 0.0,
+            speed_window: VecDeque::new(),
             current_speed_mps: 0.0,
             points_seen: 0,
         }
@@ -118,10 +125,6 @@ impl Track {
                     self.run_m += delta;
                 }
                 self.v3_integral += v * v * v * dt;
-                // A single 1 s step is too noisy for a maximum; require 3 s of support.
-                if dt >= 3.0 {
-                    self.max_speed_mps = self.max_speed_mps.max(v);
-                }
             } else {
                 self.walk_m += delta;
             }
@@ -130,6 +133,21 @@ impl Track {
             self.walk_m += delta;
         }
         self.last = Some((timer_s, self.total));
+        // Keep the latest point at least the window back, and everything after it.
+        self.speed_window.push_back((timer_s, self.total));
+        while self
+            .speed_window
+            .get(1)
+            .is_some_and(|p| p.0 <= timer_s - MAX_SPEED_WINDOW_S)
+        {
+            self.speed_window.pop_front();
+        }
+        if let Some(&(t0, d0)) = self.speed_window.front() {
+            let dt = timer_s - t0;
+            if dt >= MAX_SPEED_WINDOW_S {
+                self.max_speed_mps = self.max_speed_mps.max((self.total - d0) / dt);
+            }
+        }
         // Standing still adds nothing an effort could end on, and as a start the latest of equal
         // points is the best: replace instead of growing (bounds memory on long stops).
         let len = self.points.len();
@@ -263,6 +281,33 @@ mod tests {
         assert!(!e.iter().any(|e| e.name == "half_marathon"));
         assert_eq!(t.moving_s, 3000.0);
         assert!(t.retained_points() < 3002);
+    }
+
+    /// 1 Hz points (a phone's GPS) used to leave the maximum at 0: it needs 3 s of support,
+    /// taken now over a window of points rather than from one step.
+    #[test]
+    fn max_speed_over_three_seconds_at_one_hertz() {
+        let mut t = Track::new(0.3);
+        t.advance(0.0, 0.0);
+        for s in 1..=10 {
+            t.advance(f64::from(s), 4.0);
+        }
+        assert!((t.max_speed_mps - 4.0).abs() < 1e-9, "{}", t.max_speed_mps);
+        // A one-second spike is averaged with its neighbours, not taken alone.
+        t.advance(11.0, 20.0);
+        assert!(
+            (t.max_speed_mps - 28.0 / 3.0).abs() < 1e-9,
+            "{}",
+            t.max_speed_mps
+        );
+        // Just inside the window: 2.9 s of points is not yet a maximum.
+        let mut t = Track::new(0.3);
+        t.advance(0.0, 0.0);
+        t.advance(1.45, 10.0);
+        t.advance(2.9, 10.0);
+        assert_eq!(t.max_speed_mps, 0.0);
+        t.advance(3.0, 1.0);
+        assert!((t.max_speed_mps - 7.0).abs() < 1e-9, "{}", t.max_speed_mps);
     }
 
     #[test]
