@@ -534,15 +534,24 @@ impl Workout {
         if self.last_change.is_some_and(|l| s.t < l) {
             return;
         }
+        // Channels may arrive in chunks (heart rate up to 110 s, then speed from 100 s): the
+        // metrics have already counted the later samples under the running timer, so the
+        // timer changes just after the latest sample used, never behind counted data.
+        let change_at = match self.last_used_t {
+            Some(l) if l > s.t => Timestamp(l.0 + 1),
+            _ => s.t,
+        };
         match self.state {
             WorkoutState::Active if v < ap.below_mps => {
                 let since = *self.slow_since.get_or_insert(s.t.0);
                 if (s.t.0 - since) as f64 / 1000.0 >= ap.after_s {
-                    self.do_pause(s.t, true);
+                    self.do_pause(change_at, true);
                 }
             }
             WorkoutState::Active => self.slow_since = None,
-            WorkoutState::Paused { auto: true } if v >= ap.below_mps => self.do_resume(s.t, true),
+            WorkoutState::Paused { auto: true } if v >= ap.below_mps => {
+                self.do_resume(change_at, true);
+            }
             _ => {}
         }
     }
