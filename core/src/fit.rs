@@ -1180,9 +1180,9 @@ mod tests {
         assert!(limit.contains(&at(1500).to_rfc3339()), "{limit}");
         // Every sample before the limit was used.
         assert_eq!(imp.sessions[0].samples.len(), 1440);
-        // Once `Workout::complete_or_preview` returns the summary of a workout completed at the
-        // limit (being fixed in workout.rs on another branch), also assert here that the
-        // session is recorded (`not_recorded` is None) with an elapsed time of exactly 24 h.
+        // And the workout is recorded, stopped at the limit.
+        assert_eq!(imp.sessions[0].not_recorded, None);
+        assert_eq!(imp.sessions[0].summary.metrics.elapsed_s, 24.0 * 3600.0);
     }
 
     /// Before the fix decoding stopped at the first message it could not decode, and every

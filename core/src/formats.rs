@@ -702,9 +702,13 @@ mod tests {
                 "{format:?}"
             );
             assert_eq!(session.samples.len(), 1440 * per_point, "{format:?}");
-            // Once `Workout::complete_or_preview` returns the summary of a workout completed
-            // at the limit (being fixed in workout.rs on another branch), also assert that the
-            // workout is recorded (`not_recorded` is None) with an elapsed time of 24 h.
+            // And the workout is recorded, stopped at the limit.
+            assert_eq!(session.not_recorded, None, "{format:?}");
+            assert_eq!(
+                session.summary.metrics.elapsed_s,
+                24.0 * 3600.0,
+                "{format:?}"
+            );
         }
         // A file within the limit has no warning.
         let (_, warnings) =
