@@ -334,13 +334,6 @@ impl Recording {
         // when too short (an error, and the recording is deleted).
         let r = self.workout.complete(now).map(|_| ());
         self.settle(r)?;
-        if self.settled {
-            return self
-                .workout
-                .summary()
-                .cloned()
-                .ok_or_else(|| Error::Corrupt("completed workout without a summary".into()));
-        }
         self.finish_completed()
     }
 
