@@ -66,6 +66,8 @@ pub struct Recording {
     /// the host app's, behind an FFI call) is read only when a flush could be due.
     last_check_t: i64,
     since_check: u32,
+    /// The clock's time at the last look, to judge samples dated ahead of it.
+    clock_seen: Timestamp,
     journal_seq: i64,
     events: Vec<DomainEvent>,
     /// The workout was stored or the recording deleted: nothing more to write.
@@ -126,6 +128,7 @@ impl Recording {
             last_flush: now,
             last_check_t: now.0,
             since_check: 0,
+            clock_seen: now,
             journal_seq: 0,
             events: vec![],
             settled: false,
@@ -209,9 +212,20 @@ impl Recording {
         Ok(r?)
     }
 
+    /// The clock's time for judging a sample dated `t`: the last reading, unless `t` is ahead of
+    /// it by more than the allowance, and only then a fresh look (the clock may sit behind an
+    /// FFI call, and live samples are rarely ahead of the last look).
+    fn clock_for(&mut self, t: Timestamp) -> Timestamp {
+        if t.secs_since(self.clock_seen) > crate::workout::MAX_AHEAD_OF_CLOCK_S {
+            self.clock_seen = self.clock.now();
+        }
+        self.clock_seen
+    }
+
     /// Takes one sample, and flushes when a second has passed since the last flush.
     pub fn record(&mut self, sample: Sample) -> Result<Verdict> {
-        let r = self.workout.record(sample);
+        let now = self.clock_for(sample.t);
+        let r = self.workout.record_live(sample, now);
         let verdict = self.settle(r)?;
         for s in self.workout.take_samples() {
             self.buffers[s.channel().index()].push(s);
@@ -246,7 +260,8 @@ impl Recording {
     ) -> Result<Vec<Verdict>> {
         let mut out = Vec::new();
         for sample in samples {
-            let r = self.workout.record(sample);
+            let now = self.clock_for(sample.t);
+            let r = self.workout.record_live(sample, now);
             let verdict = self.settle(r)?;
             for s in self.workout.take_samples() {
                 self.buffers[s.channel().index()].push(s);
@@ -270,6 +285,7 @@ impl Recording {
     /// Flushes if the loss bound requires it; call it on a timer too when samples stop coming.
     pub fn maybe_flush(&mut self) -> Result<()> {
         let now = self.clock.now();
+        self.clock_seen = now;
         if self.buffered >= MAX_BUFFERED
             || (self.buffered > 0 && now.0 - self.last_flush.0 >= FLUSH_EVERY_MS)
         {

@@ -13,6 +13,7 @@ use crate::recording::Recording;
 use crate::sample::{Channel, Reading, Sample};
 use crate::store::{v1, ListFilter, Period, WorkoutStats};
 use crate::time::{Clock, ManualClock, Timestamp};
+use crate::validation::{Reason, Verdict};
 use crate::workout::{Workout, WorkoutConfig, WorkoutId};
 use crate::{Profile, Sport};
 
@@ -573,6 +574,47 @@ fn a_sample_from_a_jumped_clock_does_not_delay_the_next_flush() {
         .unwrap();
     let newest = stored.iter().map(|s| s.t.0).max().unwrap();
     assert!(last_t - newest <= 1000, "lost {} ms", last_t - newest);
+}
+
+#[test]
+fn a_recording_rejects_a_sample_from_hours_ahead_and_keeps_its_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(T0)));
+    let store = Arc::new(Store::open(&dir.path().join("ahead.db"), Some(key())).unwrap());
+    let mut rec = Recording::start(
+        store.clone(),
+        clock.clone(),
+        Some(Sport::Cycling),
+        Profile::default().resolve(),
+        WorkoutConfig::import(),
+    )
+    .unwrap();
+    let hr = |t: i64| Sample::new(Timestamp(t), Reading::HeartRate { bpm: 140.0 });
+    rec.record(hr(T0)).unwrap();
+    // A strap stamping local time (UTC+3) as UTC.
+    assert_eq!(
+        rec.record(hr(T0 + 3 * 3_600_000)).unwrap(),
+        Verdict::Rejected(Reason::AheadOfClock)
+    );
+    let mut verdicts = vec![];
+    for _ in 0..90 {
+        clock.advance_secs(1.0);
+        verdicts.push(rec.record(hr(clock.now().0)).unwrap());
+    }
+    assert!(
+        verdicts.iter().all(|v| *v == Verdict::Accepted),
+        "{verdicts:?}"
+    );
+    let batch = rec
+        .record_batch([hr(T0 + 90_000), hr(T0 + 5 * 3_600_000)])
+        .unwrap();
+    assert_eq!(
+        batch,
+        [Verdict::Accepted, Verdict::Rejected(Reason::AheadOfClock)]
+    );
+    let s = rec.complete().unwrap();
+    assert_eq!(s.rejected, 2);
+    assert_eq!(s.metrics.elapsed_s, 90.0);
 }
 
 /// A recording stopped by the 24-hour limit: stored when its timer holds a minute, deleted

@@ -45,6 +45,9 @@ pub enum Reason {
     /// Dated more than a workout's whole life (24 h) after the last sample the workout used:
     /// a sensor clock that jumped, not a moment of this workout.
     TimestampJump,
+    /// Dated further ahead of the recording's clock than [`crate::workout::MAX_AHEAD_OF_CLOCK_S`]
+    /// allows: a sensor stamping local time as UTC, not a moment that has happened yet.
+    AheadOfClock,
 }
 
 impl Reason {
@@ -63,6 +66,7 @@ impl Reason {
             Reason::Spo2BelowRange => "spo2_below_range",
             Reason::CounterReset => "counter_reset",
             Reason::TimestampJump => "timestamp_jump",
+            Reason::AheadOfClock => "ahead_of_clock",
         }
     }
 }

@@ -102,6 +102,13 @@ pub enum WorkoutError {
     },
 }
 
+/// How far ahead of the recording's clock a live sample may be dated. Devices synchronised with
+/// the phone agree within seconds; a sensor that stamps local time as UTC is off by at least
+/// 30 minutes (no time zone is closer to UTC than that). Taken in, such a sample would become
+/// its channel's latest, and every real sample after it would be refused as out of order until
+/// real time caught up, hours later.
+pub const MAX_AHEAD_OF_CLOCK_S: f64 = 120.0;
+
 /// Limits from RULES.md, configurable per deployment.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkoutConfig {
@@ -483,6 +490,18 @@ impl Workout {
         Ok(verdict)
     }
 
+    /// [`Self::record`] for a live sample, where `now` is the recording clock's time: a sample
+    /// dated more than [`MAX_AHEAD_OF_CLOCK_S`] after `now` is rejected as
+    /// [`Reason::AheadOfClock`] (counted, kept out of every metric) instead of being taken in.
+    pub fn record_live(&mut self, s: Sample, now: Timestamp) -> Result<Outcome, WorkoutError> {
+        if s.t.secs_since(now) > MAX_AHEAD_OF_CLOCK_S && self.recording() {
+            let verdict = Verdict::Rejected(Reason::AheadOfClock);
+            self.report.record(s.channel(), verdict);
+            return Ok(verdict);
+        }
+        self.record(s)
+    }
+
     fn alerts(&mut self, s: &Sample, verdict: Verdict) {
         let i = s.channel().index();
         match verdict {
@@ -763,7 +782,7 @@ impl SampleSink for Workout {
 
 impl SampleSink for Recorder {
     fn record(&mut self, sample: Sample) -> Result<Outcome, WorkoutError> {
-        self.workout.record(sample)
+        Recorder::record(self, sample)
     }
 }
 
@@ -820,8 +839,10 @@ impl Recorder {
         self.workout.record(Sample::new(self.clock.now(), reading))
     }
 
+    /// Records a sample with its own time; one dated well ahead of the clock is rejected
+    /// (see [`Workout::record_live`]).
     pub fn record(&mut self, sample: Sample) -> Result<Outcome, WorkoutError> {
-        self.workout.record(sample)
+        self.workout.record_live(sample, self.clock.now())
     }
 
     pub fn tick(&mut self) -> bool {

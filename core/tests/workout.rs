@@ -179,6 +179,46 @@ fn a_sample_a_day_after_the_last_is_a_damaged_timestamp_not_the_end() {
     assert_eq!(w.summary().unwrap().completion, CompletionReason::TimeLimit);
 }
 
+/// A strap stamping local time as UTC (hours ahead of the clock) must not become its channel's
+/// latest sample, or every real sample after it would be refused as out of order.
+#[test]
+fn a_sample_dated_ahead_of_the_clock_is_rejected_and_does_not_block_its_channel() {
+    use fitedge_core::workout::MAX_AHEAD_OF_CLOCK_S;
+    let clock = Arc::new(ManualClock::new(at(0.0)));
+    let mut r = Recorder::new(
+        Some(Sport::Running),
+        Profile::default().resolve(),
+        WorkoutConfig::for_sport(Some(Sport::Running)),
+        clock.clone(),
+    );
+    r.start().unwrap();
+    clock.advance_secs(10.0);
+    let hr = |s| Sample::new(at(s), Reading::HeartRate { bpm: 120.0 });
+    // Just inside the allowance: a device a little ahead of the phone.
+    assert_eq!(
+        r.record(hr(10.0 + MAX_AHEAD_OF_CLOCK_S)),
+        Ok(Verdict::Accepted)
+    );
+    // Just outside, and the real case: three hours ahead.
+    assert_eq!(
+        r.record(hr(10.0 + MAX_AHEAD_OF_CLOCK_S + 0.001)),
+        Ok(Verdict::Rejected(Reason::AheadOfClock))
+    );
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    assert_eq!(
+        w.record_live(hr(3.0 * 3600.0), at(10.0)),
+        Ok(Verdict::Rejected(Reason::AheadOfClock))
+    );
+    // The channel goes on with the real samples.
+    assert_eq!(w.record_live(hr(11.0), at(11.0)), Ok(Verdict::Accepted));
+    assert_eq!(w.record_live(hr(12.0), at(12.0)), Ok(Verdict::Accepted));
+    let s = w.preview(at(100.0)).unwrap();
+    let report = &s.validation.channels[&fitedge_core::Channel::HeartRate];
+    assert_eq!(report.rejected[&Reason::AheadOfClock], 1);
+    assert_eq!(s.rejected, 1);
+}
+
 #[test]
 fn the_clock_enforces_the_limit_without_samples() {
     let clock = Arc::new(ManualClock::new(at(0.0)));
