@@ -706,3 +706,89 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+/// A run on GPS from the start, a foot pod (0 m at connection) from `pod_from` s, a
+/// barometer from `baro_from` s on a steady climb, and laps at 100 s and 200 s.
+fn run_with_late_sources(pod_from: f64, baro_from: f64) -> fitedge_core::WorkoutSummary {
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    for s in 0..=300 {
+        let t = s as f64;
+        let fix = Reading::Position {
+            lat: 45.0 + t * 3.0 / 111_132.0,
+            lon: 7.0,
+            accuracy_m: Some(5.0),
+        };
+        w.record(Sample::new(at(t), fix)).unwrap();
+        w.record(Sample::new(
+            at(t),
+            Reading::Altitude {
+                m: 200.0 + t * 0.2,
+                source: fitedge_core::AltitudeSource::Gps,
+            },
+        ))
+        .unwrap();
+        if t >= baro_from {
+            w.record(Sample::new(
+                at(t),
+                Reading::Altitude {
+                    m: 210.0 + t * 0.2,
+                    source: fitedge_core::AltitudeSource::Barometric,
+                },
+            ))
+            .unwrap();
+        }
+        if t >= pod_from {
+            let m = 3.0 * (t - pod_from);
+            w.record(Sample::new(at(t), Reading::Distance { m }))
+                .unwrap();
+        }
+        if s == 100 || s == 200 {
+            w.lap(at(t)).unwrap();
+        }
+    }
+    w.complete(at(300.0)).unwrap().clone()
+}
+
+/// The source measuring from the start keeps the distance and the ascent: a foot pod or a
+/// barometer that begins more than a minute in does not replace it (the figures would fall back
+/// to what the late source saw, and a lap across the switch would come out negative).
+#[test]
+fn a_source_that_begins_late_does_not_take_over() {
+    use fitedge_core::metrics::{DistanceSource, SOURCE_GRACE_MS};
+    let grace = SOURCE_GRACE_MS as f64 / 1000.0;
+    // The barometer just outside the grace (GPS altitude begins at 0 s); the pod well outside
+    // (GPS distance begins a few fixes in, behind its filter; the boundary itself is tested in
+    // the metrics module).
+    let s = run_with_late_sources(grace + 30.0, grace + 1.0);
+    assert_eq!(s.metrics.distance_source, Some(DistanceSource::Gps));
+    let d = s.metrics.distance_m.unwrap();
+    assert!((d - 900.0).abs() < 9.0, "distance {d}");
+    assert_eq!(
+        s.metrics.altitude_source,
+        Some(fitedge_core::AltitudeSource::Gps)
+    );
+    for lap in &s.laps {
+        assert!(
+            (lap.distance_m - 300.0).abs() < 5.0,
+            "lap {} distance {}",
+            lap.index,
+            lap.distance_m
+        );
+        assert!(
+            lap.ascent_m >= 0.0,
+            "lap {} ascent {}",
+            lap.index,
+            lap.ascent_m
+        );
+    }
+    // Just inside: the better source wins as if both had begun together.
+    let s = run_with_late_sources(1.0, grace);
+    assert_eq!(s.metrics.distance_source, Some(DistanceSource::Sensor));
+    assert_eq!(
+        s.metrics.altitude_source,
+        Some(fitedge_core::AltitudeSource::Barometric)
+    );
+    let d = s.metrics.distance_m.unwrap();
+    assert!((d - 3.0 * 299.0).abs() < 1.0, "distance {d}");
+}

@@ -42,6 +42,23 @@ pub mod hold {
     pub const CADENCE_MS: i64 = 10_000;
 }
 
+/// A source that begins measuring this long after the first one (a foot pod that connects
+/// late, a barometer that wakes up) does not take over: its figures would miss everything before
+/// it began, and the workout's distance, ascent and laps would jump backwards. Within it, the
+/// better source wins as if both had begun together.
+pub const SOURCE_GRACE_MS: i64 = 60_000;
+
+/// Picks the source to report from `(source, began)` candidates listed best first, where `began`
+/// is the sample time from which the source measures (None: not yet). Depends only on those
+/// times, so the choice at completion does not depend on the order channels arrived in.
+fn pick<S: Copy>(candidates: &[(S, Option<i64>)]) -> Option<S> {
+    let first = candidates.iter().filter_map(|c| c.1).min()?;
+    candidates
+        .iter()
+        .find(|c| c.1.is_some_and(|b| b <= first + SOURCE_GRACE_MS))
+        .map(|c| c.0)
+}
+
 /// Which distance the workout reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -170,6 +187,18 @@ pub struct Metrics {
     gps_last_fix: Option<Fix>,
     baro: Elevation,
     gps_alt: Elevation,
+    /// When each source began measuring (sample time): distance sources at their second point
+    /// (a distance needs two), altitude sources at their first sample.
+    began: Began,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Began {
+    sensor: Option<i64>,
+    speed: Option<i64>,
+    gps: Option<i64>,
+    baro: Option<i64>,
+    gps_alt: Option<i64>,
 }
 
 fn secs(ms: i64) -> f64 {
@@ -269,6 +298,23 @@ impl Metrics {
             gps_last_fix: None,
             baro: Elevation::new(AltitudeSource::Barometric),
             gps_alt: Elevation::new(AltitudeSource::Gps),
+            began: Began::default(),
+        }
+    }
+
+    /// Notes when each source began measuring, after a sample at `t` fed it.
+    fn note_began(&mut self, t: i64) {
+        let b = &mut self.began;
+        for (slot, measuring) in [
+            (&mut b.sensor, self.sensor.track.points_seen >= 2),
+            (&mut b.speed, self.speed_track.points_seen >= 2),
+            (&mut b.gps, self.gps_track.points_seen >= 2),
+            (&mut b.baro, self.baro.samples > 0),
+            (&mut b.gps_alt, self.gps_alt.samples > 0),
+        ] {
+            if measuring && slot.is_none() {
+                *slot = Some(t);
+            }
         }
     }
 
@@ -358,6 +404,7 @@ impl Metrics {
                 AltitudeSource::Gps => self.gps_alt.push(t, m, timer),
             },
         }
+        self.note_began(t);
     }
 
     fn distance_sensor(&mut self, t: i64, m: f64, timer: &TimerLog, report: &mut ValidationReport) {
@@ -394,26 +441,39 @@ impl Metrics {
         self.sensor.track.advance(secs(timer.timer_ms(t)), delta);
     }
 
+    /// The distance source: a sensor's distance, else a speed sensor's integral, else GPS, among
+    /// the sources that began measuring within [`SOURCE_GRACE_MS`] of the first.
     fn primary(&self) -> Option<(DistanceSource, &Track)> {
-        if self.sensor.track.points_seen >= 2 {
-            Some((DistanceSource::Sensor, &self.sensor.track))
-        } else if self.speed_track.points_seen >= 2 {
-            Some((DistanceSource::Speed, &self.speed_track))
-        } else if self.gps_track.points_seen >= 2 {
-            Some((DistanceSource::Gps, &self.gps_track))
-        } else {
-            None
-        }
+        let b = self.began;
+        let source = pick(&[
+            (DistanceSource::Sensor, b.sensor),
+            (DistanceSource::Speed, b.speed),
+            (DistanceSource::Gps, b.gps),
+        ])?;
+        Some((
+            source,
+            match source {
+                DistanceSource::Sensor => &self.sensor.track,
+                DistanceSource::Speed => &self.speed_track,
+                DistanceSource::Gps => &self.gps_track,
+            },
+        ))
     }
 
+    /// Barometric altitude when it began with GPS altitude (within the grace), else GPS.
     fn elevation(&self) -> Option<(AltitudeSource, &Elevation)> {
-        if self.baro.samples > 0 {
-            Some((AltitudeSource::Barometric, &self.baro))
-        } else if self.gps_alt.samples > 0 {
-            Some((AltitudeSource::Gps, &self.gps_alt))
-        } else {
-            None
-        }
+        let b = self.began;
+        let source = pick(&[
+            (AltitudeSource::Barometric, b.baro),
+            (AltitudeSource::Gps, b.gps_alt),
+        ])?;
+        Some((
+            source,
+            match source {
+                AltitudeSource::Barometric => &self.baro,
+                AltitudeSource::Gps => &self.gps_alt,
+            },
+        ))
     }
 
     /// Cumulative figures up to the last processed sample (for lap boundaries).
@@ -533,6 +593,7 @@ impl Metrics {
             self.gps
                 .finish(&mut |e| gps_event(e, timer, track, last_fix, report));
         }
+        self.note_began(end);
         let timer_s = secs(timer.timer_ms(end));
         let (sport, detected) = self.sport_now();
         let primary = self.primary();
@@ -664,6 +725,26 @@ pub fn compute(
     }
     let summary = m.finish(end, timer, &mut report);
     (summary, report)
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    #[test]
+    fn a_source_beginning_within_the_grace_of_the_first_wins_by_rank() {
+        let g = SOURCE_GRACE_MS;
+        assert_eq!(
+            pick(&[("sensor", Some(1_000 + g)), ("gps", Some(1_000))]),
+            Some("sensor")
+        );
+        assert_eq!(
+            pick(&[("sensor", Some(1_001 + g)), ("gps", Some(1_000))]),
+            Some("gps")
+        );
+        assert_eq!(pick(&[("sensor", None), ("gps", Some(1_000))]), Some("gps"));
+        assert_eq!(pick::<&str>(&[("sensor", None), ("gps", None)]), None);
+    }
 }
 
 #[cfg(test)]
