@@ -711,15 +711,15 @@ proptest! {
 /// barometer from `baro_from` s on a steady climb, and laps at 100 s and 200 s.
 fn run_with_late_sources(pod_from: f64, baro_from: f64) -> fitedge_core::WorkoutSummary {
     let mut w = workout(Some(Sport::Running));
-    w.start(at(0.0)).unwrap();
+    w.start(at(0.0)).expect("start");
     for s in 0..=300 {
-        let t = s as f64;
+        let t = f64::from(s);
         let fix = Reading::Position {
             lat: 45.0 + t * 3.0 / 111_132.0,
             lon: 7.0,
             accuracy_m: Some(5.0),
         };
-        w.record(Sample::new(at(t), fix)).unwrap();
+        w.record(Sample::new(at(t), fix)).expect("recorded");
         w.record(Sample::new(
             at(t),
             Reading::Altitude {
@@ -727,7 +727,7 @@ fn run_with_late_sources(pod_from: f64, baro_from: f64) -> fitedge_core::Workout
                 source: fitedge_core::AltitudeSource::Gps,
             },
         ))
-        .unwrap();
+        .expect("recorded");
         if t >= baro_from {
             w.record(Sample::new(
                 at(t),
@@ -736,18 +736,18 @@ fn run_with_late_sources(pod_from: f64, baro_from: f64) -> fitedge_core::Workout
                     source: fitedge_core::AltitudeSource::Barometric,
                 },
             ))
-            .unwrap();
+            .expect("recorded");
         }
         if t >= pod_from {
             let m = 3.0 * (t - pod_from);
             w.record(Sample::new(at(t), Reading::Distance { m }))
-                .unwrap();
+                .expect("recorded");
         }
         if s == 100 || s == 200 {
-            w.lap(at(t)).unwrap();
+            w.lap(at(t)).expect("recorded");
         }
     }
-    w.complete(at(300.0)).unwrap().clone()
+    w.complete(at(300.0)).expect("complete").clone()
 }
 
 /// The source measuring from the start keeps the distance and the ascent: a foot pod or a
