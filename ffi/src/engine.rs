@@ -34,6 +34,16 @@ pub trait LiveMetricsListener: Send + Sync {
     fn on_live_metrics(&self, metrics: LiveMetrics);
 }
 
+/// Receives a health alert the moment a sample breaks a range of the rules: heart rate outside
+/// 40 .. the athlete's maximum, or blood oxygen below 90 %. One call when a channel goes out of
+/// range; it is called again only after the channel has been back in range. Called on the thread
+/// that fed the sample, after the engine has released its lock (it may call back into the
+/// engine).
+#[uniffi::export(with_foreign)]
+pub trait HealthAlertListener: Send + Sync {
+    fn on_health_alert(&self, alert: HealthAlert);
+}
+
 #[derive(Debug)]
 struct ForeignClock(Arc<dyn EngineClock>);
 
@@ -49,7 +59,13 @@ impl std::fmt::Debug for dyn EngineClock {
     }
 }
 
-type Listeners = Arc<Mutex<Vec<(u64, Arc<dyn LiveMetricsListener>)>>>;
+#[derive(Default)]
+pub(crate) struct ListenerLists {
+    live: Vec<(u64, Arc<dyn LiveMetricsListener>)>,
+    alerts: Vec<(u64, Arc<dyn HealthAlertListener>)>,
+}
+
+type Listeners = Arc<Mutex<ListenerLists>>;
 
 pub(crate) struct State {
     recording: Option<Recording>,
@@ -244,7 +260,9 @@ impl std::fmt::Debug for Subscription {
 impl Subscription {
     /// Stops the calls. Safe to call more than once.
     pub fn cancel(&self) {
-        lock(&self.listeners).retain(|(id, _)| *id != self.id);
+        let mut l = lock(&self.listeners);
+        l.live.retain(|(id, _)| *id != self.id);
+        l.alerts.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -266,42 +284,85 @@ const EMIT_EVERY_MS: i64 = 1000;
 #[must_use = "deliver it once the engine's state is unlocked"]
 pub(crate) struct Emission {
     listeners: Vec<Arc<dyn LiveMetricsListener>>,
-    metrics: LiveMetrics,
+    metrics: Option<LiveMetrics>,
+    alert_listeners: Vec<Arc<dyn HealthAlertListener>>,
+    alerts: Vec<HealthAlert>,
 }
 
 /// Calls the listeners of an emission; never with the engine's state or the listener list
-/// locked.
+/// locked. Alerts first: they are what the athlete must see.
 fn deliver(emission: Option<Emission>) {
     if let Some(e) = emission {
-        for l in e.listeners {
-            l.on_live_metrics(e.metrics.clone());
+        for a in &e.alerts {
+            for l in &e.alert_listeners {
+                l.on_health_alert(a.clone());
+            }
+        }
+        if let Some(m) = e.metrics {
+            for l in e.listeners {
+                l.on_live_metrics(m.clone());
+            }
         }
     }
 }
 
-/// The listeners are due a call now (`force`), or when `sample_t` is a second past the last.
+/// What the listeners are due after the recording took something in: the health alerts it
+/// raised, and live metrics now (`force`) or when `sample_t` is a second past the last call.
+/// The recording's other domain events are drained too (the engine reports lifecycle changes
+/// through the calls' results and live metrics), so they do not pile up over a long workout.
 fn due(
     listeners: &Listeners,
     st: &mut State,
     force: bool,
     sample_t: Option<i64>,
 ) -> Option<Emission> {
-    let rec = st.recording.as_ref()?;
-    if !force {
-        match sample_t {
-            Some(t) if t.saturating_sub(st.last_emit_ms) >= EMIT_EVERY_MS => st.last_emit_ms = t,
-            _ => return None,
-        }
-    }
-    let listeners: Vec<Arc<dyn LiveMetricsListener>> =
-        lock(listeners).iter().map(|(_, l)| l.clone()).collect();
-    if listeners.is_empty() {
+    let State {
+        recording,
+        last_emit_ms,
+        ..
+    } = st;
+    let rec = recording.as_mut()?;
+    let alerts: Vec<HealthAlert> = rec
+        .take_events()
+        .iter()
+        .filter_map(HealthAlert::from_event)
+        .collect();
+    let live_due = force
+        || match sample_t {
+            Some(t) if t.saturating_sub(*last_emit_ms) >= EMIT_EVERY_MS => {
+                *last_emit_ms = t;
+                true
+            }
+            _ => false,
+        };
+    let (live, alert_listeners) = {
+        let l = lock(listeners);
+        let live: Vec<Arc<dyn LiveMetricsListener>> = if live_due {
+            l.live.iter().map(|(_, l)| l.clone()).collect()
+        } else {
+            vec![]
+        };
+        let alert_listeners: Vec<Arc<dyn HealthAlertListener>> = if alerts.is_empty() {
+            vec![]
+        } else {
+            l.alerts.iter().map(|(_, l)| l.clone()).collect()
+        };
+        (live, alert_listeners)
+    };
+    let metrics = if live.is_empty() {
+        None
+    } else {
+        rec.live()
+            .map(|m| LiveMetrics::from_core(&rec.id().0, rec.state(), m))
+    };
+    if metrics.is_none() && alert_listeners.is_empty() {
         return None;
     }
-    let m = rec.live()?;
     Some(Emission {
-        listeners,
-        metrics: LiveMetrics::from_core(&rec.id().0, rec.state(), m),
+        listeners: live,
+        metrics,
+        alert_listeners,
+        alerts,
     })
 }
 
@@ -345,7 +406,7 @@ impl Engine {
                 hub: SensorHub::default(),
                 last_emit_ms: i64::MIN,
             })),
-            listeners: Arc::new(Mutex::new(vec![])),
+            listeners: Arc::new(Mutex::new(ListenerLists::default())),
             next_listener: AtomicU64::new(1),
             runtime: crate::sync::SyncRuntime::new(),
             sync_roots: Mutex::new(None),
@@ -589,7 +650,21 @@ impl Engine {
         listener: Arc<dyn LiveMetricsListener>,
     ) -> Arc<Subscription> {
         let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
-        lock(&self.listeners).push((id, listener));
+        lock(&self.listeners).live.push((id, listener));
+        Arc::new(Subscription {
+            id,
+            listeners: self.listeners.clone(),
+        })
+    }
+
+    /// Calls `listener` with every health alert of the workouts recorded from now on, until the
+    /// returned subscription is cancelled.
+    pub fn subscribe_health_alerts(
+        &self,
+        listener: Arc<dyn HealthAlertListener>,
+    ) -> Arc<Subscription> {
+        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        lock(&self.listeners).alerts.push((id, listener));
         Arc::new(Subscription {
             id,
             listeners: self.listeners.clone(),
@@ -842,6 +917,100 @@ mod tests {
             .find(|s| s.id == "strap")
             .unwrap();
         assert!(strap.errors > 0 && strap.connected, "{strap:?}");
+    }
+
+    /// Collects health alerts, reading the engine's state from inside the callback (the engine
+    /// must not hold its lock while calling).
+    #[derive(Default)]
+    struct Alerts {
+        engine: OnceLock<Weak<Engine>>,
+        heard: Mutex<Vec<HealthAlert>>,
+    }
+
+    impl HealthAlertListener for Alerts {
+        fn on_health_alert(&self, alert: HealthAlert) {
+            let engine = self.engine.get().and_then(Weak::upgrade).expect("engine");
+            assert!(engine.live_metrics().is_some());
+            lock(&self.heard).push(alert);
+        }
+    }
+
+    #[test]
+    fn health_alerts_reach_the_app_once_per_excursion() {
+        let (_dir, clock, engine) = engine();
+        let alerts = Arc::new(Alerts::default());
+        alerts.engine.set(Arc::downgrade(&engine)).unwrap();
+        let sub = engine.subscribe_health_alerts(alerts.clone());
+        let id = engine.start_workout(Some(Sport::Running)).unwrap();
+        let hr = |t: i64, bpm: f64| Sample {
+            timestamp_ms: t,
+            reading: Reading::HeartRate { bpm },
+        };
+        let mut t = T0;
+        let mut step = |bpm: f64| {
+            t += 1000;
+            clock.0.store(t, Ordering::SeqCst);
+            engine.record_sample(hr(t, bpm)).unwrap()
+        };
+        assert_eq!(step(150.0), SampleVerdict::Accepted);
+        // Above 220 - age of the default profile: one alert for the whole excursion.
+        assert!(matches!(step(215.0), SampleVerdict::Flagged { .. }));
+        assert!(matches!(step(216.0), SampleVerdict::Flagged { .. }));
+        assert_eq!(lock(&alerts.heard).len(), 1);
+        assert_eq!(step(150.0), SampleVerdict::Accepted);
+        // Back in range, then out again: a second alert, here from a batch.
+        t += 1000;
+        clock.0.store(t, Ordering::SeqCst);
+        engine
+            .record_samples(vec![
+                hr(t, 30.0),
+                Sample {
+                    timestamp_ms: t,
+                    reading: Reading::Spo2 { percent: 85.0 },
+                },
+            ])
+            .unwrap();
+        let heard = lock(&alerts.heard).clone();
+        let got: Vec<(&str, &str, f64)> = heard
+            .iter()
+            .map(|a| (a.channel.as_str(), a.reason.as_str(), a.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("heart_rate", "heart_rate_above_range", 215.0),
+                ("heart_rate", "heart_rate_below_range", 30.0),
+                ("spo2", "spo2_below_range", 85.0),
+            ]
+        );
+        assert!(heard.iter().all(|a| a.workout_id == id));
+        assert_eq!(heard[0].timestamp_ms, T0 + 2000);
+        // From a strap's notification too; and nothing once the subscription is cancelled.
+        t += 1000;
+        clock.0.store(t, Ordering::SeqCst);
+        engine
+            .feed_notification(
+                "strap".into(),
+                "180D".into(),
+                "2A37".into(),
+                vec![0x00, 150],
+                t,
+            )
+            .unwrap();
+        engine
+            .feed_notification(
+                "strap".into(),
+                "180D".into(),
+                "2A37".into(),
+                vec![0x00, 218],
+                t + 1000,
+            )
+            .unwrap();
+        assert_eq!(lock(&alerts.heard).len(), 4);
+        sub.cancel();
+        engine.record_sample(hr(t + 2000, 150.0)).unwrap();
+        engine.record_sample(hr(t + 3000, 219.0)).unwrap();
+        assert_eq!(lock(&alerts.heard).len(), 4);
     }
 
     #[test]

@@ -208,6 +208,41 @@ impl From<core::validation::Verdict> for SampleVerdict {
     }
 }
 
+/// A sample broke a health range of the rules (see `HealthAlertListener`).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct HealthAlert {
+    pub workout_id: String,
+    /// The sample's time, milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// "heart_rate" or "spo2".
+    pub channel: String,
+    /// The sample's value: bpm or percent.
+    pub value: f64,
+    /// "heart_rate_above_range", "heart_rate_below_range" or "spo2_below_range".
+    pub reason: String,
+}
+
+impl HealthAlert {
+    pub(crate) fn from_event(e: &core::DomainEvent) -> Option<Self> {
+        match e {
+            core::DomainEvent::CriticalAlertTriggered {
+                workout_id,
+                at,
+                channel,
+                value,
+                reason,
+            } => Some(HealthAlert {
+                workout_id: workout_id.0.clone(),
+                timestamp_ms: at.0,
+                channel: channel.as_str().into(),
+                value: *value,
+                reason: reason.as_str().into(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Counts for a batch of samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
 pub struct BatchResult {

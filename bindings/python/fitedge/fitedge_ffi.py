@@ -582,6 +582,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_stats() != 31184:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_health_alerts() != 39100:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics() != 21910:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engine_sync_now() != 57869:
@@ -597,6 +599,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_fitedge_ffi_checksum_constructor_engine_open_with_clock() != 46051:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() != 38998:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_fitedge_ffi_checksum_method_healthalertlistener_on_health_alert() != 55930:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics() != 62688:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -724,6 +728,9 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_start_workout.restype = cty
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_stats.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_stats.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_health_alerts.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_health_alerts.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics.restype = ctypes.c_uint16
@@ -748,6 +755,9 @@ _UniffiLib.uniffi_fitedge_ffi_checksum_constructor_engine_open_with_clock.restyp
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms.restype = ctypes.c_uint16
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_healthalertlistener_on_health_alert.argtypes = (
+)
+_UniffiLib.uniffi_fitedge_ffi_checksum_method_healthalertlistener_on_health_alert.restype = ctypes.c_uint16
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics.argtypes = (
 )
 _UniffiLib.uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics.restype = ctypes.c_uint16
@@ -946,6 +956,12 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_stats.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_stats.restype = _UniffiRustBuffer
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_health_alerts.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_health_alerts.restype = ctypes.c_uint64
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_live_metrics.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -996,6 +1012,12 @@ _UniffiLib.uniffi_fitedge_ffi_fn_method_engineclock_now_ms.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_method_engineclock_now_ms.restype = ctypes.c_int64
+_UniffiLib.uniffi_fitedge_ffi_fn_method_healthalertlistener_on_health_alert.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_method_healthalertlistener_on_health_alert.restype = None
 _UniffiLib.uniffi_fitedge_ffi_fn_method_livemetricslistener_on_live_metrics.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1043,6 +1065,16 @@ _UniffiLib.uniffi_fitedge_ffi_fn_free_engineclock.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_free_engineclock.restype = None
+_UniffiLib.uniffi_fitedge_ffi_fn_clone_healthalertlistener.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_clone_healthalertlistener.restype = ctypes.c_uint64
+_UniffiLib.uniffi_fitedge_ffi_fn_free_healthalertlistener.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_free_healthalertlistener.restype = None
 _UniffiLib.uniffi_fitedge_ffi_fn_clone_livemetricslistener.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -1100,6 +1132,23 @@ _UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_engineclock.argtypes = (
     ctypes.POINTER(_UniffiVTableCallbackInterfaceFitedgeFfiEngineClock),
 )
 _UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_engineclock.restype = None
+_UNIFFI_CALLBACK_INTERFACE_FITEDGE_FFI_HEALTH_ALERT_LISTENER_METHOD0 = ctypes.CFUNCTYPE(None,ctypes.c_uint64,_UniffiRustBuffer,ctypes.c_void_p,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UNIFFI_CALLBACK_INTERFACE_CLONE_FITEDGE_FFI_HEALTH_ALERT_LISTENER = ctypes.CFUNCTYPE(ctypes.c_uint64,ctypes.c_uint64,
+)
+_UNIFFI_CALLBACK_INTERFACE_FREE_FITEDGE_FFI_HEALTH_ALERT_LISTENER = ctypes.CFUNCTYPE(None,ctypes.c_uint64,
+)
+class _UniffiVTableCallbackInterfaceFitedgeFfiHealthAlertListener(ctypes.Structure):
+    _fields_ = [
+        ("uniffi_free", _UNIFFI_CALLBACK_INTERFACE_FREE_FITEDGE_FFI_HEALTH_ALERT_LISTENER),
+        ("uniffi_clone", _UNIFFI_CALLBACK_INTERFACE_CLONE_FITEDGE_FFI_HEALTH_ALERT_LISTENER),
+        ("on_health_alert", _UNIFFI_CALLBACK_INTERFACE_FITEDGE_FFI_HEALTH_ALERT_LISTENER_METHOD0),
+    ]
+_UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_healthalertlistener.argtypes = (
+    ctypes.POINTER(_UniffiVTableCallbackInterfaceFitedgeFfiHealthAlertListener),
+)
+_UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_healthalertlistener.restype = None
 _UNIFFI_CALLBACK_INTERFACE_FITEDGE_FFI_LIVE_METRICS_LISTENER_METHOD0 = ctypes.CFUNCTYPE(None,ctypes.c_uint64,_UniffiRustBuffer,ctypes.c_void_p,
     ctypes.POINTER(_UniffiRustCallStatus),
 )
@@ -1901,6 +1950,63 @@ class _UniffiFfiConverterInt64(_UniffiConverterPrimitiveInt):
     @staticmethod
     def write(value, buf):
         buf.write_i64(value)
+
+@dataclass
+class HealthAlert:
+    """
+    A sample broke a health range of the rules (see `HealthAlertListener`).
+"""
+    def __init__(self, *, workout_id:str, timestamp_ms:int, channel:str, value:float, reason:str):
+        self.workout_id = workout_id
+        self.timestamp_ms = timestamp_ms
+        self.channel = channel
+        self.value = value
+        self.reason = reason
+        
+        
+
+    
+    def __str__(self):
+        return "HealthAlert(workout_id={}, timestamp_ms={}, channel={}, value={}, reason={})".format(self.workout_id, self.timestamp_ms, self.channel, self.value, self.reason)
+    def __eq__(self, other):
+        if self.workout_id != other.workout_id:
+            return False
+        if self.timestamp_ms != other.timestamp_ms:
+            return False
+        if self.channel != other.channel:
+            return False
+        if self.value != other.value:
+            return False
+        if self.reason != other.reason:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeHealthAlert(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return HealthAlert(
+            workout_id=_UniffiFfiConverterString.read(buf),
+            timestamp_ms=_UniffiFfiConverterInt64.read(buf),
+            channel=_UniffiFfiConverterString.read(buf),
+            value=_UniffiFfiConverterFloat64.read(buf),
+            reason=_UniffiFfiConverterString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.workout_id)
+        _UniffiFfiConverterInt64.check_lower(value.timestamp_ms)
+        _UniffiFfiConverterString.check_lower(value.channel)
+        _UniffiFfiConverterFloat64.check_lower(value.value)
+        _UniffiFfiConverterString.check_lower(value.reason)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.workout_id, buf)
+        _UniffiFfiConverterInt64.write(value.timestamp_ms, buf)
+        _UniffiFfiConverterString.write(value.channel, buf)
+        _UniffiFfiConverterFloat64.write(value.value, buf)
+        _UniffiFfiConverterString.write(value.reason, buf)
 
 @dataclass
 class Lap:
@@ -4681,6 +4787,232 @@ class _UniffiFfiConverterSequenceTypeSensorStatus(_UniffiConverterRustBuffer):
         ]
 
 
+class HealthAlertListener():
+    """
+    Receives a health alert the moment a sample breaks a range of the rules: heart rate outside
+    40 .. the athlete's maximum, or blood oxygen below 90 %. One call when a channel goes out of
+    range; it is called again only after the channel has been back in range. Called on the thread
+    that fed the sample, after the engine has released its lock (it may call back into the
+    engine).
+"""
+    
+    def on_health_alert(self, alert: HealthAlert) -> None:
+        raise NotImplementedError
+
+class HealthAlertListenerImpl(HealthAlertListener):
+    """
+    Receives a health alert the moment a sample breaks a range of the rules: heart rate outside
+    40 .. the athlete's maximum, or blood oxygen below 90 %. One call when a channel goes out of
+    range; it is called again only after the channel has been back in range. Called on the thread
+    that fed the sample, after the engine has released its lock (it may call back into the
+    engine).
+"""
+    
+    _handle: ctypes.c_uint64
+    
+    def __init__(self, *args, **kwargs):
+        raise ValueError("This class has no default constructor")
+
+    def __del__(self):
+        # In case of partial initialization of instances.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_free_healthalertlistener, handle)
+
+    def _uniffi_clone_handle(self):
+        return _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_clone_healthalertlistener, self._handle)
+
+    # Used by alternative constructors or any methods which return this type.
+    @classmethod
+    def _uniffi_make_instance(cls, handle):
+        # Lightly yucky way to bypass the usual __init__ logic
+        # and just create a new instance with the required handle.
+        inst = cls.__new__(cls)
+        inst._handle = handle
+        return inst
+    def on_health_alert(self, alert: HealthAlert) -> None:
+        
+        _UniffiFfiConverterTypeHealthAlert.check_lower(alert)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeHealthAlert.lower(alert),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_healthalertlistener_on_health_alert,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+
+
+
+
+# Put all the bits inside a class to keep the top-level namespace clean
+class _UniffiTraitImplHealthAlertListenerImpl:
+    # For each method, generate a callback function to pass to Rust
+
+    @_UNIFFI_CALLBACK_INTERFACE_FITEDGE_FFI_HEALTH_ALERT_LISTENER_METHOD0
+    def on_health_alert(
+            uniffi_handle,
+            alert,
+            uniffi_out_return,
+            uniffi_call_status_ptr,
+        ):
+        uniffi_obj = _UniffiFfiConverterTypeHealthAlertListener._handle_map.get(uniffi_handle)
+        def make_call():
+            uniffi_args = (_UniffiFfiConverterTypeHealthAlert.lift(alert), )
+            uniffi_method = uniffi_obj.on_health_alert
+            return uniffi_method(*uniffi_args)
+        write_return_value = lambda v: None
+        _uniffi_trait_interface_call(
+                uniffi_call_status_ptr.contents,
+                make_call,
+                write_return_value,
+        )
+
+    @_UNIFFI_CALLBACK_INTERFACE_FREE_FITEDGE_FFI_HEALTH_ALERT_LISTENER
+    def _uniffi_free(uniffi_handle):
+        _UniffiFfiConverterTypeHealthAlertListener._handle_map.remove(uniffi_handle)
+
+    @_UNIFFI_CALLBACK_INTERFACE_CLONE_FITEDGE_FFI_HEALTH_ALERT_LISTENER
+    def _uniffi_clone(uniffi_handle):
+        return _UniffiFfiConverterTypeHealthAlertListener._handle_map.clone(uniffi_handle)
+
+    # Generate the FFI VTable.  This has a field for each callback interface method.
+    _uniffi_vtable = _UniffiVTableCallbackInterfaceFitedgeFfiHealthAlertListener(
+        _uniffi_free,
+        _uniffi_clone,
+        on_health_alert,
+    )
+    # Send Rust a pointer to the VTable.  Note: this means we need to keep the struct alive forever,
+    # or else bad things will happen when Rust tries to access it.
+    _UniffiLib.uniffi_fitedge_ffi_fn_init_callback_vtable_healthalertlistener(ctypes.byref(_uniffi_vtable))
+
+class _UniffiFfiConverterTypeHealthAlertListener:
+    _handle_map = _UniffiHandleMap()
+
+    @staticmethod
+    def lift(value: int):
+        if (value & 1) == 0:
+            # Rust-generated handle, construct a new class that uses the handle to implement the
+            # interface
+            return HealthAlertListenerImpl._uniffi_make_instance(value)
+        else:
+            # Python-generated handle, get the object from the handle map
+            return _UniffiFfiConverterTypeHealthAlertListener._handle_map.remove(value)
+
+    @staticmethod
+    def check_lower(value: HealthAlertListener):
+        if not isinstance(value, HealthAlertListener):
+            raise TypeError("Expected HealthAlertListener subclass, {} found".format(type(value).__name__))
+
+    @staticmethod
+    def lower(value: HealthAlertListener):
+         if isinstance(value, HealthAlertListenerImpl):
+            # Rust-implementated object.  Clone the handle and return it
+            return value._uniffi_clone_handle()
+         else:
+            # Python-implementated object, generate a new vtable handle and return that.
+            return _UniffiFfiConverterTypeHealthAlertListener._handle_map.insert(value)
+
+    @classmethod
+    def read(cls, buf: _UniffiRustBuffer):
+        ptr = buf.read_u64()
+        if ptr == 0:
+            raise InternalError("Raw handle value was null")
+        return cls.lift(ptr)
+
+    @classmethod
+    def write(cls, value: HealthAlertListener, buf: _UniffiRustBuffer):
+        buf.write_u64(cls.lower(value))
+
+
+class SubscriptionProtocol(typing.Protocol):
+    """
+    A live-metrics subscription; cancel it (or drop it) to stop the calls.
+"""
+    
+    def cancel(self, ) -> None:
+        """
+        Stops the calls. Safe to call more than once.
+"""
+        raise NotImplementedError
+
+class Subscription(SubscriptionProtocol):
+    """
+    A live-metrics subscription; cancel it (or drop it) to stop the calls.
+"""
+    
+    _handle: ctypes.c_uint64
+    
+    def __init__(self, *args, **kwargs):
+        raise ValueError("This class has no default constructor")
+
+    def __del__(self):
+        # In case of partial initialization of instances.
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_free_subscription, handle)
+
+    def _uniffi_clone_handle(self):
+        return _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_clone_subscription, self._handle)
+
+    # Used by alternative constructors or any methods which return this type.
+    @classmethod
+    def _uniffi_make_instance(cls, handle):
+        # Lightly yucky way to bypass the usual __init__ logic
+        # and just create a new instance with the required handle.
+        inst = cls.__new__(cls)
+        inst._handle = handle
+        return inst
+    def cancel(self, ) -> None:
+        """
+        Stops the calls. Safe to call more than once.
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_subscription_cancel,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+
+
+
+
+
+class _UniffiFfiConverterTypeSubscription:
+    @staticmethod
+    def lift(value: int) -> Subscription:
+        return Subscription._uniffi_make_instance(value)
+
+    @staticmethod
+    def check_lower(value: Subscription):
+        if not isinstance(value, Subscription):
+            raise TypeError("Expected Subscription instance, {} found".format(type(value).__name__))
+
+    @staticmethod
+    def lower(value: Subscription) -> ctypes.c_uint64:
+        return value._uniffi_clone_handle()
+
+    @classmethod
+    def read(cls, buf: _UniffiRustBuffer) -> Subscription:
+        ptr = buf.read_u64()
+        if ptr == 0:
+            raise InternalError("Raw handle value was null")
+        return cls.lift(ptr)
+
+    @classmethod
+    def write(cls, value: Subscription, buf: _UniffiRustBuffer):
+        buf.write_u64(cls.lower(value))
+
+
 class LiveMetricsListener():
     """
     Receives live metrics during a workout: at most once per second of recording time, and at
@@ -4814,90 +5146,6 @@ class _UniffiFfiConverterTypeLiveMetricsListener:
 
     @classmethod
     def write(cls, value: LiveMetricsListener, buf: _UniffiRustBuffer):
-        buf.write_u64(cls.lower(value))
-
-
-class SubscriptionProtocol(typing.Protocol):
-    """
-    A live-metrics subscription; cancel it (or drop it) to stop the calls.
-"""
-    
-    def cancel(self, ) -> None:
-        """
-        Stops the calls. Safe to call more than once.
-"""
-        raise NotImplementedError
-
-class Subscription(SubscriptionProtocol):
-    """
-    A live-metrics subscription; cancel it (or drop it) to stop the calls.
-"""
-    
-    _handle: ctypes.c_uint64
-    
-    def __init__(self, *args, **kwargs):
-        raise ValueError("This class has no default constructor")
-
-    def __del__(self):
-        # In case of partial initialization of instances.
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_free_subscription, handle)
-
-    def _uniffi_clone_handle(self):
-        return _uniffi_rust_call(_UniffiLib.uniffi_fitedge_ffi_fn_clone_subscription, self._handle)
-
-    # Used by alternative constructors or any methods which return this type.
-    @classmethod
-    def _uniffi_make_instance(cls, handle):
-        # Lightly yucky way to bypass the usual __init__ logic
-        # and just create a new instance with the required handle.
-        inst = cls.__new__(cls)
-        inst._handle = handle
-        return inst
-    def cancel(self, ) -> None:
-        """
-        Stops the calls. Safe to call more than once.
-"""
-        _uniffi_lowered_args = (
-            self._uniffi_clone_handle(),
-        )
-        _uniffi_lift_return = lambda val: None
-        _uniffi_error_converter = None
-        _uniffi_ffi_result = _uniffi_rust_call_with_error(
-            _uniffi_error_converter,
-            _UniffiLib.uniffi_fitedge_ffi_fn_method_subscription_cancel,
-            *_uniffi_lowered_args,
-        )
-        return _uniffi_lift_return(_uniffi_ffi_result)
-
-
-
-
-
-class _UniffiFfiConverterTypeSubscription:
-    @staticmethod
-    def lift(value: int) -> Subscription:
-        return Subscription._uniffi_make_instance(value)
-
-    @staticmethod
-    def check_lower(value: Subscription):
-        if not isinstance(value, Subscription):
-            raise TypeError("Expected Subscription instance, {} found".format(type(value).__name__))
-
-    @staticmethod
-    def lower(value: Subscription) -> ctypes.c_uint64:
-        return value._uniffi_clone_handle()
-
-    @classmethod
-    def read(cls, buf: _UniffiRustBuffer) -> Subscription:
-        ptr = buf.read_u64()
-        if ptr == 0:
-            raise InternalError("Raw handle value was null")
-        return cls.lift(ptr)
-
-    @classmethod
-    def write(cls, value: Subscription, buf: _UniffiRustBuffer):
         buf.write_u64(cls.lower(value))
 
 
@@ -5064,6 +5312,12 @@ class EngineProtocol(typing.Protocol):
 """
         raise NotImplementedError
     def stats(self, period: StatsPeriod,sport: typing.Union[object, typing.Optional[Sport]] = _DEFAULT) -> WorkoutStats:
+        raise NotImplementedError
+    def subscribe_health_alerts(self, listener: HealthAlertListener) -> Subscription:
+        """
+        Calls `listener` with every health alert of the workouts recorded from now on, until the
+        returned subscription is cancelled.
+"""
         raise NotImplementedError
     def subscribe_live_metrics(self, listener: LiveMetricsListener) -> Subscription:
         """
@@ -5761,6 +6015,25 @@ class Engine(EngineProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    def subscribe_health_alerts(self, listener: HealthAlertListener) -> Subscription:
+        """
+        Calls `listener` with every health alert of the workouts recorded from now on, until the
+        returned subscription is cancelled.
+"""
+        
+        _UniffiFfiConverterTypeHealthAlertListener.check_lower(listener)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeHealthAlertListener.lower(listener),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeSubscription.lift
+        _uniffi_error_converter = None
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_health_alerts,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
     def subscribe_live_metrics(self, listener: LiveMetricsListener) -> Subscription:
         """
         Calls `listener` with live metrics until the returned subscription is cancelled.
@@ -6086,6 +6359,7 @@ __all__ = [
     "BatchResult",
     "FoundSensor",
     "Gear",
+    "HealthAlert",
     "Lap",
     "LiveMetrics",
     "OutboxCommand",
@@ -6103,10 +6377,12 @@ __all__ = [
     "SensorListener",
     "SensorConnection",
     "SensorConnectionProtocol",
-    "LiveMetricsListenerImpl",
-    "LiveMetricsListener",
+    "HealthAlertListenerImpl",
+    "HealthAlertListener",
     "Subscription",
     "SubscriptionProtocol",
+    "LiveMetricsListenerImpl",
+    "LiveMetricsListener",
     "Engine",
     "EngineProtocol",
     "EngineClockImpl",

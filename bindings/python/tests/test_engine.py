@@ -251,6 +251,29 @@ class SensorsTest(unittest.TestCase):
                          ("strap-1", fe.SensorKind.HEART_RATE, True, 77, 2, 0, False))
 
 
+    def test_health_alerts_reach_a_listener(self):
+        class Alerts(fe.HealthAlertListener):
+            def __init__(self):
+                self.heard = []
+
+            def on_health_alert(self, alert):
+                self.heard.append(alert)
+
+        alerts = Alerts()
+        sub = self.engine.subscribe_health_alerts(alerts)
+        wid = self.engine.start_workout(fe.Sport.RUNNING)
+        for i, bpm in enumerate([150, 200, 201, 150]):
+            self.clock.t = T0 + i * 1000
+            self.engine.record_sample(fe.Sample(timestamp_ms=self.clock.t, reading=fe.Reading.HEART_RATE(bpm=float(bpm))))
+        self.engine.feed_notification("ox-1", "1822", "2A5F", bytes([0x00, 85, 0x00, 70, 0x00]), T0 + 4000)
+        got = [(a.workout_id, a.channel, a.reason, a.value) for a in alerts.heard]
+        self.assertEqual(got[0], (wid, "heart_rate", "heart_rate_above_range", 200.0))
+        self.assertEqual(len([g for g in got if g[1] == "heart_rate"]), 1, got)
+        sub.cancel()
+        self.clock.t = T0 + 5000
+        self.engine.record_sample(fe.Sample(timestamp_ms=self.clock.t, reading=fe.Reading.SPO2(percent=80.0)))
+        self.assertEqual(len(alerts.heard), len(got), "a cancelled subscription was called")
+
 def server_binary():
     path = os.environ.get("FITEDGE_SERVER_BIN") or os.path.join(
         os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(__file__), "../../../target"),

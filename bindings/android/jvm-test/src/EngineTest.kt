@@ -318,6 +318,32 @@ fun workoutsSyncToASecondDeviceAndTheOutboxIsDelivered() {
     }
 }
 
+class Alerts : HealthAlertListener {
+    val heard = mutableListOf<HealthAlert>()
+    override fun onHealthAlert(alert: HealthAlert) { heard += alert }
+}
+
+fun healthAlertsReachAListener() {
+    val f = Fixture()
+    val alerts = Alerts()
+    val sub = f.engine.subscribeHealthAlerts(alerts)
+    val id = f.engine.startWorkout(Sport.RUNNING)
+    listOf(150.0, 200.0, 201.0, 150.0, 30.0).forEachIndexed { i, bpm ->
+        f.clock.t = T0 + i * 1000L
+        f.engine.recordSample(Sample(f.clock.t, Reading.HeartRate(bpm = bpm)))
+    }
+    val got = alerts.heard.map { listOf(it.workoutId, it.channel, it.reason, it.value) }
+    check(got == listOf(
+        listOf(id, "heart_rate", "heart_rate_above_range", 200.0),
+        listOf(id, "heart_rate", "heart_rate_below_range", 30.0),
+    )) { "alerts $got" }
+    sub.cancel()
+    f.clock.t = T0 + 5000L
+    f.engine.recordSample(Sample(f.clock.t, Reading.Spo2(percent = 80.0)))
+    check(alerts.heard.size == 2) { "a cancelled subscription was called: ${alerts.heard}" }
+    f.close()
+}
+
 fun main() {
     val tests = listOf(
         "a whole workout with live metrics and history" to ::aWholeWorkoutWithLiveMetricsAndHistory,
@@ -329,6 +355,7 @@ fun main() {
         "a flush to an unreachable server keeps the commands pending" to ::aFlushToAnUnreachableServerKeepsTheCommandsPending,
         "scanning without a Bluetooth transport is a clear error" to ::scanningWithoutABluetoothTransportIsAClearError,
         "fed sensors are listed with their battery" to ::fedSensorsAreListedWithTheirBattery,
+        "health alerts reach a listener" to ::healthAlertsReachAListener,
         "workouts sync to a second device and the outbox is delivered" to ::workoutsSyncToASecondDeviceAndTheOutboxIsDelivered,
     )
     var failed = 0

@@ -767,6 +767,12 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func stats(period: StatsPeriod, sport: Sport?) throws  -> WorkoutStats
     
     /**
+     * Calls `listener` with every health alert of the workouts recorded from now on, until the
+     * returned subscription is cancelled.
+     */
+    func subscribeHealthAlerts(listener: HealthAlertListener)  -> Subscription
+    
+    /**
      * Calls `listener` with live metrics until the returned subscription is cancelled.
      */
     func subscribeLiveMetrics(listener: LiveMetricsListener)  -> Subscription
@@ -1202,6 +1208,20 @@ open func stats(period: StatsPeriod, sport: Sport? = nil)throws  -> WorkoutStats
             self.uniffiCloneHandle(),
         FfiConverterTypeStatsPeriod_lower(period),
         FfiConverterOptionTypeSport.lower(sport),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Calls `listener` with every health alert of the workouts recorded from now on, until the
+     * returned subscription is cancelled.
+     */
+open func subscribeHealthAlerts(listener: HealthAlertListener) -> Subscription  {
+    return try!  FfiConverterTypeSubscription_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_engine_subscribe_health_alerts(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeHealthAlertListener_lower(listener),uniffiCallStatus
     )
 })
 }
@@ -1682,6 +1702,218 @@ public func FfiConverterTypeEngineClock_lift(_ handle: UInt64) throws -> EngineC
 #endif
 public func FfiConverterTypeEngineClock_lower(_ value: EngineClock) -> UInt64 {
     return FfiConverterTypeEngineClock.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Receives a health alert the moment a sample breaks a range of the rules: heart rate outside
+ * 40 .. the athlete's maximum, or blood oxygen below 90 %. One call when a channel goes out of
+ * range; it is called again only after the channel has been back in range. Called on the thread
+ * that fed the sample, after the engine has released its lock (it may call back into the
+ * engine).
+ */
+public protocol HealthAlertListener: AnyObject, Sendable {
+    
+    func onHealthAlert(alert: HealthAlert) 
+    
+}
+/**
+ * Receives a health alert the moment a sample breaks a range of the rules: heart rate outside
+ * 40 .. the athlete's maximum, or blood oxygen below 90 %. One call when a channel goes out of
+ * range; it is called again only after the channel has been back in range. Called on the thread
+ * that fed the sample, after the engine has released its lock (it may call back into the
+ * engine).
+ */
+open class HealthAlertListenerImpl: HealthAlertListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_fitedge_ffi_fn_clone_healthalertlistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_fitedge_ffi_fn_free_healthalertlistener(handle, $0) }
+    }
+
+    
+
+    
+open func onHealthAlert(alert: HealthAlert)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_fitedge_ffi_fn_method_healthalertlistener_on_health_alert(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeHealthAlert_lower(alert),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceHealthAlertListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceHealthAlertListener = UniffiVTableCallbackInterfaceHealthAlertListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeHealthAlertListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface HealthAlertListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeHealthAlertListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface HealthAlertListener: handle missing in uniffiClone")
+            }
+        },
+        onHealthAlert: { (
+            uniffiHandle: UInt64,
+            alert: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeHealthAlertListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onHealthAlert(
+                     alert: try FfiConverterTypeHealthAlert_lift(alert)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceHealthAlertListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceHealthAlertListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitHealthAlertListener() {
+    uniffi_fitedge_ffi_fn_init_callback_vtable_healthalertlistener(UniffiCallbackInterfaceHealthAlertListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeHealthAlertListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<HealthAlertListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = HealthAlertListener
+
+    public static func lift(_ handle: UInt64) throws -> HealthAlertListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return HealthAlertListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: HealthAlertListener) -> UInt64 {
+         if let rustImpl = value as? HealthAlertListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> HealthAlertListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: HealthAlertListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealthAlertListener_lift(_ handle: UInt64) throws -> HealthAlertListener {
+    return try FfiConverterTypeHealthAlertListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealthAlertListener_lower(_ value: HealthAlertListener) -> UInt64 {
+    return FfiConverterTypeHealthAlertListener.lower(value)
 }
 
 
@@ -2702,6 +2934,99 @@ public func FfiConverterTypeGear_lift(_ buf: RustBuffer) throws -> Gear {
 #endif
 public func FfiConverterTypeGear_lower(_ value: Gear) -> RustBuffer {
     return FfiConverterTypeGear.lower(value)
+}
+
+
+/**
+ * A sample broke a health range of the rules (see `HealthAlertListener`).
+ */
+public struct HealthAlert: Equatable, Hashable {
+    public var workoutId: String
+    /**
+     * The sample's time, milliseconds since the Unix epoch.
+     */
+    public var timestampMs: Int64
+    /**
+     * "heart_rate" or "spo2".
+     */
+    public var channel: String
+    /**
+     * The sample's value: bpm or percent.
+     */
+    public var value: Double
+    /**
+     * "heart_rate_above_range", "heart_rate_below_range" or "spo2_below_range".
+     */
+    public var reason: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(workoutId: String, 
+        /**
+         * The sample's time, milliseconds since the Unix epoch.
+         */timestampMs: Int64, 
+        /**
+         * "heart_rate" or "spo2".
+         */channel: String, 
+        /**
+         * The sample's value: bpm or percent.
+         */value: Double, 
+        /**
+         * "heart_rate_above_range", "heart_rate_below_range" or "spo2_below_range".
+         */reason: String) {
+        self.workoutId = workoutId
+        self.timestampMs = timestampMs
+        self.channel = channel
+        self.value = value
+        self.reason = reason
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension HealthAlert: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeHealthAlert: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> HealthAlert {
+        return
+            try HealthAlert(
+                workoutId: FfiConverterString.read(from: &buf), 
+                timestampMs: FfiConverterInt64.read(from: &buf), 
+                channel: FfiConverterString.read(from: &buf), 
+                value: FfiConverterDouble.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: HealthAlert, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.workoutId, into: &buf)
+        FfiConverterInt64.write(value.timestampMs, into: &buf)
+        FfiConverterString.write(value.channel, into: &buf)
+        FfiConverterDouble.write(value.value, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealthAlert_lift(_ buf: RustBuffer) throws -> HealthAlert {
+    return try FfiConverterTypeHealthAlert.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeHealthAlert_lower(_ value: HealthAlert) -> RustBuffer {
+    return FfiConverterTypeHealthAlert.lower(value)
 }
 
 
@@ -5757,6 +6082,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fitedge_ffi_checksum_method_engine_stats() != 31184) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fitedge_ffi_checksum_method_engine_subscribe_health_alerts() != 39100) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics() != 21910) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5799,6 +6127,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() != 38998) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_fitedge_ffi_checksum_method_healthalertlistener_on_health_alert() != 55930) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics() != 62688) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5822,6 +6153,7 @@ private let initializationResult: InitializationResult = {
     }
 
     uniffiCallbackInitEngineClock()
+    uniffiCallbackInitHealthAlertListener()
     uniffiCallbackInitLiveMetricsListener()
     uniffiCallbackInitSensorListener()
     return InitializationResult.ok

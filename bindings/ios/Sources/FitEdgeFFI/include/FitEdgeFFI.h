@@ -250,6 +250,13 @@ typedef void (*UniffiCallbackInterfaceEngineClockMethod0)(uint64_t, int64_t* _No
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_HEALTH_ALERT_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_HEALTH_ALERT_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceHealthAlertListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_LIVE_METRICS_LISTENER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_LIVE_METRICS_LISTENER_METHOD0
 typedef void (*UniffiCallbackInterfaceLiveMetricsListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
@@ -271,6 +278,15 @@ typedef struct UniffiVTableCallbackInterfaceEngineClock {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceEngineClockMethod0 _Nonnull nowMs;
 } UniffiVTableCallbackInterfaceEngineClock;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_HEALTH_ALERT_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_HEALTH_ALERT_LISTENER
+typedef struct UniffiVTableCallbackInterfaceHealthAlertListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceHealthAlertListenerMethod0 _Nonnull onHealthAlert;
+} UniffiVTableCallbackInterfaceHealthAlertListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_LIVE_METRICS_LISTENER
@@ -411,6 +427,11 @@ RustBuffer uniffi_fitedge_ffi_fn_method_engine_start_workout(uint64_t ptr, RustB
 RustBuffer uniffi_fitedge_ffi_fn_method_engine_stats(uint64_t ptr, RustBuffer period, RustBuffer sport, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SUBSCRIBE_HEALTH_ALERTS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SUBSCRIBE_HEALTH_ALERTS
+uint64_t uniffi_fitedge_ffi_fn_method_engine_subscribe_health_alerts(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SUBSCRIBE_LIVE_METRICS
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINE_SUBSCRIBE_LIVE_METRICS
 uint64_t uniffi_fitedge_ffi_fn_method_engine_subscribe_live_metrics(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
@@ -494,6 +515,26 @@ void uniffi_fitedge_ffi_fn_init_callback_vtable_engineclock(const UniffiVTableCa
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINECLOCK_NOW_MS
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_ENGINECLOCK_NOW_MS
 int64_t uniffi_fitedge_ffi_fn_method_engineclock_now_ms(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_HEALTHALERTLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_HEALTHALERTLISTENER
+uint64_t uniffi_fitedge_ffi_fn_clone_healthalertlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FREE_HEALTHALERTLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_FREE_HEALTHALERTLISTENER
+void uniffi_fitedge_ffi_fn_free_healthalertlistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_INIT_CALLBACK_VTABLE_HEALTHALERTLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_INIT_CALLBACK_VTABLE_HEALTHALERTLISTENER
+void uniffi_fitedge_ffi_fn_init_callback_vtable_healthalertlistener(const UniffiVTableCallbackInterfaceHealthAlertListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_HEALTHALERTLISTENER_ON_HEALTH_ALERT
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_METHOD_HEALTHALERTLISTENER_ON_HEALTH_ALERT
+void uniffi_fitedge_ffi_fn_method_healthalertlistener_on_health_alert(uint64_t ptr, RustBuffer alert, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_FN_CLONE_LIVEMETRICSLISTENER
@@ -963,6 +1004,12 @@ uint16_t uniffi_fitedge_ffi_checksum_method_engine_stats(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SUBSCRIBE_HEALTH_ALERTS
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SUBSCRIBE_HEALTH_ALERTS
+uint16_t uniffi_fitedge_ffi_checksum_method_engine_subscribe_health_alerts(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SUBSCRIBE_LIVE_METRICS
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINE_SUBSCRIBE_LIVE_METRICS
 uint16_t uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics(void
@@ -1044,6 +1091,12 @@ uint16_t uniffi_fitedge_ffi_checksum_method_engine_sync_now(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINECLOCK_NOW_MS
 #define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_ENGINECLOCK_NOW_MS
 uint16_t uniffi_fitedge_ffi_checksum_method_engineclock_now_ms(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_HEALTHALERTLISTENER_ON_HEALTH_ALERT
+#define UNIFFI_FFIDEF_UNIFFI_FITEDGE_FFI_CHECKSUM_METHOD_HEALTHALERTLISTENER_ON_HEALTH_ALERT
+uint16_t uniffi_fitedge_ffi_checksum_method_healthalertlistener_on_health_alert(void
     
 );
 #endif

@@ -653,6 +653,9 @@ internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
 internal interface UniffiCallbackInterfaceEngineClockMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`uniffiOutReturn`: LongByReference,uniffiCallStatus: UniffiRustCallStatus,)
 }
+internal interface UniffiCallbackInterfaceHealthAlertListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`alert`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 internal interface UniffiCallbackInterfaceLiveMetricsListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`metrics`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
@@ -675,6 +678,25 @@ internal open class UniffiVTableCallbackInterfaceEngineClock(
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `nowMs` = other.`nowMs`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onHealthAlert")
+internal open class UniffiVTableCallbackInterfaceHealthAlertListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onHealthAlert`: UniffiCallbackInterfaceHealthAlertListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onHealthAlert`: UniffiCallbackInterfaceHealthAlertListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceHealthAlertListener(`uniffiFree`,`uniffiClone`,`onHealthAlert`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceHealthAlertListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onHealthAlert` = other.`onHealthAlert`
     }
 
 }
@@ -783,6 +805,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_stats(
     ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_engine_subscribe_health_alerts(
+    ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engine_update_profile(
@@ -810,6 +834,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_fitedge_ffi_checksum_method_engine_sync_now(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_engineclock_now_ms(
+    ): Int
+    external fun uniffi_fitedge_ffi_checksum_method_healthalertlistener_on_health_alert(
     ): Int
     external fun uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics(
     ): Int
@@ -842,6 +868,7 @@ internal object UniffiLib {
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "fitedge_ffi"))
         uniffiCallbackInterfaceEngineClock.register(this)
+        uniffiCallbackInterfaceHealthAlertListener.register(this)
         uniffiCallbackInterfaceLiveMetricsListener.register(this)
         uniffiCallbackInterfaceSensorListener.register(this)
         
@@ -896,6 +923,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_fitedge_ffi_fn_method_engine_stats(`ptr`: Long,`period`: RustBuffer.ByValue,`sport`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_fitedge_ffi_fn_method_engine_subscribe_health_alerts(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
     external fun uniffi_fitedge_ffi_fn_method_engine_subscribe_live_metrics(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_fitedge_ffi_fn_method_engine_update_profile(`ptr`: Long,`profile`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -930,6 +959,14 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_fitedge_ffi_fn_method_engineclock_now_ms(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_fitedge_ffi_fn_clone_healthalertlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_fitedge_ffi_fn_free_healthalertlistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_init_callback_vtable_healthalertlistener(`vtable`: UniffiVTableCallbackInterfaceHealthAlertListener,
+    ): Unit
+    external fun uniffi_fitedge_ffi_fn_method_healthalertlistener_on_health_alert(`ptr`: Long,`alert`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_fitedge_ffi_fn_clone_livemetricslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_fitedge_ffi_fn_free_livemetricslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1144,6 +1181,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_stats() and 0xFFFF) != 31184) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_health_alerts() and 0xFFFF) != 39100) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engine_subscribe_live_metrics() and 0xFFFF) != 21910) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1184,6 +1224,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_fitedge_ffi_checksum_method_engineclock_now_ms() and 0xFFFF) != 38998) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_fitedge_ffi_checksum_method_healthalertlistener_on_health_alert() and 0xFFFF) != 55930) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_fitedge_ffi_checksum_method_livemetricslistener_on_live_metrics() and 0xFFFF) != 62688) {
@@ -1862,6 +1905,12 @@ public interface EngineInterface {
     fun `stats`(`period`: StatsPeriod, `sport`: Sport? = null): WorkoutStats
     
     /**
+     * Calls `listener` with every health alert of the workouts recorded from now on, until the
+     * returned subscription is cancelled.
+     */
+    fun `subscribeHealthAlerts`(`listener`: HealthAlertListener): Subscription
+    
+    /**
      * Calls `listener` with live metrics until the returned subscription is cancelled.
      */
     fun `subscribeLiveMetrics`(`listener`: LiveMetricsListener): Subscription
@@ -2413,6 +2462,24 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         
         FfiConverterTypeStatsPeriod.lower(`period`),
         FfiConverterOptionalTypeSport.lower(`sport`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Calls `listener` with every health alert of the workouts recorded from now on, until the
+     * returned subscription is cancelled.
+     */override fun `subscribeHealthAlerts`(`listener`: HealthAlertListener): Subscription {
+            return FfiConverterTypeSubscription.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_engine_subscribe_health_alerts(
+        it,
+        
+        FfiConverterTypeHealthAlertListener.lower(`listener`),_status)
 }
     }
     )
@@ -3099,6 +3166,331 @@ public object FfiConverterTypeEngineClock: FfiConverter<EngineClock, Long> {
     override fun allocationSize(value: EngineClock) = 8UL
 
     override fun write(value: EngineClock, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Receives a health alert the moment a sample breaks a range of the rules: heart rate outside
+ * 40 .. the athlete's maximum, or blood oxygen below 90 %. One call when a channel goes out of
+ * range; it is called again only after the channel has been back in range. Called on the thread
+ * that fed the sample, after the engine has released its lock (it may call back into the
+ * engine).
+ */
+public interface HealthAlertListener {
+    
+    fun `onHealthAlert`(`alert`: HealthAlert)
+    
+    companion object
+}
+
+/**
+ * Receives a health alert the moment a sample breaks a range of the rules: heart rate outside
+ * 40 .. the athlete's maximum, or blood oxygen below 90 %. One call when a channel goes out of
+ * range; it is called again only after the channel has been back in range. Called on the thread
+ * that fed the sample, after the engine has released its lock (it may call back into the
+ * engine).
+ */
+open class HealthAlertListenerImpl: Disposable, AutoCloseable, HealthAlertListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_fitedge_ffi_fn_free_healthalertlistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_fitedge_ffi_fn_clone_healthalertlistener(handle, status)
+        }
+    }
+
+    override fun `onHealthAlert`(`alert`: HealthAlert)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_fitedge_ffi_fn_method_healthalertlistener_on_health_alert(
+        it,
+        
+        FfiConverterTypeHealthAlert.lower(`alert`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceHealthAlertListener {
+    internal object `onHealthAlert`: UniffiCallbackInterfaceHealthAlertListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`alert`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeHealthAlertListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onHealthAlert`(
+                    FfiConverterTypeHealthAlert.lift(`alert`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeHealthAlertListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeHealthAlertListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceHealthAlertListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onHealthAlert`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_fitedge_ffi_fn_init_callback_vtable_healthalertlistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeHealthAlertListener: FfiConverter<HealthAlertListener, Long> {
+    internal val handleMap = UniffiHandleMap<HealthAlertListener>()
+
+    override fun lower(value: HealthAlertListener): Long {
+        if (value is HealthAlertListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): HealthAlertListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return HealthAlertListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): HealthAlertListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: HealthAlertListener) = 8UL
+
+    override fun write(value: HealthAlertListener, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -4553,6 +4945,74 @@ public object FfiConverterTypeGear: FfiConverterRustBuffer<Gear> {
             FfiConverterOptionalDouble.write(value.`wearPercent`, buf)
             FfiConverterBoolean.write(value.`replaceRecommended`, buf)
             FfiConverterBoolean.write(value.`retired`, buf)
+    }
+}
+
+
+
+/**
+ * A sample broke a health range of the rules (see `HealthAlertListener`).
+ */
+data class HealthAlert (
+    var `workoutId`: kotlin.String
+    , 
+    /**
+     * The sample's time, milliseconds since the Unix epoch.
+     */
+    var `timestampMs`: kotlin.Long
+    , 
+    /**
+     * "heart_rate" or "spo2".
+     */
+    var `channel`: kotlin.String
+    , 
+    /**
+     * The sample's value: bpm or percent.
+     */
+    var `value`: kotlin.Double
+    , 
+    /**
+     * "heart_rate_above_range", "heart_rate_below_range" or "spo2_below_range".
+     */
+    var `reason`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeHealthAlert: FfiConverterRustBuffer<HealthAlert> {
+    override fun read(buf: ByteBuffer): HealthAlert {
+        return HealthAlert(
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterDouble.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: HealthAlert) = (
+            FfiConverterString.allocationSize(value.`workoutId`) +
+            FfiConverterLong.allocationSize(value.`timestampMs`) +
+            FfiConverterString.allocationSize(value.`channel`) +
+            FfiConverterDouble.allocationSize(value.`value`) +
+            FfiConverterString.allocationSize(value.`reason`)
+    )
+
+    override fun write(value: HealthAlert, buf: ByteBuffer) {
+            FfiConverterString.write(value.`workoutId`, buf)
+            FfiConverterLong.write(value.`timestampMs`, buf)
+            FfiConverterString.write(value.`channel`, buf)
+            FfiConverterDouble.write(value.`value`, buf)
+            FfiConverterString.write(value.`reason`, buf)
     }
 }
 
