@@ -29,7 +29,7 @@ use rusqlite::{
 use crate::crypto::{CryptoError, StorageKey};
 use crate::error::{Error, Result};
 
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const V1: &str = "CREATE TABLE workouts (
         id TEXT PRIMARY KEY,
@@ -193,6 +193,11 @@ const V4: &str = "ALTER TABLE sync_docs ADD COLUMN applied TEXT;
         records_judged INTEGER NOT NULL DEFAULT 0
      ) WITHOUT ROWID;";
 
+/// v5: a recording keeps its rejected-sample counts (per channel and reason), written with each
+/// flush. Rejected samples are never stored, so a recording recovered after a crash could not
+/// count them from its chunks.
+const V5: &str = "ALTER TABLE recordings ADD COLUMN rejected_json TEXT;";
+
 type DataStep = fn(&Transaction<'_>, Option<&StorageKey>) -> Result<()>;
 
 const LADDER: &[(&str, Option<DataStep>)] = &[
@@ -200,6 +205,7 @@ const LADDER: &[(&str, Option<DataStep>)] = &[
     (V2, Some(crate::store::migrate_v1_samples)),
     (V3, Some(crate::sync::local::migrate_v3_documents)),
     (V4, Some(crate::sync::local::migrate_v4_documents)),
+    (V5, None),
 ];
 
 /// Applies the ladder up to `target` (tests use a lower target to build old databases).

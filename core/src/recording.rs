@@ -68,6 +68,8 @@ pub struct Recording {
     since_check: u32,
     /// The clock's time at the last look, to judge samples dated ahead of it.
     clock_seen: Timestamp,
+    /// Rejected samples counted in the database (the workout's count when it is current).
+    saved_rejected: u64,
     journal_seq: i64,
     events: Vec<DomainEvent>,
     /// The workout was stored or the recording deleted: nothing more to write.
@@ -129,6 +131,7 @@ impl Recording {
             last_check_t: now.0,
             since_check: 0,
             clock_seen: now,
+            saved_rejected: 0,
             journal_seq: 0,
             events: vec![],
             settled: false,
@@ -286,8 +289,8 @@ impl Recording {
     pub fn maybe_flush(&mut self) -> Result<()> {
         let now = self.clock.now();
         self.clock_seen = now;
-        if self.buffered >= MAX_BUFFERED
-            || (self.buffered > 0 && now.0 - self.last_flush.0 >= FLUSH_EVERY_MS)
+        let pending = self.buffered > 0 || self.unsaved_rejections();
+        if self.buffered >= MAX_BUFFERED || (pending && now.0 - self.last_flush.0 >= FLUSH_EVERY_MS)
         {
             self.flush()?;
         }
@@ -301,12 +304,19 @@ impl Recording {
         Ok(())
     }
 
-    /// Writes every buffered sample now, one chunk per channel, in one transaction.
+    fn unsaved_rejections(&self) -> bool {
+        self.workout.report().total_rejected() != self.saved_rejected
+    }
+
+    /// Writes every buffered sample now, one chunk per channel, and the rejected-sample counts,
+    /// in one transaction.
     pub fn flush(&mut self) -> Result<()> {
         self.last_flush = self.clock.now();
-        if self.buffered == 0 {
+        if self.buffered == 0 && !self.unsaved_rejections() {
             return Ok(());
         }
+        let rejected = self.workout.report().total_rejected();
+        let rejected_json = to_json(&self.workout.rejected_counts())?;
         let id = self.workout.id().0.clone();
         let key = self.store.key();
         let now = self.last_flush;
@@ -326,8 +336,8 @@ impl Recording {
                 compact_chunks(tx, key, &id, seq, compact_from)?;
             }
             tx.execute(
-                "UPDATE recordings SET updated_at = ?2 WHERE id = ?1",
-                params![id, now.0],
+                "UPDATE recordings SET updated_at = ?2, rejected_json = ?3 WHERE id = ?1",
+                params![id, now.0, rejected_json],
             )?;
             Ok(())
         })?;
@@ -335,6 +345,7 @@ impl Recording {
             b.clear();
         }
         self.buffered = 0;
+        self.saved_rejected = rejected;
         self.flushes_since_compaction = if compact {
             0
         } else {
@@ -404,16 +415,16 @@ impl Recording {
     /// Every recording the app did not finish (it was killed, or the phone died), rebuilt from
     /// its journal and stored samples.
     pub fn recover(store: Arc<Store>, clock: Arc<dyn Clock>) -> Result<Vec<Recording>> {
-        type Row = (String, Option<String>, String, String, i64);
+        type Row = (String, Option<String>, String, String, Option<String>);
         let rows: Vec<Row> = store.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, sport, profile_json, config_json, started_at FROM recordings ORDER BY started_at",
+                "SELECT id, sport, profile_json, config_json, rejected_json FROM recordings ORDER BY started_at",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
         })?;
         let mut out = vec![];
-        for (id, sport, profile, config, _started) in rows {
+        for (id, sport, profile, config, rejected) in rows {
             let corrupt = |e: serde_json::Error| Error::Corrupt(format!("recording {id}: {e}"));
             let sport: Option<Sport> = sport
                 .map(|s| s.parse().map_err(Error::Corrupt))
@@ -470,8 +481,15 @@ impl Recording {
                 replay(&mut w, cmd)?;
             }
             w.take_samples();
+            // NULL: recorded by a build before v5, or never flushed; the replay's counts stand.
+            if let Some(json) = rejected {
+                let saved: crate::workout::RejectedCounts =
+                    serde_json::from_str(&json).map_err(corrupt)?;
+                w.restore_rejected(&saved);
+            }
             let now = clock.now();
             let mut r = Recording::new(store.clone(), clock.clone(), w, now);
+            r.saved_rejected = r.workout.report().total_rejected();
             r.journal_seq = journal.last().map_or(0, |c| c.0 + 1);
             for (ch, max, open_from) in chunk_seqs {
                 if let Some(i) = usize::try_from(ch).ok().filter(|i| *i < r.seq.len()) {

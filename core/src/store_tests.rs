@@ -538,6 +538,57 @@ fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
     );
 }
 
+/// Rejected samples are never stored, so their counts are saved with the recording: a crash
+/// must not turn a channel with impossible readings into a clean one (the personal-record check
+/// trusts clean channels only).
+#[test]
+fn a_recovered_recording_keeps_its_rejected_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rejected.db");
+    let clock = Arc::new(ManualClock::new(Timestamp(T0)));
+    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
+    let mut rec = Recording::start(
+        store.clone(),
+        clock.clone(),
+        Some(Sport::Running),
+        Profile::default().resolve(),
+        WorkoutConfig::import(),
+    )
+    .unwrap();
+    let hr = |t: Timestamp, bpm: f64| Sample::new(t, Reading::HeartRate { bpm });
+    for s in 0..30 {
+        let bpm = if s % 10 == 5 { 400.0 } else { 140.0 };
+        rec.record(hr(clock.now(), bpm)).unwrap();
+        clock.advance_secs(1.0);
+    }
+    // After the last flush of samples, only rejected ones come: saved on the next look at the
+    // clock all the same.
+    rec.record(hr(clock.now(), 500.0)).unwrap();
+    clock.advance_secs(1.5);
+    rec.maybe_flush().unwrap();
+    let before = rec.workout().report().clone();
+    assert_eq!(before.total_rejected(), 4);
+    drop(rec);
+    drop(store);
+
+    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
+    let mut rec = Recording::recover(store.clone(), clock.clone())
+        .unwrap()
+        .pop()
+        .unwrap();
+    let hr_report = &rec.workout().report().channels[&Channel::HeartRate];
+    assert_eq!(hr_report.rejected[&Reason::Impossible], 4);
+    assert_eq!(hr_report.received, 31);
+    assert!(!rec.workout().report().channel_clean(Channel::HeartRate));
+    for _ in 0..40 {
+        rec.record(hr(clock.now(), 140.0)).unwrap();
+        clock.advance_secs(1.0);
+    }
+    let summary = rec.complete().unwrap();
+    assert_eq!(summary.rejected, 4);
+    assert_eq!(summary.samples, 71);
+}
+
 #[test]
 fn a_sample_from_a_jumped_clock_does_not_delay_the_next_flush() {
     let dir = tempfile::tempdir().unwrap();
@@ -716,7 +767,10 @@ fn a_v2_database_migrates_to_v4_with_a_document_per_workout() {
         .unwrap();
     }
     let upgraded = Store::open(&old, Some(key())).unwrap();
-    assert_eq!(upgraded.schema_version().unwrap(), 4);
+    assert_eq!(
+        upgraded.schema_version().unwrap(),
+        crate::db::SCHEMA_VERSION
+    );
     let fresh_path = dir.path().join("fresh.db");
     drop(Store::open(&fresh_path, Some(key())).unwrap());
     assert_eq!(schema(&old), schema(&fresh_path));
@@ -885,7 +939,10 @@ fn a_v3_database_migrates_to_v4_and_its_workouts_open_on_another_device() {
         .unwrap();
     }
     let upgraded = Store::open(&old, Some(key())).unwrap();
-    assert_eq!(upgraded.schema_version().unwrap(), 4);
+    assert_eq!(
+        upgraded.schema_version().unwrap(),
+        crate::db::SCHEMA_VERSION
+    );
     let fresh_path = dir.path().join("fresh.db");
     drop(Store::open(&fresh_path, Some(key())).unwrap());
     assert_eq!(schema(&old), schema(&fresh_path));

@@ -225,6 +225,10 @@ pub struct Workout {
     summary: Option<WorkoutSummary>,
 }
 
+/// Rejected samples per channel and reason.
+pub type RejectedCounts =
+    std::collections::BTreeMap<Channel, std::collections::BTreeMap<Reason, u64>>;
+
 /// What [`Workout::record`] did with a sample.
 pub type Outcome = Verdict;
 
@@ -488,6 +492,36 @@ impl Workout {
         }
         self.samples.push(s);
         Ok(verdict)
+    }
+
+    /// Rejected-sample counts per channel and reason: what a recording saves, since rejected
+    /// samples are never stored.
+    pub fn rejected_counts(&self) -> RejectedCounts {
+        self.report
+            .channels
+            .iter()
+            .filter(|(_, r)| !r.rejected.is_empty())
+            .map(|(ch, r)| (*ch, r.rejected.clone()))
+            .collect()
+    }
+
+    /// Recovery after a crash: the counts a recording saved replace the rejections of the replay
+    /// of its stored samples, which cannot see the samples that were rejected.
+    pub fn restore_rejected(&mut self, saved: &RejectedCounts) {
+        let channels: Vec<Channel> = self
+            .report
+            .channels
+            .keys()
+            .chain(saved.keys())
+            .copied()
+            .collect();
+        for ch in channels {
+            let r = self.report.channels.entry(ch).or_default();
+            let replayed: u64 = r.rejected.values().sum();
+            let kept = saved.get(&ch).cloned().unwrap_or_default();
+            r.received = r.received.saturating_sub(replayed) + kept.values().sum::<u64>();
+            r.rejected = kept;
+        }
     }
 
     /// [`Self::record`] for a live sample, where `now` is the recording clock's time: a sample
