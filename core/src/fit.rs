@@ -698,6 +698,22 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
         });
     }
     let starts = session_starts(&infos, &laps, steps.first().map(|s| s.0));
+    // A damaged file whose sessions are written after their records (summary last) lost the
+    // sessions after the damage, not their records: samples dated after the last decoded
+    // session closed belong to a lost session. They are counted, not absorbed into that session
+    // (which would stretch it over every leg that followed).
+    let last_session_at = messages.iter().rposition(|m| m.kind() == MesgNum::Session);
+    let summary_last =
+        last_session_at.is_some_and(|p| messages[..p].iter().any(|m| m.kind() == MesgNum::Record));
+    let lost_from = match (&damage, infos.last().and_then(|i| i.closed)) {
+        (Some(_), Some(closed)) if summary_last => steps
+            .iter()
+            .find(|(t, s)| {
+                matches!(s, Step::Sample(_)) && t.0 > closed.0 + STOP_NEAR_LAST_SAMPLE_MS
+            })
+            .map(|(t, _)| *t),
+        _ => None,
+    };
 
     // Samples no session uses: before the first session's start, and after a session's end
     // (before the next one's start, or after the last session). Counted, never silently lost.
@@ -719,7 +735,8 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
         // A record at the next session's start is that session's first (FIT devices write it
         // as the new session opens, e.g. with its distance counter reset), so the window is
         // half-open.
-        let next = starts.get(i + 1).copied();
+        let last = i + 1 == starts.len();
+        let next = starts.get(i + 1).copied().or(lost_from.filter(|_| last));
         let window: Vec<&(Timestamp, Step)> = steps
             .iter()
             .filter(|(t, _)| *t >= from && next.is_none_or(|n| *t < n))
@@ -749,6 +766,19 @@ pub fn import(bytes: &[u8], overrides: Profile, key: &str) -> Result<FitImport, 
         if unused.after_limit.n > 0 {
             after_limit.push(format!("{} in session {i}", unused.after_limit.describe()));
         }
+    }
+    if let Some(from) = lost_from {
+        let lost = Span::of(
+            steps
+                .iter()
+                .filter(|(t, s)| *t >= from && matches!(s, Step::Sample(_)))
+                .map(|(t, _)| *t),
+        );
+        outside.push(format!(
+            "{} after the last decoded session ({}) closed, from a session lost in the damage",
+            lost.describe(),
+            starts.len().saturating_sub(1)
+        ));
     }
     if !after_limit.is_empty() {
         warnings.push(format!(
@@ -1237,6 +1267,51 @@ mod tests {
             at(29)
         );
         assert_eq!(imp.warnings, vec![expected]);
+    }
+
+    /// A two-leg file cut before the second leg's session message: the first leg stays as it
+    /// was recorded, and the second leg's records are reported, not stretched into the first.
+    #[test]
+    fn the_records_of_a_session_lost_in_the_damage_are_counted_not_absorbed() {
+        let mut w = FitWriter::new();
+        w.define(0, 0, &[(0, 1, ENUM)]);
+        w.data(0, &[4]);
+        w.define(1, 20, &[(253, 4, UINT32), (3, 1, UINT8)]);
+        let record = |w: &mut FitWriter, t: u32| {
+            let mut r = t.to_le_bytes().to_vec();
+            r.push(130);
+            w.data(1, &r);
+        };
+        for i in 0..120u32 {
+            record(&mut w, T0 + i);
+        }
+        w.define(3, 18, &[(253, 4, UINT32), (2, 4, UINT32), (5, 1, ENUM)]);
+        let mut sess = (T0 + 119).to_le_bytes().to_vec();
+        sess.extend_from_slice(&T0.to_le_bytes());
+        sess.push(1);
+        w.data(3, &sess);
+        for i in 130..=300u32 {
+            record(&mut w, T0 + i);
+        }
+        let mut bytes = w.finish();
+        // Cut mid-record, as a file whose writing stopped.
+        bytes.truncate(bytes.len() - 4);
+        let imp = import(&bytes, Profile::default(), "k").unwrap();
+        assert_eq!(imp.sessions.len(), 1);
+        let s = &imp.sessions[0].summary;
+        assert_eq!(s.metrics.elapsed_s, 119.0);
+        assert_eq!(s.samples, 120);
+        let at = |s: i64| Timestamp((i64::from(T0) + FIT_EPOCH_S + s) * 1000).to_rfc3339();
+        let lost = imp
+            .warnings
+            .iter()
+            .find(|w| w.contains("lost in the damage"))
+            .unwrap_or_else(|| panic!("{:?}", imp.warnings));
+        // The cut takes the last record with it: 130 ..= 299.
+        assert!(
+            lost.contains(&format!("170 sample(s) (from {} to {})", at(130), at(299))),
+            "{lost}"
+        );
     }
 
     #[test]
