@@ -500,7 +500,9 @@ async fn sharing_read_vs_write(b: Backend) {
         .call(TestRequest::get(&format!("/api/v1/sync/docs/{id}/shares")).token(&ann))
         .await;
     assert_eq!(r.body[0]["access"], "read");
-    assert_eq!(r.body[0]["email"], "bob@example.com");
+    // Shared by id: Bob's address is not disclosed to Ann.
+    assert_eq!(r.body[0]["user_id"], bob_id.as_str());
+    assert!(r.body[0]["email"].is_null(), "{}", r.body);
     let bobs = listed(&bob).await;
     assert_eq!(bobs.len(), 1, "{bobs:?}");
     assert_eq!(
@@ -543,6 +545,8 @@ async fn sharing_read_vs_write(b: Backend) {
         r.body
     );
     assert_eq!(r.body[0]["access"], "write");
+    // Shared by email: the address Ann gave is shown.
+    assert_eq!(r.body[0]["email"], "bob@example.com");
     let mut bc = s.client(&bob).await;
     bc.request(&id).await;
     bc.change(&id, put("title", "bob was here")).await;

@@ -172,7 +172,8 @@ pub async fn put_share(
         ShareAccess::Write => Access::Write,
     };
     // Access is looked up on every incoming message, so a downgrade to read applies at once.
-    store::put_share(&state, &id, &target, access).await?;
+    let email = req.email.as_deref().map(|e| e.trim().to_lowercase());
+    store::put_share(&state, &id, &target, email.as_deref(), access).await?;
     Ok(axum::Json(store::list_shares(&state, &id).await?))
 }
 

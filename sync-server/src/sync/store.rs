@@ -539,17 +539,27 @@ pub async fn save_sync_states(
         .await
 }
 
-/// Shares `id` with `user_id` (`read` or `write`); the caller checked ownership.
-pub async fn put_share(state: &AppState, id: &str, user_id: &str, access: Access) -> Result<()> {
+/// Shares `id` with `user_id` (`read` or `write`); the caller checked ownership. `email` is the
+/// address the owner gave, when they shared by email (kept when they later share by id: they
+/// knew it already).
+pub async fn put_share(
+    state: &AppState,
+    id: &str,
+    user_id: &str,
+    email: Option<&str>,
+    access: Access,
+) -> Result<()> {
     sqlx::query(
-        "INSERT INTO sync_acl (doc_id, user_id, access, granted_at) VALUES ($1, $2, $3, $4)
+        "INSERT INTO sync_acl (doc_id, user_id, access, granted_at, email) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (doc_id, user_id) DO UPDATE SET access = excluded.access,
-                                                    granted_at = excluded.granted_at",
+                                                    granted_at = excluded.granted_at,
+                                                    email = COALESCE(excluded.email, sync_acl.email)",
     )
     .bind(id)
     .bind(user_id)
     .bind(access.as_str())
     .bind(state.now().as_millis())
+    .bind(email)
     .execute(state.db.pool())
     .await?;
     Ok(())
@@ -585,6 +595,8 @@ pub async fn delete_share(state: &AppState, id: &DocumentId, user_id: &str) -> R
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Share {
     pub user_id: String,
+    /// The address you shared it with; null when you shared by user id (the account's address
+    /// is not disclosed).
     pub email: Option<String>,
     /// `read` or `write`.
     pub access: String,
@@ -593,8 +605,8 @@ pub struct Share {
 
 pub async fn list_shares(state: &AppState, id: &str) -> Result<Vec<Share>> {
     let rows = sqlx::query(
-        "SELECT a.user_id, u.email, a.access, a.granted_at FROM sync_acl a
-         LEFT JOIN users u ON u.id = a.user_id WHERE a.doc_id = $1 ORDER BY a.granted_at, a.user_id",
+        "SELECT user_id, email, access, granted_at FROM sync_acl
+         WHERE doc_id = $1 ORDER BY granted_at, user_id",
     )
     .bind(id)
     .fetch_all(state.db.pool())
