@@ -239,8 +239,8 @@ pub fn run(db: &Path, args: &ImportArgs) -> u8 {
                     .map(str::to_ascii_lowercase);
                 let result = match ext.as_deref().and_then(|e| e.parse::<Format>().ok()) {
                     Some(format) => formats::import_with_warnings(format, &bytes, overrides, &hash)
-                        .map(|(s, warnings)| FitImport {
-                            sessions: vec![s],
+                        .map(|(sessions, warnings)| FitImport {
+                            sessions,
                             warnings,
                             file_profile: Profile::default(),
                             device: None,

@@ -139,8 +139,10 @@ fn ends_with(path: &[String], tail: &[&str]) -> bool {
             .all(|(a, b)| a == b)
 }
 
-fn parse_gpx(xml: &str) -> Result<Parsed, FitError> {
-    let mut p = Parsed::default();
+/// One [`Parsed`] per `<trk>`: a GPX file may hold several activities (GPX 1.1: "trk - an
+/// ordered list of points describing a path"; exporters write one per activity).
+fn parse_gpx(xml: &str) -> Result<Vec<Parsed>, FitError> {
+    let mut tracks: Vec<Parsed> = vec![];
     let mut saw_gpx = false;
     let mut point: Option<(f64, f64)> = None;
     let mut t: Option<Timestamp> = None;
@@ -149,6 +151,9 @@ fn parse_gpx(xml: &str) -> Result<Parsed, FitError> {
         Ev::Start(path, attrs) => {
             if path.len() == 1 && path[0] == "gpx" {
                 saw_gpx = true;
+            }
+            if path.last().map(String::as_str) == Some("trk") {
+                tracks.push(Parsed::default());
             }
             if path.last().map(String::as_str) == Some("trkpt") {
                 let get = |k: &str| attrs.iter().find(|(n, _)| n == k).and_then(|(_, v)| num(v));
@@ -159,7 +164,9 @@ fn parse_gpx(xml: &str) -> Result<Parsed, FitError> {
         }
         Ev::Text(path, text) => {
             if ends_with(path, &["trk", "type"]) {
-                p.sport = sport_from_name(text);
+                if let Some(p) = tracks.last_mut() {
+                    p.sport = sport_from_name(text);
+                }
             } else if ends_with(path, &["trkpt", "time"]) {
                 t = Timestamp::parse_rfc3339(text.trim());
             } else if ends_with(path, &["trkpt", "ele"]) {
@@ -183,7 +190,7 @@ fn parse_gpx(xml: &str) -> Result<Parsed, FitError> {
         }
         Ev::End(path) => {
             if path.last().map(String::as_str) == Some("trkpt") {
-                if let Some(t) = t {
+                if let (Some(t), Some(p)) = (t, tracks.last_mut()) {
                     if let Some((lat, lon)) = point {
                         p.samples.push(Sample::new(
                             t,
@@ -202,11 +209,14 @@ fn parse_gpx(xml: &str) -> Result<Parsed, FitError> {
     if !saw_gpx {
         return Err(bad("not a GPX document (no <gpx> root)"));
     }
-    Ok(p)
+    Ok(tracks)
 }
 
-fn parse_tcx(xml: &str) -> Result<Parsed, FitError> {
+/// One [`Parsed`] per `<Activity>` (TCX v2: `Activities` holds a list of `Activity`).
+fn parse_tcx(xml: &str) -> Result<Vec<Parsed>, FitError> {
+    let mut activities: Vec<Parsed> = vec![];
     let mut p = Parsed::default();
+    let mut in_activity = false;
     let mut saw_root = false;
     let mut t: Option<Timestamp> = None;
     let (mut lat, mut lon): (Option<f64>, Option<f64>) = (None, None);
@@ -223,6 +233,10 @@ fn parse_tcx(xml: &str) -> Result<Parsed, FitError> {
         Ev::Start(path, attrs) => match path.last().map(String::as_str).unwrap_or("") {
             "TrainingCenterDatabase" => saw_root = true,
             "Activity" => {
+                p = Parsed::default();
+                lap_starts.clear();
+                hr_sum = (0.0, 0.0);
+                in_activity = true;
                 let s = attrs
                     .iter()
                     .find(|(k, _)| k == "Sport")
@@ -294,7 +308,16 @@ fn parse_tcx(xml: &str) -> Result<Parsed, FitError> {
             }
         }
         Ev::End(path) => {
-            if path.last().map(String::as_str) == Some("Trackpoint") {
+            if path.last().map(String::as_str) == Some("Activity") && in_activity {
+                in_activity = false;
+                if hr_sum.1 > 0.0 {
+                    p.device.avg_hr = Some(hr_sum.0 / hr_sum.1);
+                }
+                // A lap boundary is where the next lap starts.
+                p.laps = lap_starts.iter().skip(1).copied().collect();
+                activities.push(std::mem::take(&mut p));
+            }
+            if path.last().map(String::as_str) == Some("Trackpoint") && in_activity {
                 if let Some(t) = t {
                     if let (Some(lat), Some(lon)) = (lat, lon) {
                         p.samples.push(Sample::new(
@@ -314,15 +337,11 @@ fn parse_tcx(xml: &str) -> Result<Parsed, FitError> {
     if !saw_root {
         return Err(bad("not a TCX document (no <TrainingCenterDatabase> root)"));
     }
-    if hr_sum.1 > 0.0 {
-        p.device.avg_hr = Some(hr_sum.0 / hr_sum.1);
-    }
-    // A lap boundary is where the next lap starts.
-    p.laps = lap_starts.into_iter().skip(1).collect();
-    Ok(p)
+    Ok(activities)
 }
 
-/// Imports a GPX or TCX document. `key` names the file for a stable workout id.
+/// Imports a GPX or TCX document: one session per track (GPX `<trk>`) or activity (TCX
+/// `<Activity>`) that has points, in file order. `key` names the file for stable workout ids.
 ///
 /// The same as [`import_with_warnings`] without the warnings.
 pub fn import(
@@ -330,34 +349,89 @@ pub fn import(
     bytes: &[u8],
     overrides: Profile,
     key: &str,
-) -> Result<ImportedSession, FitError> {
+) -> Result<Vec<ImportedSession>, FitError> {
     import_with_warnings(format, bytes, overrides, key).map(|(s, _)| s)
 }
 
-/// Imports a GPX or TCX document, with what a person should know about it (samples past the
-/// workout's 24-hour limit, which are not used). `key` names the file for a stable workout id.
+/// Imports a GPX or TCX document, with what a person should know about it: tracks without
+/// points, and samples past a workout's 24-hour limit (not used). `key` names the file for
+/// stable workout ids (the first session's is the one a single-track file always had).
 pub fn import_with_warnings(
     format: Format,
     bytes: &[u8],
     overrides: Profile,
     key: &str,
-) -> Result<(ImportedSession, Vec<String>), FitError> {
+) -> Result<(Vec<ImportedSession>, Vec<String>), FitError> {
     let xml = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text: {e}")))?;
-    let mut parsed = match format {
+    let parsed = match format {
         Format::Gpx => parse_gpx(xml)?,
         Format::Tcx => parse_tcx(xml)?,
     };
+    let (what, none) = match format {
+        Format::Gpx => ("track", "gpx without track points"),
+        Format::Tcx => ("activity", "tcx without track points"),
+    };
+    let mut sessions = vec![];
+    let mut after_limit = vec![];
+    let mut empty = vec![];
+    for (i, p) in parsed.into_iter().enumerate() {
+        if p.samples.is_empty() {
+            empty.push(i.to_string());
+            continue;
+        }
+        let index = sessions.len();
+        let (session, past) = replay(p, index, overrides, key)?;
+        if past.n > 0 {
+            after_limit.push((index, past));
+        }
+        sessions.push(session);
+    }
+    if sessions.is_empty() {
+        return Err(FitError::NoActivity(none.into()));
+    }
+    let mut warnings = vec![];
+    if !after_limit.is_empty() {
+        let spans: Vec<String> = after_limit
+            .iter()
+            .map(|(i, span)| {
+                if sessions.len() == 1 {
+                    span.describe()
+                } else {
+                    format!("{} in session {i}", span.describe())
+                }
+            })
+            .collect();
+        warnings.push(format!(
+            "the 24-hour limit of a workout was reached; the samples after it were not used: {}",
+            spans.join("; ")
+        ));
+    }
+    if !empty.is_empty() {
+        warnings.push(format!(
+            "{} {what}(s) without points were skipped (number {} in the file, from 0)",
+            empty.len(),
+            empty.join(", ")
+        ));
+    }
+    Ok((sessions, warnings))
+}
+
+/// Replays one track or activity through the workout aggregate. Returns the session and the
+/// samples past the 24-hour limit.
+fn replay(
+    mut parsed: Parsed,
+    index: usize,
+    overrides: Profile,
+    key: &str,
+) -> Result<(ImportedSession, Span), FitError> {
     parsed.samples.sort_by_key(|s| s.t);
     let (Some(first), Some(last)) = (
         parsed.samples.first().map(|s| s.t),
         parsed.samples.last().map(|s| s.t),
     ) else {
-        return Err(FitError::NoActivity(match format {
-            Format::Gpx => "gpx without track points".into(),
-            Format::Tcx => "tcx without track points".into(),
-        }));
+        return Err(bad("empty workout"));
     };
-    let id = WorkoutId::derived(key, "0");
+    let id = WorkoutId::derived(key, &index.to_string());
     let mut w = Workout::new(
         id,
         parsed.sport,
@@ -385,19 +459,12 @@ pub fn import_with_warnings(
         }
         samples.append(&mut w.take_samples());
     }
-    let mut warnings = vec![];
-    if after_limit.n > 0 {
-        warnings.push(format!(
-            "the 24-hour limit of a workout was reached; the samples after it were not used: {}",
-            after_limit.describe()
-        ));
-    }
     let (summary, not_recorded) = w
         .complete_or_preview(last)
         .ok_or_else(|| bad("empty workout"))?;
     samples.append(&mut w.take_samples());
     let session = ImportedSession {
-        index: 0,
+        index,
         summary,
         not_recorded,
         device: parsed.device,
@@ -405,7 +472,7 @@ pub fn import_with_warnings(
         events: w.take_events(),
         profile: overrides,
     };
-    Ok((session, warnings))
+    Ok((session, after_limit))
 }
 
 // --- export ------------------------------------------------------------------------------------
@@ -634,7 +701,9 @@ mod tests {
 
     #[test]
     fn gpx_points_become_samples() {
-        let p = parse_gpx(GPX).unwrap();
+        let tracks = parse_gpx(GPX).unwrap();
+        assert_eq!(tracks.len(), 1);
+        let p = &tracks[0];
         assert_eq!(p.sport, Some(Sport::Running));
         assert_eq!(p.samples.len(), 6);
         assert!(p
@@ -688,8 +757,9 @@ mod tests {
             (Format::Gpx, gpx_25_hours(), 2),
             (Format::Tcx, tcx_25_hours(), 1),
         ] {
-            let (session, warnings) =
+            let (sessions, warnings) =
                 import_with_warnings(format, doc.as_bytes(), Profile::default(), "k").unwrap();
+            let session = &sessions[0];
             assert_eq!(
                 warnings,
                 vec![format!(
@@ -714,6 +784,76 @@ mod tests {
         let (_, warnings) =
             import_with_warnings(Format::Gpx, GPX.as_bytes(), Profile::default(), "k").unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    /// Before the fix every track's points went into one workout: two runs of a morning and an
+    /// evening became one 10-hour workout.
+    #[test]
+    fn each_track_or_activity_is_its_own_workout() {
+        let trk = |sport: &str, from: i64| {
+            let mut x = format!("<trk><type>{sport}</type><trkseg>");
+            for m in 0..30 {
+                x.push_str(&format!(
+                    r#"<trkpt lat="{}" lon="7.0"><time>{}</time></trkpt>"#,
+                    45.0 + m as f64 * 0.002,
+                    minute(from + m)
+                ));
+            }
+            x + "</trkseg></trk>"
+        };
+        let gpx = format!(
+            r#"<gpx version="1.1" creator="t" xmlns="http://www.topografix.com/GPX/1/1">{}<trk><type>walking</type></trk>{}</gpx>"#,
+            trk("running", 0),
+            trk("cycling", 600)
+        );
+        let act = |sport: &str, from: i64| {
+            let mut x = format!(
+                r#"<Activity Sport="{sport}"><Id>{0}</Id><Lap StartTime="{0}"><TotalTimeSeconds>1740</TotalTimeSeconds><Track>"#,
+                minute(from)
+            );
+            for m in 0..30 {
+                x.push_str(&format!(
+                    "<Trackpoint><Time>{}</Time><HeartRateBpm><Value>{}</Value></HeartRateBpm></Trackpoint>",
+                    minute(from + m),
+                    if from == 0 { 120 } else { 150 }
+                ));
+            }
+            x + "</Track></Lap></Activity>"
+        };
+        let tcx = format!(
+            r#"<TrainingCenterDatabase xmlns="http://www.garmin.com/xmlschemas/TrainingCenterDatabase/v2"><Activities>{}{}</Activities></TrainingCenterDatabase>"#,
+            act("Running", 0),
+            act("Biking", 600)
+        );
+        for (format, doc) in [(Format::Gpx, gpx), (Format::Tcx, tcx)] {
+            let (sessions, warnings) =
+                import_with_warnings(format, doc.as_bytes(), Profile::default(), "k").unwrap();
+            assert_eq!(sessions.len(), 2, "{format:?}");
+            let sports: Vec<Sport> = sessions.iter().map(|s| s.summary.metrics.sport).collect();
+            assert_eq!(sports, [Sport::Running, Sport::Cycling], "{format:?}");
+            for (i, s) in sessions.iter().enumerate() {
+                assert_eq!(s.index, i);
+                assert_eq!(s.summary.metrics.elapsed_s, 29.0 * 60.0, "{format:?} #{i}");
+                assert_eq!(s.summary.start_time.to_rfc3339(), minute(600 * i as i64));
+            }
+            assert_ne!(sessions[0].summary.id, sessions[1].summary.id);
+            // The first keeps the id a single-track file always had (re-imports find it).
+            assert_eq!(sessions[0].summary.id, WorkoutId::derived("k", "0"));
+            if format == Format::Gpx {
+                assert_eq!(
+                    warnings,
+                    ["1 track(s) without points were skipped (number 1 in the file, from 0)"]
+                );
+            } else {
+                assert!(warnings.is_empty(), "{warnings:?}");
+                let hr: Vec<Option<f64>> = sessions
+                    .iter()
+                    .map(|s| s.summary.metrics.avg_hr_bpm)
+                    .collect();
+                assert_eq!(hr, [Some(120.0), Some(150.0)]);
+                assert_eq!(sessions[1].device.timer_s, Some(1740.0));
+            }
+        }
     }
 
     #[test]

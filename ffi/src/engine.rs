@@ -831,7 +831,7 @@ impl Engine {
             .unwrap_or("")
             .to_ascii_lowercase();
         let sessions = match ext.parse::<core::formats::Format>() {
-            Ok(f) => vec![core::formats::import(f, &bytes, profile, &key)?],
+            Ok(f) => core::formats::import(f, &bytes, profile, &key)?,
             Err(_) => core::fit::import(&bytes, profile, &key)?.sessions,
         };
         let saved = self

@@ -24,8 +24,13 @@ fn check(file: &str, session: usize, format: Format) {
     let original = store.summary(&id).unwrap().metrics;
     let samples = store.samples(&id).unwrap();
     let text = formats::export(format, &store.summary(&id).unwrap(), &samples).unwrap();
-    let back = formats::import(format, text.as_bytes(), Profile::default(), "rt").unwrap();
-    let m = back.summary.metrics;
+    let mut back = formats::import(format, text.as_bytes(), Profile::default(), "rt").unwrap();
+    assert_eq!(
+        back.len(),
+        1,
+        "one workout exports as one track or activity"
+    );
+    let m = back.remove(0).summary.metrics;
     let label = format!("{file} #{session} via {format:?}");
     let (d0, d1) = (original.distance_m.unwrap(), m.distance_m.unwrap());
     // TCX carries the distance channel (±1 %); GPX only the track (±3 %, GPS-only tolerance).
