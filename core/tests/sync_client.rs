@@ -912,6 +912,38 @@ async fn edits_and_deletions_on_one_device_update_the_others_history() {
     }
 }
 
+/// Deleting a workout cancels its document; importing the same file again (the same workout
+/// id) must bring the document back, or the other devices would never see the workout again
+/// and the next sync could remove it here too.
+#[tokio::test]
+async fn a_workout_stored_again_after_deletion_comes_back_on_the_other_devices() {
+    let (url, _server) = start_server().await;
+    let clock = now();
+    let (a, b) = (device(), device());
+    let workout = record_workout(&a, T0, 2);
+    let summary = a.summary(&workout).unwrap();
+    let samples = a.samples(&workout).unwrap();
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    sync_once(&b, &config(&url), &clock).await.unwrap();
+    assert_eq!(listed(&b).len(), 1);
+
+    a.delete_workout(&workout).unwrap();
+    sync_once(&a, &config(&url), &clock).await.unwrap();
+    sync_once(&b, &config(&url), &clock).await.unwrap();
+    assert!(listed(&b).is_empty());
+
+    // Stored again on A (a re-import gives the same id).
+    a.save_workout(&summary, &samples, clock.now()).unwrap();
+    for _ in 0..2 {
+        sync_once(&a, &config(&url), &clock).await.unwrap();
+        assert_eq!(listed(&a).len(), 1, "a sync must not remove it again");
+    }
+    let r = sync_once(&b, &config(&url), &clock).await.unwrap();
+    assert_eq!(r.workouts_added, 1, "{r:?}");
+    assert_eq!(listed(&a), listed(&b));
+    assert_eq!(b.samples(&workout).unwrap().len(), samples.len());
+}
+
 #[tokio::test]
 async fn a_workout_document_that_fails_validation_is_reported_and_not_applied() {
     let (url, server) = start_server().await;

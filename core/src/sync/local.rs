@@ -227,15 +227,39 @@ fn workout_document(
 ) -> std::result::Result<AutoCommit, DocError> {
     let id = uuid::Uuid::parse_str(&s.id.0).unwrap_or_else(|_| uuid::Uuid::new_v4());
     let mut doc = docs::new_workout(Some(actor), id, s.metrics.sport, s.start_time)?;
+    fill_workout(&mut doc, s, chunks)?;
+    doc.commit();
+    Ok(doc)
+}
+
+/// Writes a stored workout's content into its document: title and notes when it has them,
+/// laps and chunk references (replacing any earlier lists), and the completed summary.
+fn fill_workout(
+    doc: &mut AutoCommit,
+    s: &WorkoutSummary,
+    chunks: &[PlacedChunk],
+) -> std::result::Result<(), DocError> {
+    let doc_has = |doc: &AutoCommit, key: &str| {
+        doc.get(ROOT, key)
+            .ok()
+            .flatten()
+            .is_some_and(|(_, id)| doc.length(&id) > 0)
+    };
+    // A fresh document has empty lists; a revived one gets new ones (its old chunks are gone).
+    for list in ["laps", "chunks"] {
+        if doc_has(doc, list) {
+            doc.put_object(ROOT, list, ObjType::List)?;
+        }
+    }
     if let Some(t) = &s.title {
-        docs::set_text(&mut doc, "title", t)?;
+        docs::set_text(doc, "title", t)?;
     }
     if let Some(n) = &s.notes {
-        docs::set_text(&mut doc, "notes", n)?;
+        docs::set_text(doc, "notes", n)?;
     }
     for lap in &s.laps {
         docs::push_lap(
-            &mut doc,
+            doc,
             &DocLap {
                 start_time: lap.start_time,
                 end_time: lap.end_time,
@@ -245,9 +269,9 @@ fn workout_document(
         )?;
     }
     for (c, seq, sealed) in chunks {
-        docs::push_chunk_at(&mut doc, c, *seq, *sealed)?;
+        docs::push_chunk_at(doc, c, *seq, *sealed)?;
     }
-    docs::set_sport_detected(&mut doc, s.metrics.sport_detected)?;
+    docs::set_sport_detected(doc, s.metrics.sport_detected)?;
     let m = &s.metrics;
     // The recorder can report a GPS average speed with a maximum of 0 (no speed sensor); the
     // document's validator (rightly) refuses an average above the maximum, so a maximum below
@@ -257,7 +281,7 @@ fn workout_document(
         _ => max,
     };
     docs::complete_workout(
-        &mut doc,
+        doc,
         s.end_time,
         &DocSummary {
             elapsed_s: m.elapsed_s,
@@ -282,12 +306,12 @@ fn workout_document(
             flagged: s.flagged,
         },
     )?;
-    doc.commit();
-    Ok(doc)
+    Ok(())
 }
 
 /// Makes the workout document of a workout just stored (its chunks already written), in the
-/// caller's transaction. Does nothing when the workout already has one.
+/// caller's transaction. A workout that already has one keeps it, revived if it was cancelled
+/// ([`revive_workout_doc`]).
 pub(crate) fn create_workout_doc(
     tx: &Transaction<'_>,
     s: &WorkoutSummary,
@@ -300,8 +324,8 @@ pub(crate) fn create_workout_doc(
             |r| r.get(0),
         )
         .optional()?;
-    if exists.is_some() {
-        return Ok(());
+    if let Some(doc_id) = exists {
+        return revive_workout_doc(tx, &doc_id, s, now);
     }
     let chunks = chunk_refs(tx, &s.id.0)?;
     let actor = device_actor(tx)?;
@@ -319,6 +343,46 @@ pub(crate) fn create_workout_doc(
             heads,
             now.0
         ],
+    )?;
+    Ok(())
+}
+
+/// A workout stored again after it was deleted (the same file imported again: the same id)
+/// brings its `cancelled` document back as completed, with the new chunks, so the other devices
+/// get it back at the next sync. A document in any other state is left alone.
+fn revive_workout_doc(
+    tx: &Transaction<'_>,
+    doc_id: &str,
+    s: &WorkoutSummary,
+    now: Timestamp,
+) -> Result<()> {
+    let bytes: Vec<u8> = tx.query_row(
+        "SELECT bytes FROM sync_docs WHERE doc_id = ?1",
+        [doc_id],
+        |r| r.get(0),
+    )?;
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut doc =
+        AutoCommit::load(&bytes).map_err(|e| Error::Corrupt(format!("automerge document: {e}")))?;
+    let state = doc
+        .get(ROOT, "state")
+        .ok()
+        .flatten()
+        .and_then(|(v, _)| v.into_string().ok());
+    if state.as_deref() != Some(docs::WorkoutDocState::Cancelled.as_str()) {
+        return Ok(());
+    }
+    doc.set_actor(device_actor(tx)?);
+    let chunks = chunk_refs(tx, &s.id.0)?;
+    fill_workout(&mut doc, s, &chunks).map_err(doc_error)?;
+    doc.commit();
+    let heads = heads_text(&doc.get_heads());
+    tx.execute(
+        "UPDATE sync_docs SET bytes = ?1, heads = ?2, applied = ?2, problem = NULL, updated_at = ?3
+         WHERE doc_id = ?4",
+        params![doc.save(), heads, now.0, doc_id],
     )?;
     Ok(())
 }
