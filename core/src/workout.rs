@@ -431,6 +431,11 @@ impl Workout {
         }
         if let Some(s) = sport {
             self.sport = Some(s);
+            if self.summary.is_none() {
+                if let Some(r) = self.run.as_mut() {
+                    r.metrics.set_sport(s);
+                }
+            }
             if let Some(sum) = self.summary.as_mut() {
                 sum.metrics.sport = s;
                 sum.metrics.sport_detected = false;

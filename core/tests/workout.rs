@@ -792,3 +792,35 @@ fn a_source_that_begins_late_does_not_take_over() {
     let d = s.metrics.distance_m.unwrap();
     assert!((d - 3.0 * 299.0).abs() < 1.0, "distance {d}");
 }
+
+/// A sport corrected during the workout is the sport its figures are computed for: before the
+/// fix a run relabelled as a ride kept the running calories and best efforts.
+#[test]
+fn a_sport_changed_while_recording_sets_the_calorie_model_and_best_efforts() {
+    let ride = |start_as: Sport| {
+        let mut w = workout(Some(start_as));
+        w.start(at(0.0)).unwrap();
+        for s in 0..=600 {
+            let t = f64::from(s);
+            if s == 30 && start_as != Sport::Cycling {
+                w.update(at(t), None, None, Some(Sport::Cycling)).unwrap();
+            }
+            w.record(Sample::new(at(t), Reading::Speed { mps: 6.0 }))
+                .unwrap();
+            w.record(Sample::new(at(t), Reading::HeartRate { bpm: 140.0 }))
+                .unwrap();
+        }
+        w.complete(at(600.0)).unwrap().clone()
+    };
+    let (relabelled, ride) = (ride(Sport::Running), ride(Sport::Cycling));
+    assert_eq!(relabelled.metrics.sport, Sport::Cycling);
+    assert_eq!(
+        relabelled.metrics.calories_method,
+        ride.metrics.calories_method
+    );
+    assert_eq!(relabelled.metrics.calories_kcal, ride.metrics.calories_kcal);
+    assert!(
+        relabelled.metrics.best_efforts.is_empty(),
+        "no running efforts on a ride"
+    );
+}

@@ -302,6 +302,13 @@ impl Metrics {
         }
     }
 
+    /// The sport changed during the workout (UpdateWorkout): calories, best efforts and the
+    /// VO2max estimate are computed for the new sport. The GPS speed limit and moving thresholds
+    /// chosen at the start stay, so samples already judged are not judged again differently.
+    pub fn set_sport(&mut self, sport: Sport) {
+        self.sport = Some(sport);
+    }
+
     /// Notes when each source began measuring, after a sample at `t` fed it.
     fn note_began(&mut self, t: i64) {
         let b = &mut self.began;
