@@ -481,6 +481,9 @@ impl Recording {
                 replay(&mut w, cmd)?;
             }
             w.take_samples();
+            // The replay's events (a start, past alerts) were raised before the crash; the app
+            // must not hear them again as new.
+            let _ = w.take_events();
             // NULL: recorded by a build before v5, or never flushed; the replay's counts stand.
             if let Some(json) = rejected {
                 let saved: crate::workout::RejectedCounts =

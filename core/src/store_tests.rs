@@ -557,7 +557,12 @@ fn a_recovered_recording_keeps_its_rejected_counts() {
     .unwrap();
     let hr = |t: Timestamp, bpm: f64| Sample::new(t, Reading::HeartRate { bpm });
     for s in 0..30 {
-        let bpm = if s % 10 == 5 { 400.0 } else { 140.0 };
+        // Impossible every 10 s; above 220 - age once (an alert before the crash).
+        let bpm = match s % 10 {
+            5 => 400.0,
+            7 if s < 10 => 210.0,
+            _ => 140.0,
+        };
         rec.record(hr(clock.now(), bpm)).unwrap();
         clock.advance_secs(1.0);
     }
@@ -576,6 +581,8 @@ fn a_recovered_recording_keeps_its_rejected_counts() {
         .unwrap()
         .pop()
         .unwrap();
+    // The replay raised nothing new: the app heard the start before the crash.
+    assert!(rec.take_events().is_empty());
     let hr_report = &rec.workout().report().channels[&Channel::HeartRate];
     assert_eq!(hr_report.rejected[&Reason::Impossible], 4);
     assert_eq!(hr_report.received, 31);

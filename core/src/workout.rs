@@ -162,10 +162,10 @@ impl LapSummary {
             start_time: start.0,
             end_time: end.0,
             timer_s: b.timer_s - a.timer_s,
-            distance_m: b.distance_m - a.distance_m,
+            distance_m: b.distance_since(&a),
             avg_hr_bpm: (hr_s > 0.0).then(|| (b.hr_weighted - a.hr_weighted) / hr_s),
             avg_power_w: (p_s > 0.0).then(|| (b.power_j - a.power_j) / p_s),
-            ascent_m: b.ascent_m - a.ascent_m,
+            ascent_m: b.ascent_since(&a),
         }
     }
 }

@@ -824,3 +824,75 @@ fn a_sport_changed_while_recording_sets_the_calorie_model_and_best_efforts() {
         "no running efforts on a ride"
     );
 }
+
+/// Within the first minute the better source still takes over (a pod connecting 50 s in); a lap
+/// closed before that must not come out negative after it.
+#[test]
+fn a_source_taking_over_within_the_grace_leaves_no_negative_lap() {
+    let mut w = workout(Some(Sport::Running));
+    w.start(at(0.0)).unwrap();
+    for s in 0..=80 {
+        let t = f64::from(s);
+        let fix = Reading::Position {
+            lat: 45.0 + t * 3.0 / 111_132.0,
+            lon: 7.0,
+            accuracy_m: Some(5.0),
+        };
+        w.record(Sample::new(at(t), fix)).unwrap();
+        if s >= 50 {
+            let m = 3.0 * (t - 50.0);
+            w.record(Sample::new(at(t), Reading::Distance { m }))
+                .unwrap();
+        }
+        if s == 40 || s == 70 {
+            w.lap(at(t)).unwrap();
+        }
+    }
+    let s = w.complete(at(80.0)).unwrap().clone();
+    assert_eq!(
+        s.metrics.distance_source,
+        Some(fitedge_core::metrics::DistanceSource::Sensor)
+    );
+    let laps: Vec<f64> = s.laps.iter().map(|l| l.distance_m).collect();
+    assert!(laps.iter().all(|d| *d >= 0.0), "laps {laps:?}");
+    // Lap 2 (40-70 s) is the pod's 60 m; lap 3 (70-80 s) its 30 m.
+    assert!((laps[1] - 60.0).abs() < 1e-9, "laps {laps:?}");
+    assert!((laps[2] - 30.0).abs() < 1e-9, "laps {laps:?}");
+}
+
+/// Other devices and the server recompute a workout with a timer that runs from start to end;
+/// the distance source must not depend on the pauses.
+#[test]
+fn the_distance_source_does_not_depend_on_pauses() {
+    let mut w = workout(Some(Sport::Cycling));
+    w.start(at(0.0)).unwrap();
+    for s in 0..=200 {
+        let t = f64::from(s);
+        if s == 5 {
+            w.pause(at(t)).unwrap();
+        }
+        if s == 100 {
+            w.resume(at(t)).unwrap();
+        }
+        let fix = Reading::Position {
+            lat: 45.0 + t * 8.0 / 111_132.0,
+            lon: 7.0,
+            accuracy_m: Some(5.0),
+        };
+        w.record(Sample::new(at(t), fix)).unwrap();
+        if s >= 30 {
+            w.record(Sample::new(at(t), Reading::Speed { mps: 8.0 }))
+                .unwrap();
+        }
+    }
+    let live = w.complete(at(200.0)).unwrap().clone();
+    let samples = w.take_samples();
+    let (plain, _) = metrics::compute(
+        Some(Sport::Cycling),
+        Profile::default().resolve(),
+        &samples,
+        &TimerLog::new(at(0.0).0),
+        at(200.0).0,
+    );
+    assert_eq!(live.metrics.distance_source, plain.distance_source);
+}

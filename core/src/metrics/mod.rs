@@ -76,11 +76,38 @@ pub enum DistanceSource {
 pub struct Totals {
     pub timer_s: f64,
     pub distance_m: f64,
+    /// Every distance source's total (sensor, speed, GPS) and the index of the one reported. A
+    /// lap is a difference within the source its end reports, so a source that takes over
+    /// between two lap marks (possible in the first [`SOURCE_GRACE_MS`]) never makes a lap
+    /// negative.
+    pub distance_by_source: [f64; 3],
+    pub distance_source: Option<usize>,
     pub hr_weighted: f64,
     pub hr_s: f64,
     pub power_j: f64,
     pub power_s: f64,
     pub ascent_m: f64,
+    /// Ascent by altitude source (barometric, GPS) and the index of the one reported.
+    pub ascent_by_source: [f64; 2],
+    pub ascent_source: Option<usize>,
+}
+
+impl Totals {
+    /// Distance covered from `earlier` to `self`, in the source `self` reports.
+    pub fn distance_since(&self, earlier: &Totals) -> f64 {
+        match self.distance_source {
+            Some(i) => self.distance_by_source[i] - earlier.distance_by_source[i],
+            None => self.distance_m - earlier.distance_m,
+        }
+    }
+
+    /// Ascent from `earlier` to `self`, in the source `self` reports.
+    pub fn ascent_since(&self, earlier: &Totals) -> f64 {
+        match self.ascent_source {
+            Some(i) => self.ascent_by_source[i] - earlier.ascent_by_source[i],
+            None => self.ascent_m - earlier.ascent_m,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,6 +206,8 @@ pub struct Metrics {
     rr_sq_sum: f64,
     rr_pairs: u64,
     speed_held: Held,
+    /// Speed samples taken (the track counts only running intervals, which pauses move).
+    speed_samples: u64,
     speed_track: Track,
     speed_max: Option<f64>,
     sensor: DistanceSensor,
@@ -287,6 +316,7 @@ impl Metrics {
             rr_sq_sum: 0.0,
             rr_pairs: 0,
             speed_held: Held::new(hold::SPEED_MS),
+            speed_samples: 0,
             speed_track: Track::new(th),
             speed_max: None,
             sensor: DistanceSensor {
@@ -314,7 +344,7 @@ impl Metrics {
         let b = &mut self.began;
         for (slot, measuring) in [
             (&mut b.sensor, self.sensor.track.points_seen >= 2),
-            (&mut b.speed, self.speed_track.points_seen >= 2),
+            (&mut b.speed, self.speed_samples >= 2),
             (&mut b.gps, self.gps_track.points_seen >= 2),
             (&mut b.baro, self.baro.samples > 0),
             (&mut b.gps_alt, self.gps_alt.samples > 0),
@@ -386,6 +416,7 @@ impl Metrics {
                 self.rr_last = Some(ms);
             }
             Reading::Speed { mps } => {
+                self.speed_samples += 1;
                 let track = &mut self.speed_track;
                 self.speed_held.push(t, mps, timer, |a, b, v| {
                     track.advance(secs(timer.timer_ms(b)), v * secs(b - a));
@@ -485,14 +516,31 @@ impl Metrics {
 
     /// Cumulative figures up to the last processed sample (for lap boundaries).
     pub fn totals(&self, at: i64, timer: &TimerLog) -> Totals {
+        let primary = self.primary();
+        let elevation = self.elevation();
         Totals {
             timer_s: secs(timer.timer_ms(at)),
-            distance_m: self.primary().map_or(0.0, |(_, t)| t.total_m()),
+            distance_m: primary.map_or(0.0, |(_, t)| t.total_m()),
+            distance_by_source: [
+                self.sensor.track.total_m(),
+                self.speed_track.total_m(),
+                self.gps_track.total_m(),
+            ],
+            distance_source: primary.map(|(s, _)| match s {
+                DistanceSource::Sensor => 0,
+                DistanceSource::Speed => 1,
+                DistanceSource::Gps => 2,
+            }),
             hr_weighted: self.heart.average_bpm().unwrap_or(0.0) * self.heart.seconds(),
             hr_s: self.heart.seconds(),
             power_j: self.power.work_j,
             power_s: self.power.seconds,
-            ascent_m: self.elevation().map_or(0.0, |(_, e)| e.gain_m()),
+            ascent_m: elevation.map_or(0.0, |(_, e)| e.gain_m()),
+            ascent_by_source: [self.baro.gain_m(), self.gps_alt.gain_m()],
+            ascent_source: elevation.map(|(s, _)| match s {
+                AltitudeSource::Barometric => 0,
+                AltitudeSource::Gps => 1,
+            }),
         }
     }
 
