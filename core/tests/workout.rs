@@ -851,7 +851,7 @@ fn a_source_taking_over_within_the_grace_leaves_no_negative_lap() {
     let s = w.complete(at(80.0)).unwrap().clone();
     assert_eq!(
         s.metrics.distance_source,
-        Some(fitedge_core::metrics::DistanceSource::Sensor)
+        Some(metrics::DistanceSource::Sensor)
     );
     let laps: Vec<f64> = s.laps.iter().map(|l| l.distance_m).collect();
     assert!(laps.iter().all(|d| *d >= 0.0), "laps {laps:?}");
