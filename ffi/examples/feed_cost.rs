@@ -2,12 +2,15 @@
 //! with the Kotlin figure of scripts/bench-ffi: `cargo run --release -p fitedge-ffi --example feed_cost`.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 use fitedge_ffi::*;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-struct Fixed(i64);
-impl EngineClock for Fixed {
+/// The recording's clock follows the samples, as a live clock would: a sample more than two
+/// minutes ahead of the clock is rejected (`ahead_of_clock`), which would measure the wrong path.
+struct Follow(AtomicI64);
+impl EngineClock for Follow {
     fn now_ms(&self) -> i64 {
-        self.0
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -15,11 +18,12 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("fitedge-feed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let t0 = 1_763_700_000_000i64;
+    let clock = Arc::new(Follow(AtomicI64::new(t0)));
     let e = Engine::open_with_clock(
         dir.join("f.db").display().to_string(),
         vec![7; 32],
         None,
-        Arc::new(Fixed(t0)),
+        clock.clone(),
     )
     .unwrap();
     let n = 100_000i64;
@@ -32,17 +36,27 @@ fn main() {
         })
         .collect();
     for batch in [1usize, 100] {
+        clock.0.store(t0, Ordering::Relaxed);
         e.start_workout(Some(Sport::Cycling)).unwrap();
+        let mut refused = 0u64;
         let t = std::time::Instant::now();
         if batch == 1 {
             for s in &samples {
-                e.record_sample(*s).unwrap();
+                clock.0.store(s.timestamp_ms, Ordering::Relaxed);
+                if e.record_sample(*s).unwrap() != SampleVerdict::Accepted {
+                    refused += 1;
+                }
             }
         } else {
             for c in samples.chunks(batch) {
-                e.record_samples(c.to_vec()).unwrap();
+                if let Some(last) = c.last() {
+                    clock.0.store(last.timestamp_ms, Ordering::Relaxed);
+                }
+                let r = e.record_samples(c.to_vec()).unwrap();
+                refused += u64::from(r.rejected + r.flagged);
             }
         }
+        assert_eq!(refused, 0, "every sample must take the accepted path");
         println!(
             "batch {batch:>3}: {:.0} ns per sample",
             t.elapsed().as_nanos() as f64 / n as f64
