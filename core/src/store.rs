@@ -559,6 +559,13 @@ impl Store {
     ) -> Result<Vec<Saved>> {
         let key = self.key();
         self.write(|tx| {
+            let earlier: Vec<(i64, i64)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT start_time, end_time FROM workouts WHERE source_hash = ?1",
+                )?;
+                let rows = stmt.query_map([hash], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<std::result::Result<_, _>>()?
+            };
             let mut out = Vec::with_capacity(sessions.len());
             for s in sessions {
                 if s.not_recorded.is_some() {
@@ -572,7 +579,13 @@ impl Store {
                         |r| r.get(0),
                     )
                     .optional()?;
-                if exists.is_some() {
+                // A workout of the same file stored before this import and covering this
+                // session's time: the file was imported by a build that split it differently
+                // (GPX and TCX files were one workout before each track became its own).
+                // Storing it again would count the same time and distance twice.
+                let (a, b) = (s.summary.start_time.0, s.summary.end_time.0);
+                let covered = earlier.iter().any(|(start, end)| *start < b && *end > a);
+                if exists.is_some() || covered {
                     out.push(Saved::AlreadyImported);
                     continue;
                 }

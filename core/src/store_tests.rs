@@ -1030,3 +1030,56 @@ fn saved_workouts_get_documents_and_title_edits_go_through_them() {
     store.save_document(&id, &old, Timestamp(T0)).unwrap();
     assert_eq!(store.load_document(&id).unwrap().get_heads(), heads);
 }
+
+/// A two-track GPX imported by a build that merged its tracks has one stored workout (session 0)
+/// spanning both; importing the file again must not add the second track beside it.
+#[test]
+fn a_file_imported_whole_by_an_older_build_is_not_stored_again_in_parts() {
+    use crate::formats::{import, Format};
+    let point = |min: i64| {
+        format!(
+            r#"<trkpt lat="{}" lon="7.0"><time>{}</time></trkpt>"#,
+            45.0 + min as f64 * 0.002,
+            Timestamp(T0 + min * 60_000).to_rfc3339()
+        )
+    };
+    let track = |minutes: &mut dyn Iterator<Item = i64>| {
+        let pts: String = minutes.map(point).collect();
+        format!("<trk><type>running</type><trkseg>{pts}</trkseg></trk>")
+    };
+    let gpx = |body: String| format!(r#"<gpx version="1.1" creator="t">{body}</gpx>"#);
+    let merged_doc = gpx(track(&mut (0..30).chain(40..70)));
+    let split_doc = gpx(track(&mut (0..30)) + &track(&mut (40..70)));
+    let merged = import(Format::Gpx, merged_doc.as_bytes(), Profile::default(), "h").unwrap();
+    let split = import(Format::Gpx, split_doc.as_bytes(), Profile::default(), "h").unwrap();
+    assert_eq!((merged.len(), split.len()), (1, 2));
+    let store = Store::open_in_memory(Some(key())).unwrap();
+    let first = store
+        .save_import("a.gpx", "h", &merged, Timestamp(T0))
+        .unwrap();
+    assert!(matches!(first[0], crate::store::Saved::Stored { .. }));
+    let again = store
+        .save_import("a.gpx", "h", &split, Timestamp(T0))
+        .unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|s| matches!(s, crate::store::Saved::AlreadyImported)),
+        "{again:?}"
+    );
+    assert_eq!(store.workout_count().unwrap(), 1);
+    // Another file with the same tracks (another hash, so other ids) is stored.
+    let split = import(
+        Format::Gpx,
+        split_doc.as_bytes(),
+        Profile::default(),
+        "other",
+    )
+    .unwrap();
+    let other = store
+        .save_import("b.gpx", "other", &split, Timestamp(T0))
+        .unwrap();
+    assert!(other
+        .iter()
+        .all(|s| matches!(s, crate::store::Saved::Stored { .. })));
+}
