@@ -927,6 +927,9 @@ async fn a_workout_stored_again_after_deletion_comes_back_on_the_other_devices()
     sync_once(&b, &config(&url), &clock).await.unwrap();
     assert_eq!(listed(&b).len(), 1);
 
+    // A title given before the deletion does not come back with the re-import.
+    a.set_workout_text(&workout, Some("Old title"), None, clock.now())
+        .unwrap();
     a.delete_workout(&workout).unwrap();
     sync_once(&a, &config(&url), &clock).await.unwrap();
     sync_once(&b, &config(&url), &clock).await.unwrap();
@@ -941,6 +944,7 @@ async fn a_workout_stored_again_after_deletion_comes_back_on_the_other_devices()
     let r = sync_once(&b, &config(&url), &clock).await.unwrap();
     assert_eq!(r.workouts_added, 1, "{r:?}");
     assert_eq!(listed(&a), listed(&b));
+    assert_eq!(listed(&b)[0].title, None);
     assert_eq!(b.samples(&workout).unwrap().len(), samples.len());
 }
 

@@ -377,6 +377,19 @@ fn revive_workout_doc(
     doc.set_actor(device_actor(tx)?);
     let chunks = chunk_refs(tx, &s.id.0)?;
     fill_workout(&mut doc, s, &chunks).map_err(doc_error)?;
+    // What the deleted workout had and the stored one does not: the document says what is
+    // stored now (the workout row has no title after a re-import, so neither does the document).
+    (|| -> std::result::Result<(), DocError> {
+        doc.put(ROOT, "sport", s.metrics.sport.as_str())?;
+        doc.put(ROOT, "startTime", s.start_time.as_millis())?;
+        for (key, value) in [("title", &s.title), ("notes", &s.notes)] {
+            if value.is_none() {
+                docs::set_text(&mut doc, key, "")?;
+            }
+        }
+        Ok(())
+    })()
+    .map_err(doc_error)?;
     doc.commit();
     let heads = heads_text(&doc.get_heads());
     tx.execute(
