@@ -335,6 +335,10 @@ fn due(
             }
             _ => false,
         };
+    // The common case, most samples: nothing due, and the listener list is not even locked.
+    if !live_due && alerts.is_empty() {
+        return None;
+    }
     let (live, alert_listeners) = {
         let l = lock(listeners);
         let live: Vec<Arc<dyn LiveMetricsListener>> = if live_due {
