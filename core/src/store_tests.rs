@@ -466,21 +466,35 @@ fn profile_edits_use_optimistic_locking() {
     assert_eq!(age, Some(35));
 }
 
-#[test]
-fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
+/// A recording of `sport` started at [`T0`] on a manual clock, in a fresh encrypted database file
+/// (keep the directory; the path is for reopening the store as an app restart would).
+fn start_recording(
+    sport: Sport,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<ManualClock>,
+    Arc<Store>,
+    Recording,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rec.db");
     let clock = Arc::new(ManualClock::new(Timestamp(T0)));
     let store = Arc::new(Store::open(&path, Some(key())).unwrap());
-    let profile = Profile::default().resolve();
-    let mut rec = Recording::start(
+    let rec = Recording::start(
         store.clone(),
         clock.clone(),
-        Some(Sport::Cycling),
-        profile,
+        Some(sport),
+        Profile::default().resolve(),
         WorkoutConfig::import(),
     )
     .unwrap();
+    (dir, path, clock, store, rec)
+}
+
+#[test]
+fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
+    let (_dir, path, clock, store, mut rec) = start_recording(Sport::Cycling);
     // 10 minutes at 4 Hz power and 1 Hz heart rate, a pause in the middle.
     for q in 0..2400 {
         let t = clock.now();
@@ -543,18 +557,7 @@ fn an_interrupted_recording_is_found_and_resumed_losing_at_most_a_second() {
 /// trusts clean channels only).
 #[test]
 fn a_recovered_recording_keeps_its_rejected_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rejected.db");
-    let clock = Arc::new(ManualClock::new(Timestamp(T0)));
-    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
-    let mut rec = Recording::start(
-        store.clone(),
-        clock.clone(),
-        Some(Sport::Running),
-        Profile::default().resolve(),
-        WorkoutConfig::import(),
-    )
-    .unwrap();
+    let (_dir, path, clock, store, mut rec) = start_recording(Sport::Running);
     let hr = |t: Timestamp, bpm: f64| Sample::new(t, Reading::HeartRate { bpm });
     for s in 0..30 {
         // Impossible every 10 s; above 220 - age once (an alert before the crash).
@@ -598,18 +601,7 @@ fn a_recovered_recording_keeps_its_rejected_counts() {
 
 #[test]
 fn a_sample_from_a_jumped_clock_does_not_delay_the_next_flush() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jump.db");
-    let clock = Arc::new(ManualClock::new(Timestamp(T0)));
-    let store = Arc::new(Store::open(&path, Some(key())).unwrap());
-    let mut rec = Recording::start(
-        store.clone(),
-        clock.clone(),
-        Some(Sport::Cycling),
-        Profile::default().resolve(),
-        WorkoutConfig::import(),
-    )
-    .unwrap();
+    let (_dir, path, clock, store, mut rec) = start_recording(Sport::Cycling);
     let hr = |t: Timestamp| Sample::new(t, Reading::HeartRate { bpm: 140.0 });
     rec.record(hr(clock.now())).unwrap();
     // A strap whose clock jumped to 2085: rejected, and it must not move the flush schedule.
@@ -636,17 +628,7 @@ fn a_sample_from_a_jumped_clock_does_not_delay_the_next_flush() {
 
 #[test]
 fn a_recording_rejects_a_sample_from_hours_ahead_and_keeps_its_channel() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(Timestamp(T0)));
-    let store = Arc::new(Store::open(&dir.path().join("ahead.db"), Some(key())).unwrap());
-    let mut rec = Recording::start(
-        store.clone(),
-        clock.clone(),
-        Some(Sport::Cycling),
-        Profile::default().resolve(),
-        WorkoutConfig::import(),
-    )
-    .unwrap();
+    let (_dir, _path, clock, _store, mut rec) = start_recording(Sport::Cycling);
     let hr = |t: i64| Sample::new(Timestamp(t), Reading::HeartRate { bpm: 140.0 });
     rec.record(hr(T0)).unwrap();
     // A strap stamping local time (UTC+3) as UTC.
@@ -686,17 +668,7 @@ fn a_recording_at_the_limit_is_stored_or_discarded_by_its_timer() {
         (61.0, true, false),
         (61.0, true, true),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(Timestamp(T0)));
-        let store = Arc::new(Store::open(&dir.path().join("limit.db"), Some(key())).unwrap());
-        let mut rec = Recording::start(
-            store.clone(),
-            clock.clone(),
-            Some(Sport::Walking),
-            Profile::default().resolve(),
-            WorkoutConfig::import(),
-        )
-        .unwrap();
+        let (_dir, _path, clock, store, mut rec) = start_recording(Sport::Walking);
         rec.record(Sample::new(clock.now(), Reading::HeartRate { bpm: 90.0 }))
             .unwrap();
         clock.advance_secs(timer_s);
