@@ -225,8 +225,9 @@ impl Recording {
         self.clock_seen
     }
 
-    /// Takes one sample, and flushes when a second has passed since the last flush.
-    pub fn record(&mut self, sample: Sample) -> Result<Verdict> {
+    /// Judges one live sample against the clock and the workout, and buffers what the workout
+    /// kept; no flush.
+    fn take_in(&mut self, sample: Sample) -> Result<Verdict> {
         let now = self.clock_for(sample.t);
         let r = self.workout.record_live(sample, now);
         let verdict = self.settle(r)?;
@@ -234,6 +235,12 @@ impl Recording {
             self.buffers[s.channel().index()].push(s);
             self.buffered += 1;
         }
+        Ok(verdict)
+    }
+
+    /// Takes one sample, and flushes when a second has passed since the last flush.
+    pub fn record(&mut self, sample: Sample) -> Result<Verdict> {
+        let verdict = self.take_in(sample)?;
         // Live samples carry the time they were taken, so a flush can only be due when sample
         // time has moved on, or after a burst: look at the clock then, not on every sample.
         self.since_check += 1;
@@ -263,13 +270,7 @@ impl Recording {
     ) -> Result<Vec<Verdict>> {
         let mut out = Vec::new();
         for sample in samples {
-            let now = self.clock_for(sample.t);
-            let r = self.workout.record_live(sample, now);
-            let verdict = self.settle(r)?;
-            for s in self.workout.take_samples() {
-                self.buffers[s.channel().index()].push(s);
-                self.buffered += 1;
-            }
+            let verdict = self.take_in(sample)?;
             if self.buffered >= MAX_BUFFERED {
                 self.flush()?;
             }

@@ -179,18 +179,23 @@ fn a_sample_a_day_after_the_last_is_a_damaged_timestamp_not_the_end() {
     assert_eq!(w.summary().unwrap().completion, CompletionReason::TimeLimit);
 }
 
+/// A live recorder of `sport` (its default auto-pause) on `clock`.
+fn recorder(sport: Sport, clock: &Arc<ManualClock>) -> Recorder {
+    Recorder::new(
+        Some(sport),
+        Profile::default().resolve(),
+        WorkoutConfig::for_sport(Some(sport)),
+        clock.clone(),
+    )
+}
+
 /// A strap stamping local time as UTC (hours ahead of the clock) must not become its channel's
 /// latest sample, or every real sample after it would be refused as out of order.
 #[test]
 fn a_sample_dated_ahead_of_the_clock_is_rejected_and_does_not_block_its_channel() {
     use fitedge_core::workout::MAX_AHEAD_OF_CLOCK_S;
     let clock = Arc::new(ManualClock::new(at(0.0)));
-    let mut r = Recorder::new(
-        Some(Sport::Running),
-        Profile::default().resolve(),
-        WorkoutConfig::for_sport(Some(Sport::Running)),
-        clock.clone(),
-    );
+    let mut r = recorder(Sport::Running, &clock);
     r.start().unwrap();
     clock.advance_secs(10.0);
     let hr = |s| Sample::new(at(s), Reading::HeartRate { bpm: 120.0 });
@@ -199,11 +204,12 @@ fn a_sample_dated_ahead_of_the_clock_is_rejected_and_does_not_block_its_channel(
         r.record(hr(10.0 + MAX_AHEAD_OF_CLOCK_S)),
         Ok(Verdict::Accepted)
     );
-    // Just outside, and the real case: three hours ahead.
+    // Just outside.
     assert_eq!(
         r.record(hr(10.0 + MAX_AHEAD_OF_CLOCK_S + 0.001)),
         Ok(Verdict::Rejected(Reason::AheadOfClock))
     );
+    // The real case, three hours ahead; then the channel goes on.
     let mut w = workout(Some(Sport::Running));
     w.start(at(0.0)).unwrap();
     assert_eq!(
@@ -222,12 +228,7 @@ fn a_sample_dated_ahead_of_the_clock_is_rejected_and_does_not_block_its_channel(
 #[test]
 fn the_clock_enforces_the_limit_without_samples() {
     let clock = Arc::new(ManualClock::new(at(0.0)));
-    let mut r = Recorder::new(
-        Some(Sport::Cycling),
-        Profile::default().resolve(),
-        WorkoutConfig::for_sport(Some(Sport::Cycling)),
-        clock.clone(),
-    );
+    let mut r = recorder(Sport::Cycling, &clock);
     r.start().unwrap();
     clock.advance_secs(24.0 * 3600.0 - 1.0);
     assert!(!r.tick());

@@ -75,7 +75,6 @@ pub enum DistanceSource {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub timer_s: f64,
-    pub distance_m: f64,
     /// Every distance source's total (sensor, speed, GPS) and the index of the one reported. A
     /// lap is a difference within the source its end reports, so a source that takes over
     /// between two lap marks (possible in the first [`SOURCE_GRACE_MS`]) never makes a lap
@@ -86,7 +85,6 @@ pub struct Totals {
     pub hr_s: f64,
     pub power_j: f64,
     pub power_s: f64,
-    pub ascent_m: f64,
     /// Ascent by altitude source (barometric, GPS) and the index of the one reported.
     pub ascent_by_source: [f64; 2],
     pub ascent_source: Option<usize>,
@@ -95,18 +93,16 @@ pub struct Totals {
 impl Totals {
     /// Distance covered from `earlier` to `self`, in the source `self` reports.
     pub fn distance_since(&self, earlier: &Totals) -> f64 {
-        match self.distance_source {
-            Some(i) => self.distance_by_source[i] - earlier.distance_by_source[i],
-            None => self.distance_m - earlier.distance_m,
-        }
+        self.distance_source.map_or(0.0, |i| {
+            self.distance_by_source[i] - earlier.distance_by_source[i]
+        })
     }
 
     /// Ascent from `earlier` to `self`, in the source `self` reports.
     pub fn ascent_since(&self, earlier: &Totals) -> f64 {
-        match self.ascent_source {
-            Some(i) => self.ascent_by_source[i] - earlier.ascent_by_source[i],
-            None => self.ascent_m - earlier.ascent_m,
-        }
+        self.ascent_source.map_or(0.0, |i| {
+            self.ascent_by_source[i] - earlier.ascent_by_source[i]
+        })
     }
 }
 
@@ -442,7 +438,17 @@ impl Metrics {
                 AltitudeSource::Gps => self.gps_alt.push(t, m, timer),
             },
         }
-        self.note_began(t);
+        // Only these readings feed a distance or altitude source; heart rate and power (most
+        // samples) skip the bookkeeping.
+        if matches!(
+            s.reading,
+            Reading::Speed { .. }
+                | Reading::Distance { .. }
+                | Reading::Position { .. }
+                | Reading::Altitude { .. }
+        ) {
+            self.note_began(t);
+        }
     }
 
     fn distance_sensor(&mut self, t: i64, m: f64, timer: &TimerLog, report: &mut ValidationReport) {
@@ -516,17 +522,14 @@ impl Metrics {
 
     /// Cumulative figures up to the last processed sample (for lap boundaries).
     pub fn totals(&self, at: i64, timer: &TimerLog) -> Totals {
-        let primary = self.primary();
-        let elevation = self.elevation();
         Totals {
             timer_s: secs(timer.timer_ms(at)),
-            distance_m: primary.map_or(0.0, |(_, t)| t.total_m()),
             distance_by_source: [
                 self.sensor.track.total_m(),
                 self.speed_track.total_m(),
                 self.gps_track.total_m(),
             ],
-            distance_source: primary.map(|(s, _)| match s {
+            distance_source: self.primary().map(|(s, _)| match s {
                 DistanceSource::Sensor => 0,
                 DistanceSource::Speed => 1,
                 DistanceSource::Gps => 2,
@@ -535,9 +538,8 @@ impl Metrics {
             hr_s: self.heart.seconds(),
             power_j: self.power.work_j,
             power_s: self.power.seconds,
-            ascent_m: elevation.map_or(0.0, |(_, e)| e.gain_m()),
             ascent_by_source: [self.baro.gain_m(), self.gps_alt.gain_m()],
-            ascent_source: elevation.map(|(s, _)| match s {
+            ascent_source: self.elevation().map(|(s, _)| match s {
                 AltitudeSource::Barometric => 0,
                 AltitudeSource::Gps => 1,
             }),
